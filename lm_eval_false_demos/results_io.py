@@ -1,0 +1,101 @@
+"""The one writer of result files: atomic, and never silently overwriting an earlier run.
+
+Every JSON, CSV or image the project writes goes through here, so a crash or
+Ctrl-C never leaves a half-written file behind (write to a temporary file in the
+same folder, then ``os.replace``), and a second run picks a new name instead of
+replacing the first run's file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+
+def timestamp() -> str:
+    """A filesystem-safe UTC timestamp, in the style lm-eval uses for its results files."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H-%M-%S.%f")
+
+
+def unique_path(path: str | Path) -> Path:
+    """``path`` if it does not exist yet, else ``stem-2.suffix``, ``stem-3.suffix``, ..."""
+    path = Path(path)
+    if not path.exists():
+        return path
+    counter = 2
+    while True:
+        candidate = path.with_name(f"{path.stem}-{counter}{path.suffix}")
+        if not candidate.exists():
+            return candidate
+        counter += 1
+
+
+def write_bytes_atomic(path: str | Path, data: bytes, overwrite: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically; without ``overwrite`` an existing file raises."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"refusing to overwrite {path}: choose another output path or remove it")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str, overwrite: bool = False) -> Path:
+    return write_bytes_atomic(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+def _json_default(value: Any):
+    # numpy scalars and arrays, paths and sets reach results dictionaries often enough.
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot store {type(value).__name__} in a results file: {value!r}")
+
+
+def write_json_atomic(path: str | Path, payload: Mapping[str, Any], overwrite: bool = False) -> Path:
+    text = json.dumps(payload, indent=2, sort_keys=False, default=_json_default, allow_nan=True)
+    return write_text_atomic(path, text + "\n", overwrite=overwrite)
+
+
+def write_csv_atomic(
+    path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]], overwrite: bool = False
+) -> Path:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return write_text_atomic(path, buffer.getvalue(), overwrite=overwrite)
+
+
+def save_figure_atomic(figure, path: str | Path, overwrite: bool = False, **savefig_kwargs) -> Path:
+    """Save a matplotlib figure atomically; the format follows the suffix (png, svg, ...)."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=path.suffix.lstrip("."), **savefig_kwargs)
+    return write_bytes_atomic(path, buffer.getvalue(), overwrite=overwrite)
+
+
+def new_run_directory(root: str | Path, name: str) -> Path:
+    """Create and return a fresh folder ``root/name_<timestamp>`` (never reusing one)."""
+    path = unique_path(Path(root) / f"{name}_{timestamp()}")
+    path.mkdir(parents=True, exist_ok=False)
+    return path

@@ -1,0 +1,1 @@
+"""Generated lm-eval task YAMLs; regenerate with ``python -m lm_eval_false_demos.task_yamls``."""
