@@ -6,6 +6,7 @@ import torch
 from lm_eval_false_demos.architectures import resolve_modules, supported_architectures
 from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.lens import lens_logits, residuals
+from tiny_models import build_tiny_model
 
 
 def test_every_tiny_architecture_resolves(tiny_model):
@@ -24,10 +25,8 @@ def test_every_tiny_architecture_resolves(tiny_model):
     assert resolve_modules(model) is modules  # cached
 
 
-def test_unknown_architecture_names_supported_ones(tiny_model):
-    arch, model, _ = tiny_model
-    if arch != "llama":
-        pytest.skip("one architecture is enough")
+def test_unknown_architecture_names_supported_ones():
+    model, _ = build_tiny_model("llama")
     original = model.config.model_type
     model.__dict__.pop("_falsedemo_modules", None)
     try:
@@ -47,10 +46,8 @@ def test_unknown_architecture_names_supported_ones(tiny_model):
         model.__dict__.pop("_falsedemo_modules", None)
 
 
-def test_bad_override_paths_fail(tiny_model):
-    arch, model, _ = tiny_model
-    if arch != "gpt2":
-        pytest.skip("one architecture is enough")
+def test_bad_override_paths_fail():
+    model, _ = build_tiny_model("gpt2")
     with pytest.raises(FalseDemoError, match="'transformer.nope'"):
         resolve_modules(model, layers_path="transformer.nope")
     with pytest.raises(FalseDemoError, match="unknown path override"):
