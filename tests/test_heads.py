@@ -1,0 +1,225 @@
+"""False-induction-head scoring on a hand-built model, the head-write maths, and the random-head control."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from lm_eval_false_demos import heads
+from lm_eval_false_demos.architectures import resolve_modules
+from lm_eval_false_demos.errors import FalseDemoError
+
+# ---------------------------------------------------------------------------------------------------------
+# A 2-layer GPT-2 whose weights are set by hand so that head (1, FALSE_HEAD) is a false induction head.
+#
+# Residual subspaces (d = 256): CLASS dims 0..2 (object tokens), LABEL dims 3..5 (label tokens),
+# PREV_CLASS dims 6..8 (written by layer 0), BOS dim 9, one-hot positions in dims 64..127.
+# Layer 0 head 0 attends from every token to the previous one and copies its CLASS into PREV_CLASS, so a
+# label token learns which class its demo's object had. Layer 1 head FALSE_HEAD matches the readout's own
+# CLASS against PREV_CLASS: it attends to the label tokens of earlier same-class demos and copies their
+# LABEL identity into the output direction of that label (GPT-2 ties the unembedding to the embeddings).
+# Every other head has small random weights, the MLPs are zero: the scorer has to find the one head.
+
+K = 3
+D = 256
+HEAD_DIM = 64
+N_HEAD = 4
+FALSE_HEAD = 2
+CLASS, LABEL, PREV_CLASS, BOS_DIM, POS = 0, 3, 6, 9, 64
+OBJECT_IDS = (0, 1, 2)  # one object token per class
+LABEL_IDS = (3, 4, 5)  # label word token of class j
+BOS_ID = 6
+
+
+def _set_head(c_attn_weight, c_proj_weight, head, query, key, value, out):
+    """Write one head's Q/K/V maps (d -> head_dim, as (in, out) blocks) and its O map (head_dim -> d)."""
+    lo, hi = head * HEAD_DIM, (head + 1) * HEAD_DIM
+    c_attn_weight[:, lo:hi] = query
+    c_attn_weight[:, D + lo:D + hi] = key
+    c_attn_weight[:, 2 * D + lo:2 * D + hi] = value
+    c_proj_weight[lo:hi, :] = out
+
+
+def hand_built_false_induction_model():
+    config = transformers.GPT2Config(
+        vocab_size=16, n_embd=D, n_layer=2, n_head=N_HEAD, n_positions=64, attn_implementation="eager"
+    )
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).float().eval()
+    eye = torch.eye(D)
+    with torch.no_grad():
+        wte = torch.zeros(16, D)
+        for c, token in enumerate(OBJECT_IDS):
+            wte[token, CLASS + c] = 1.0
+        for j, token in enumerate(LABEL_IDS):
+            wte[token, LABEL + j] = 1.0
+        wte[BOS_ID, BOS_DIM] = 1.0
+        model.transformer.wte.weight.copy_(wte)
+        model.transformer.wpe.weight.copy_(eye[POS:POS + 64])
+        for block in model.transformer.h:
+            block.mlp.c_fc.weight.zero_(), block.mlp.c_fc.bias.zero_()
+            block.mlp.c_proj.weight.zero_(), block.mlp.c_proj.bias.zero_()
+            block.attn.c_attn.bias.zero_(), block.attn.c_proj.bias.zero_()
+            block.attn.c_attn.weight.normal_(0, 0.02)
+            block.attn.c_proj.weight.normal_(0, 0.02)
+        for norm in [block.ln_1 for block in model.transformer.h] + [model.transformer.ln_f]:
+            norm.weight.fill_(1.0), norm.bias.zero_()
+
+        # Layer 0, head 0: previous-token head. q_t = e_t, k_s = e_{s+1} in head space (positions < 63).
+        attn0 = model.transformer.h[0].attn
+        query = torch.zeros(D, HEAD_DIM)
+        key = torch.zeros(D, HEAD_DIM)
+        for t in range(HEAD_DIM):
+            query[POS + t, t] = 1.0
+            if t + 1 < HEAD_DIM:
+                key[POS + t, t + 1] = 1.0
+        value = torch.zeros(D, HEAD_DIM)
+        out = torch.zeros(HEAD_DIM, D)
+        for c in range(K):
+            value[CLASS + c, c] = 0.1  # undo LayerNorm's ~x10 scale so PREV_CLASS is of order 1
+            out[c, PREV_CLASS + c] = 1.0
+        _set_head(attn0.c_attn.weight, attn0.c_proj.weight, 0, query, key, value, out)
+
+        # Layer 1, FALSE_HEAD: query CLASS against key PREV_CLASS; copy LABEL identity to the output.
+        attn1 = model.transformer.h[1].attn
+        query = torch.zeros(D, HEAD_DIM)
+        key = torch.zeros(D, HEAD_DIM)
+        value = torch.zeros(D, HEAD_DIM)
+        out = torch.zeros(HEAD_DIM, D)
+        for c in range(K):
+            query[CLASS + c, c] = 1.0
+            key[PREV_CLASS + c, c] = 1.0
+            value[LABEL + c, c] = 0.1
+            out[c, LABEL + c] = 1.0
+        _set_head(attn1.c_attn.weight, attn1.c_proj.weight, FALSE_HEAD, query, key, value, out)
+    model.tie_weights()
+    return model
+
+
+def permuted_items(num_prompts=24, num_demos=12, seed=0):
+    """Token-level permuted prompts: BOS, (object, shown label) pairs, query object; shift s in 1..K-1."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for _ in range(num_prompts):
+        shift = int(rng.integers(1, K))
+        classes = rng.integers(0, K, size=num_demos)
+        query_class = int(rng.integers(0, K))
+        ids, same, other = [BOS_ID], [], []
+        for c in classes:
+            ids.append(OBJECT_IDS[c])
+            (same if c == query_class else other).append(len(ids))
+            ids.append(LABEL_IDS[(c + shift) % K])
+        ids.append(OBJECT_IDS[query_class])
+        items.append(
+            heads.ScoringItem(
+                input_ids=tuple(ids),
+                same_class_positions=tuple(same),
+                other_class_positions=tuple(other),
+                true_label_id=LABEL_IDS[query_class],
+                shown_label_id=LABEL_IDS[(query_class + shift) % K],
+                num_classes=K,
+            )
+        )
+    return items
+
+
+@pytest.fixture(scope="module")
+def false_induction_model():
+    return hand_built_false_induction_model()
+
+
+def test_hand_built_false_induction_head_ranks_first(false_induction_model):
+    scores = heads.score_heads(false_induction_model, permuted_items())
+    ranked = scores.ranked()
+    assert (ranked[0]["layer"], ranked[0]["head"]) == (1, FALSE_HEAD)
+    assert ranked[0]["prefix_matching"] > 0.9  # nearly all its readout attention is on same-class labels
+    assert ranked[0]["label_promoting"] > 1.0
+    others = [row for row in ranked[1:]]
+    assert max(abs(row["label_promoting"]) for row in others) < 0.5 * ranked[0]["label_promoting"]
+    assert scores.top_k(1) == [(1, FALSE_HEAD)]
+    # The mechanism is real: zeroing the head makes the model stop following the shown label.
+    from lm_eval_false_demos.interventions import ablate, make_ablation
+
+    item = permuted_items(num_prompts=1, seed=3)[0]
+    ids = torch.tensor([item.input_ids])
+    with torch.no_grad():
+        logits = false_induction_model(ids).logits[0, -1]
+        with ablate(false_induction_model, make_ablation(false_induction_model, heads=f"1:{FALSE_HEAD}")):
+            ablated = false_induction_model(ids).logits[0, -1]
+    follow = logits[item.shown_label_id] - logits[item.true_label_id]
+    assert follow > 1.0
+    assert ablated[item.shown_label_id] - ablated[item.true_label_id] < 0.1 * follow
+
+
+def test_scoring_restores_the_attention_implementation(tiny_model_factory):
+    model, _ = tiny_model_factory("llama")
+    model.set_attn_implementation("sdpa")
+    items = [heads.ScoringItem(tuple(range(3, 20)), (4, 9), (6, 12), 5, 7, 3)]
+    scores = heads.score_heads(model, items)
+    assert scores.prefix_matching.shape == (1, 4, 4)
+    assert model.config._attn_implementation == "sdpa"
+
+
+@pytest.fixture(scope="module")
+def tiny_model_factory():
+    from tiny_models import build_tiny_model
+
+    return build_tiny_model
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Head-write maths: the per-head split and the frozen norms add up to the model's own computation
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3", "gpt_neox"])
+def test_head_writes_sum_to_the_output_projection(arch, tiny_model_factory):
+    model, _ = tiny_model_factory(arch)
+    modules = resolve_modules(model)
+    out_proj = modules.attn_out_proj[1]
+    z = torch.randn(modules.num_heads * modules.head_dim)
+    writes = heads.head_writes(out_proj, z, modules.num_heads, modules.head_dim)
+    bias = out_proj.bias if getattr(out_proj, "bias", None) is not None else 0
+    torch.testing.assert_close(writes.sum(0) + bias, out_proj(z[None])[0], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3"])
+def test_frozen_norm_is_exact_on_the_residual_it_was_frozen_at(arch, tiny_model_factory):
+    """Components add up: the frozen map applied to the whole residual equals the norm (minus its bias)."""
+    model, _ = tiny_model_factory(arch)
+    norm = resolve_modules(model).final_norm
+    x = 3 * torch.randn(norm.weight.shape[0])
+    parts = torch.randn(5, x.shape[0])
+    parts[-1] = x - parts[:-1].sum(0)
+    mapped = heads.frozen_norm(norm, x)(parts).sum(0)
+    bias = getattr(norm, "bias", None)
+    expected = norm(x[None])[0] - (bias if bias is not None else 0)
+    torch.testing.assert_close(mapped, expected, atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Random-head control
+
+
+def test_random_heads_are_distinct_reproducible_and_cover_all_heads():
+    draws = heads.draw_random_heads(num_layers=18, num_heads=4, k=5, draws=200, seed=7)
+    assert draws == heads.draw_random_heads(18, 4, 5, 200, seed=7)
+    assert draws != heads.draw_random_heads(18, 4, 5, 200, seed=8)
+    for draw in draws:
+        assert len(set(draw)) == 5
+        assert all(0 <= layer < 18 and 0 <= head < 4 for layer, head in draw)
+    # Layer and head ranges are not swapped (the paper's bug): late layers are drawn, heads stay < 4.
+    seen = {pair for draw in draws for pair in draw}
+    assert {layer for layer, _ in seen} == set(range(18))
+    assert {head for _, head in seen} == set(range(4))
+    with pytest.raises(FalseDemoError):
+        heads.draw_random_heads(2, 2, 5, 1, 0)
+
+
+def test_format_heads_round_trips_through_the_ablation_parser():
+    from lm_eval_false_demos.interventions import parse_heads
+
+    pairs = [(14, 6), (16, 7), (3, 0)]
+    assert heads.format_heads(pairs) == "14:6;16:7;3:0"
+    assert list(parse_heads(heads.format_heads(pairs))) == pairs
