@@ -181,6 +181,8 @@ class Leaderboard:
         n_samples = payload.get("n-samples") if isinstance(payload.get("n-samples"), dict) else {}
         n_shot = payload.get("n-shot") if isinstance(payload.get("n-shot"), dict) else {}
         used = 0
+        ks: set[int] = set()
+        sources: set[str] = set()
         for task, metrics in sorted(tasks.items()):
             parsed = parse_task_name(task)
             if parsed is None or not isinstance(metrics, dict):
@@ -198,14 +200,16 @@ class Leaderboard:
             if k is None and _integer(n_shot.get(task)):
                 k = _integer(n_shot.get(task))
             if k is not None:
-                row.k.add(k)
+                ks.add(k)
             source = _text(_first(metadata, ("data_source",))) or _text(_first(task_config, ("data_source",)))
             if source:
-                row.data_sources.add(_short_data_source(source))
+                sources.add(_short_data_source(source))
             self._put(row.lm_eval, parsed, Measurement(value, n, path, date), row, "lm-eval results")
             used += 1
         if not used:
             raise _SkipFile("no usable falsedemo_* task results")
+        row.k.update(ks)
+        row.data_sources.update(sources)
         self._add_identity(row, config)
         for name in ("model_num_parameters", "num_parameters", "parameters"):
             parameters = _integer(config.get(name))
@@ -755,8 +759,11 @@ COLUMNS = (
     Column("files", "files", "int", "results files merged into the row"),
 )
 
-# The markdown table folds the per-setting dataset counts into the accuracy cells to stay readable.
-MARKDOWN_SKIP = {"correct_datasets", "permuted_datasets", "random_datasets", "half_datasets", "model_type", "files"}
+# The markdown table and the page fold the per-setting dataset counts into the accuracy cells
+# ("0.644 (5/14)") to stay readable; the CSV and the page's embedded data keep them as columns.
+COUNT_COLUMNS = {"correct_datasets", "permuted_datasets", "random_datasets", "half_datasets"}
+MARKDOWN_SKIP = COUNT_COLUMNS | {"model_type", "files"}
+PAGE_COLUMNS = tuple(column for column in COLUMNS if column.key not in COUNT_COLUMNS)
 
 
 def format_cell(column: Column, value: Any, summary: Mapping[str, Any] | None = None) -> str:
@@ -859,7 +866,7 @@ def embed_json(payload: Any) -> str:
 
 def render_html(board: Leaderboard, summaries: list[dict[str, Any]]) -> str:
     template = (Path(__file__).with_name(PAGE_TEMPLATE)).read_text(encoding="utf-8")
-    columns = list(COLUMNS)
+    columns = PAGE_COLUMNS
     head = "".join(
         f'<th scope="col" data-key="{html.escape(c.key)}" data-kind="{c.kind}" title="{html.escape(c.description)}">'
         f'<button type="button">{html.escape(c.header)}</button></th>'
@@ -870,14 +877,16 @@ def render_html(board: Leaderboard, summaries: list[dict[str, Any]]) -> str:
     for index, (row, summary) in enumerate(zip(board.ordered_rows(), summaries)):
         cells = []
         for column in columns:
-            text = html.escape(format_cell(column, summary[column.key]))
+            text = html.escape(_with_count(column, summary))
+            # long identities and configs are cut with an ellipsis by the style: the tooltip shows them whole
+            title = f' title="{text}"' if column.kind == "text" and text else ""
             if column.key == "model" and row.sweep:
                 text = f'<a href="#curves-{index}">{text}</a>'
-            cells.append(f"<td>{text}</td>")
+            cells.append(f"<td{title}>{text}</td>")
         body_rows.append(f'<tr data-row="{index}">' + "".join(cells) + "</tr>")
         if row.sweep:
             figures.append(_curves_figure(index, summary, row))
-    data = [{column.key: _json_value(summary[column.key]) for column in columns} for summary in summaries]
+    data = [{column.key: _json_value(summary[column.key]) for column in COLUMNS} for summary in summaries]
     warnings = "".join(f"<li>{html.escape(message)}</li>" for message in board.warnings)
     legend = "".join(
         f"<dt>{html.escape(c.header)}</dt><dd>{html.escape(c.description)}</dd>" for c in columns
