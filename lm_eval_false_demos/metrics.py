@@ -1,0 +1,93 @@
+"""Scores over a whole evaluated set (paper spec section 4). Pure numpy; no other project imports.
+
+``scores`` are per-query label scores normalised over the K labels (rows sum to 1), ``gold`` the true
+class indices. Calibrated accuracy is a dataset-level statistic: each label gets a threshold, the
+(K-1)/K quantile (linear interpolation) of its score over the N queries; a query earns 1 if its gold
+label's score is above the gold label's threshold, 1/K if equal, 0 below. A model that gives every query
+the same scores earns exactly 1/K.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+# Scores equal up to float noise (e.g. the same logits normalised in a different order) are ties.
+TIE_TOLERANCE = 1e-12
+
+
+def _as_scores(scores, gold) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(scores, dtype=np.float64)
+    gold = np.asarray(gold, dtype=np.int64)
+    if scores.ndim != 2 or scores.shape[0] != gold.shape[0] or scores.shape[0] == 0:
+        raise ValueError(f"need scores [N, K] and gold [N] with N > 0, got {scores.shape} and {gold.shape}")
+    if gold.min() < 0 or gold.max() >= scores.shape[1]:
+        raise ValueError(f"gold labels must be in 0..{scores.shape[1] - 1}")
+    return scores, gold
+
+
+def normalise(log_scores) -> np.ndarray:
+    """Softmax over the last axis: label log-likelihoods (or logits) to scores summing to 1 over K labels."""
+    values = np.asarray(log_scores, dtype=np.float64)
+    values = values - values.max(axis=-1, keepdims=True)
+    exp = np.exp(values)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def label_thresholds(scores) -> np.ndarray:
+    scores = np.asarray(scores, dtype=np.float64)
+    num_classes = scores.shape[1]
+    return np.quantile(scores, (num_classes - 1) / num_classes, axis=0, method="linear")
+
+
+def _above_and_tied(scores, gold) -> tuple[np.ndarray, np.ndarray, int]:
+    scores, gold = _as_scores(scores, gold)
+    thresholds = label_thresholds(scores)
+    own = scores[np.arange(len(gold)), gold]
+    limit = thresholds[gold]
+    tie = np.abs(own - limit) <= TIE_TOLERANCE
+    return (own > limit) & ~tie, tie, scores.shape[1]
+
+
+def calibrated_credit(scores, gold) -> np.ndarray:
+    """Per-query credit (1, 1/K or 0); only meaningful inside the set whose thresholds it used."""
+    above, tie, num_classes = _above_and_tied(scores, gold)
+    return np.where(tie, 1.0 / num_classes, np.where(above, 1.0, 0.0))
+
+
+def calibrated_accuracy(scores, gold) -> float:
+    above, tie, num_classes = _above_and_tied(scores, gold)
+    # One integer ratio, so an all-ties (uninformative) model gives exactly float(1/K).
+    return float((int(above.sum()) * num_classes + int(tie.sum())) / (num_classes * len(tie)))
+
+
+def label_accuracy(scores, gold) -> float:
+    scores, gold = _as_scores(scores, gold)
+    return float((scores.argmax(axis=1) == gold).mean())
+
+
+def follow_accuracy(scores, follow_target) -> float:
+    """How often the argmax is the label the corruption maps the query's class to."""
+    return label_accuracy(scores, follow_target)
+
+
+def paired_bootstrap(statistic: Callable[..., float], arrays: Sequence, n_resamples: int = 1000,
+                     seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of ``statistic(*arrays)`` resampling queries; one index draw for all arrays.
+
+    Drawing the same queries for every array keeps paired comparisons paired (e.g. a gap between the
+    correct and the permuted setting of the same queries).
+    """
+    arrays = [np.asarray(array) for array in arrays]
+    size = len(arrays[0])
+    if any(len(array) != size for array in arrays) or size == 0:
+        raise ValueError("paired_bootstrap needs non-empty arrays of equal length")
+    rng = np.random.default_rng(seed)
+    values = np.empty(n_resamples)
+    for i in range(n_resamples):
+        index = rng.integers(0, size, size)
+        values[i] = statistic(*(array[index] for array in arrays))
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
