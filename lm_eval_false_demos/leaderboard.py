@@ -79,7 +79,7 @@ class Row:
     checkpoint: str
     args: tuple[tuple[str, str], ...]
     model_types: set[str] = field(default_factory=set)
-    identities: set[str] = field(default_factory=set)
+    identities: set[tuple[str, str]] = field(default_factory=set)  # (kind, text), see _identity_text
     parameters: set[int] = field(default_factory=set)
     layers: set[int] = field(default_factory=set)
     k: set[int] = field(default_factory=set)
@@ -201,9 +201,9 @@ class Leaderboard:
                 k = _integer(n_shot.get(task))
             if k is not None:
                 ks.add(k)
-            source = _text(_first(metadata, ("data_source",))) or _text(_first(task_config, ("data_source",)))
+            source = _data_source_text(_first(metadata, ("data_source",)) or _first(task_config, ("data_source",)))
             if source:
-                sources.add(_short_data_source(source))
+                sources.add(source)
             self._put(row.lm_eval, parsed, Measurement(value, n, path, date), row, "lm-eval results")
             used += 1
         if not used:
@@ -211,17 +211,9 @@ class Leaderboard:
         row.k.update(ks)
         row.data_sources.update(sources)
         self._add_identity(row, config)
-        for name in ("model_num_parameters", "num_parameters", "parameters"):
-            parameters = _integer(config.get(name))
-            if parameters and parameters > 0:
-                row.parameters.add(parameters)
-                break
-        layers = _integer(_first(config, ("num_layers", "num_hidden_layers", "n_layers")))
-        if layers:
-            row.layers.add(layers)
-        source = _text(config.get("data_source"))
+        source = _data_source_text(config.get("data_source"))
         if source:
-            row.data_sources.add(_short_data_source(source))
+            row.data_sources.add(source)
         plugin = _text(_first(config, ("plugin_version", "lm_eval_false_demos_version", "falsedemo_version")))
         if plugin is None:
             for task_config in configs.values():
@@ -247,6 +239,7 @@ class Leaderboard:
         row = self._row(config.get("model"), config.get("model_args"), path)
         date = _date_of(config) or _number(payload.get("date")) or _date_from_name(path)
         curves: dict[tuple[str, str], list[float]] = {}
+        chance: dict[str, float] = {}  # 1/K per dataset
         for task, entry in sorted(tasks.items()):
             if not isinstance(entry, dict):
                 self.warn(f"{path}: ignored task {task!r}: not an object")
@@ -264,6 +257,8 @@ class Leaderboard:
                 self.warn(f"{path}: ignored task {task}: per_layer.{METRIC} is not a list of accuracies in [0, 1]")
                 continue
             curves[parsed] = curve
+            if _accuracy(entry.get("chance")) is not None:
+                chance[parsed[0]] = entry["chance"]
             self._put(row.sweep_final, parsed, Measurement(curve[-1], _integer(entry.get("n")), path, date), row, "sweep")
         if not curves:
             raise _SkipFile(f"sweep without any usable per_layer.{METRIC} curve")
@@ -281,6 +276,7 @@ class Leaderboard:
                 return
         row.sweep = {
             "curves": curves,
+            "chance": chance,
             "datasets": payload.get("datasets") if isinstance(payload.get("datasets"), dict) else {},
             "summary": payload.get("summary") if isinstance(payload.get("summary"), dict) else {},
         }
@@ -316,12 +312,12 @@ class Leaderboard:
 
     def _register_file(self, row: Row, config: Mapping, payload: Mapping, path: Path, date: float | None) -> None:
         self._add_identity(row, config)
-        k = _integer(config.get("k"))
-        if k:
-            row.k.add(k)
-        source = _text(config.get("data_source"))
+        for k in config.get("k") if isinstance(config.get("k"), list) else [config.get("k")]:
+            if _integer(k):
+                row.k.add(_integer(k))
+        source = _data_source_text(config.get("data_source"))
         if source:
-            row.data_sources.add(_short_data_source(source))
+            row.data_sources.add(source)
         versions = config.get("versions") if isinstance(config.get("versions"), dict) else {}
         for name, value in versions.items():
             lowered = str(name).lower().replace("-", "_")
@@ -357,7 +353,7 @@ class Leaderboard:
         if model_type:
             row.model_types.add(model_type)
         if args.get("revision") and args["revision"] != "main":
-            row.identities.add(f"revision {args['revision']}")
+            row.identities.add(("revision", f"revision:{args['revision']}"))
         return row
 
     def _put(self, table: dict, key: tuple[str, str], measurement: Measurement, row: Row, what: str) -> None:
@@ -374,27 +370,30 @@ class Leaderboard:
 
     @staticmethod
     def _add_identity(row: Row, config: Mapping[str, Any]) -> None:
-        identity = config.get("model_identity")
-        if isinstance(identity, dict):
-            for name, value in identity.items():
-                lowered = str(name).lower()
-                if lowered in ("parameters", "num_parameters", "model_num_parameters"):
-                    if _integer(value):
-                        row.parameters.add(_integer(value))
-                elif lowered in ("layers", "num_layers", "num_hidden_layers"):
-                    if _integer(value):
-                        row.layers.add(_integer(value))
-                elif any(word in lowered for word in ("sha", "hash", "revision", "gguf", "commit")) and _text(value):
-                    row.identities.add(f"{name} {_text(value)}")
-        elif _text(identity):
-            row.identities.add(_text(identity))
-        sha = _text(config.get("model_sha"))
-        if sha:
-            row.identities.add(f"sha {sha}")
-        for name, value in config.items():
-            lowered = str(name).lower()
-            if ("gguf" in lowered or "sha256" in lowered) and _text(value):
-                row.identities.add(f"{name} {_text(value)}")
+        """Checkpoint identity, parameters and layers, wherever the writer nested them.
+
+        lm-eval puts ``model_sha`` / ``model_num_parameters`` at the top of ``config`` and our model
+        wrappers add ``falsedemo.{num_layers, model_identity.gguf_sha256}``; a sweep keeps
+        ``num_layers`` and ``model_identity.{kind, sha256, embedded.gguf_sha256, lm_eval_model_info}``.
+        """
+        for node in _walk_objects(config):
+            gguf = _text(node.get("gguf_sha256")) or (_text(node.get("sha256")) if node.get("kind") == "gguf" else None)
+            if gguf:
+                file = _text(node.get("gguf_file")) or (Path(node["path"]).name if _text(node.get("path")) else None)
+                row.identities.add(("gguf", f"GGUF {file} sha256:{gguf}" if file else f"GGUF sha256:{gguf}"))
+            if node.get("kind") == "local_folder" and _text(node.get("sha256")):
+                row.identities.add(("folder", f"local folder sha256:{_text(node.get('sha256'))}"))
+            if _text(node.get("model_sha")):
+                row.identities.add(("sha", f"sha:{_text(node.get('model_sha'))}"))
+            revision = _text(node.get("model_revision")) or (_text(node.get("revision")) if node.get("kind") == "hub" else None)
+            if revision and revision != "main":
+                row.identities.add(("revision", f"revision:{revision}"))
+            parameters = _integer(node.get("model_num_parameters"))
+            if parameters and parameters > 0:
+                row.parameters.add(parameters)
+            layers = _integer(node.get("num_layers"))
+            if layers and layers > 0:
+                row.layers.add(layers)
 
     @staticmethod
     def _add_version(row: Row, which: str, value: Any) -> None:
@@ -654,8 +653,16 @@ def _first(mapping: Mapping[str, Any], names: Iterable[str]) -> Any:
     return None
 
 
-def _short_data_source(source: str) -> str:
-    """``hub``, or ``local`` for a folder: a machine's paths say nothing to a reader."""
+def _data_source_text(source: Any) -> str | None:
+    """``hub``, or ``local`` for a folder: a machine's paths say nothing to a reader.
+
+    Accepts the sweep's ``{"kind": "local", "path": ...}`` as well as plain text.
+    """
+    if isinstance(source, dict):
+        source = source.get("kind")
+    source = _text(source)
+    if source is None:
+        return None
     lowered = source.lower()
     if lowered.startswith("hub") or lowered.startswith("hf"):
         return "hub"
@@ -698,11 +705,29 @@ def _mean(values: Iterable[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _identity_text(identities: set[str]) -> str:
-    # lm-eval records a pinned revision twice (model_args revision= and model_sha): say it once.
-    kept = [text for text in sorted(identities)
-            if not (text.startswith("revision ") and any(text[len("revision "):] in other for other in identities if other != text))]
-    return "; ".join(kept)
+IDENTITY_PRECEDENCE = ("gguf", "sha", "revision", "folder")
+
+
+def _identity_text(identities: set[tuple[str, str]]) -> str:
+    """The most exact identity recorded: a GGUF file hash, else the hub commit sha, else the requested
+    revision, else a local folder's digest (a converted GGUF folder's digest says less than its file's)."""
+    for kind in IDENTITY_PRECEDENCE:
+        texts = sorted(text for found, text in identities if found == kind)
+        if texts:
+            return "; ".join(texts)
+    return ""
+
+
+def _walk_objects(value: Any) -> Iterable[dict]:
+    """Every dict inside ``value`` (iterative: a hostile, deeply nested file cannot overflow the stack)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            yield item
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def _single(values: set[int]) -> int | None:
@@ -917,8 +942,10 @@ def _json_value(value: Any) -> Any:
 def _curves_figure(index: int, summary: Mapping[str, Any], row: Row) -> str:
     curves = mean_curves(row.sweep)
     title = html.escape(f"{summary['model']} [{summary['config']}]")
+    chance = [value for dataset, value in row.sweep["chance"].items() if dataset in MAIN_DATASETS]
     svg = render_curves_svg(
         curves,
+        chance=sum(chance) / len(chance) if chance else None,
         critical=summary.get("critical_layer"),
         early_exit=summary.get("early_exit_layer"),
         label=f"Mean calibrated accuracy by layer, {summary['model']}",
@@ -931,14 +958,15 @@ def _curves_figure(index: int, summary: Mapping[str, Any], row: Row) -> str:
 
 
 def render_curves_svg(
-    curves: Mapping[str, list[float]], critical: Any = None, early_exit: Any = None, label: str = "",
+    curves: Mapping[str, list[float]], critical: Any = None, early_exit: Any = None, chance: float | None = None,
+    label: str = "",
     width: int = 420, height: int = 260,
 ) -> str:
     """A small line plot (mean accuracy by layer, one line per setting) as inline SVG text."""
     left, right, top, bottom = 44, 100, 12, 34
     plot_w, plot_h = width - left - right, height - top - bottom
     layers = max(len(curve) for curve in curves.values()) - 1 if curves else 1
-    values = [v for curve in curves.values() for v in curve]
+    values = [v for curve in curves.values() for v in curve] + ([chance] if chance is not None else [])
     low = math.floor(min(values, default=0.0) * 10) / 10
     high = math.ceil(max(values, default=1.0) * 10) / 10
     if high - low < 0.1:
@@ -968,6 +996,11 @@ def render_curves_svg(
                 f'<line class="marker" x1="{x(value):.1f}" x2="{x(value):.1f}" y1="{top}" y2="{top + plot_h}" '
                 f'stroke="#555" stroke-dasharray="{dash}"><title>{name} layer {value}</title></line>'
             )
+    if chance is not None:
+        parts.append(
+            f'<line class="chance" x1="{left}" x2="{left + plot_w}" y1="{y(chance):.1f}" y2="{y(chance):.1f}" '
+            f'stroke="#999" stroke-dasharray="6 3"><title>chance (mean 1/K) {chance:.3f}</title></line>'
+        )
     legend_y = top + 6
     for setting in SETTINGS_SHOWN:
         curve = curves.get(setting)
@@ -982,9 +1015,12 @@ def render_curves_svg(
         legend_y += 16
         parts.append(f'<line x1="{left + plot_w + 8}" x2="{left + plot_w + 24}" y1="{legend_y - 4}" y2="{legend_y - 4}" stroke="{colour}" stroke-width="2"/>')
         parts.append(f'<text x="{left + plot_w + 28}" y="{legend_y}">{setting}</text>')
-    for name, dash in (("critical", "4 3"), ("early exit", "1 3")):
+    markers = [("critical", "4 3", "#555"), ("early exit", "1 3", "#555")]
+    if chance is not None:
+        markers.append(("chance", "6 3", "#999"))
+    for name, dash, colour in markers:
         legend_y += 16
-        parts.append(f'<line x1="{left + plot_w + 8}" x2="{left + plot_w + 24}" y1="{legend_y - 4}" y2="{legend_y - 4}" stroke="#555" stroke-dasharray="{dash}"/>')
+        parts.append(f'<line x1="{left + plot_w + 8}" x2="{left + plot_w + 24}" y1="{legend_y - 4}" y2="{legend_y - 4}" stroke="{colour}" stroke-dasharray="{dash}"/>')
         parts.append(f'<text x="{left + plot_w + 28}" y="{legend_y}">{name}</text>')
     parts.append("</svg>")
     return "".join(parts)

@@ -106,14 +106,16 @@ def test_numbers_agree_in_every_format(built, config, expected):
 def test_identity_versions_and_sources(built):
     board, paths = built
     base = csv_rows(paths["csv"])[("gemma-3-270m", "dtype=float32")]
-    assert "gguf_sha256 5f1c0e0d" in base["identity"]
+    # the packaged GGUF's file hash, named by both the lm-eval wrapper info and the sweep's identity
+    assert base["identity"] == "GGUF gemma-3-270m-Q4_K_M.gguf sha256:5f1c0e0d5b0a7c2b9e4f3a1d8c6b2e7f0a9d4c3b2a1f0e9d8c7b6a5f4e3d2c1b"
     assert (base["k"], base["n_per_dataset"], base["data_source"]) == ("40", "200", "local")
     assert (base["plugin_version"], base["lm_eval_version"], base["transformers_version"]) == ("0.1.0", "0.4.13", "4.57.1")
     assert base["date"] == "2025-01-04"  # the sweep is the newest of the row's four files
     assert base["files"] == "4"  # two lm-eval files, the sweep and the heads file
     assert base["false_heads"] == "14:2;16:1"
     smol = csv_rows(paths["csv"])[("HuggingFaceTB/SmolLM2-135M", "revision=93efa2f097d58c2a74874c7e644dbc9b0cee75a2")]
-    assert smol["identity"] == "sha 93efa2f097d58c2a74874c7e644dbc9b0cee75a2"
+    assert smol["identity"] == "sha:93efa2f097d58c2a74874c7e644dbc9b0cee75a2"  # the commit, said once
+    assert smol["layers"] == ""  # plain hf records no layer count
     assert (smol["k"], smol["n_per_dataset"]) == ("20", "100")
 
 
@@ -156,6 +158,7 @@ def test_page_is_self_contained(built):
     assert len(re.findall(r'<polyline class="curve"', figure)) == 3  # correct, permuted, half
     points = re.search(r'data-setting="correct"[^>]*points="([^"]+)"', figure).group(1).split()
     assert len(points) == 19
+    assert figure.count('class="chance"') == 1
 
 
 def test_messy_folder_never_crashes_and_outputs_are_replaced(tmp_path):
@@ -170,6 +173,15 @@ def test_messy_folder_never_crashes_and_outputs_are_replaced(tmp_path):
     with open(output / "leaderboard.csv", newline="") as stream:
         assert len(list(csv.reader(stream))) == 1  # header only: nothing usable
     assert cli.main(["leaderboard", "--results", str(messy), "--output", str(output), "--strict"]) == 1
+
+
+def test_sweep_numbers_without_a_stated_summary_follow_the_paper():
+    sweep = json.loads((FIXTURES / "sweeps" / "sweep_gemma-3-270m_2025-01-04T09-00-00.000000" / "sweep.json").read_text())
+    curves = {(t["dataset"], t["setting"]): t["per_layer"]["calibrated_acc"] for t in sweep["tasks"].values()}
+    computed = leaderboard.sweep_summary({"curves": curves, "summary": {}})
+    assert computed["critical_layer"] == GEMMA_BASE["critical_layer"]
+    assert computed["early_exit_layer"] == GEMMA_BASE["early_exit_layer"]
+    assert computed["early_exit_gain"] == pytest.approx(GEMMA_BASE["early_exit_gain"])
 
 
 def test_critical_layer_follows_the_paper():
