@@ -10,6 +10,7 @@ stale conversion, and ``falsedemo_identity.json`` inside records it for results 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import importlib
 import importlib.util
@@ -85,19 +86,24 @@ def resolve_pretrained(name: str) -> str:
     if (target / IDENTITY_FILE).is_file():
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
-        _convert(source, staging)
-        identity = {"name": name, "gguf_file": source.name, "gguf_sha256": sha256, "source": str(source)}
-        # written last: its presence marks a complete folder
-        (staging / IDENTITY_FILE).write_text(json.dumps(identity, indent=2))
+    # One converter at a time (it takes minutes and gigabytes); the others wait and reuse its folder.
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / IDENTITY_FILE).is_file():
+            return str(target)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
         try:
-            staging.rename(target)
-        except OSError:
-            if not (target / IDENTITY_FILE).is_file():  # not a concurrent winner: a real failure
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            _convert(source, staging)
+            identity = {"name": name, "gguf_file": source.name, "gguf_sha256": sha256, "source": str(source)}
+            # written last: its presence marks a complete folder
+            (staging / IDENTITY_FILE).write_text(json.dumps(identity, indent=2))
+            try:
+                staging.rename(target)
+            except OSError:
+                if not (target / IDENTITY_FILE).is_file():  # not a concurrent winner: a real failure
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return str(target)
 
 

