@@ -27,18 +27,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from .datasets import MAIN_DATASETS  # the dataset table is the one home of the 14 main keys
 from .results_io import write_csv_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
-
-try:  # the dataset table is the one home of the 14 main keys
-    from .datasets import MAIN_DATASETS
-except ImportError:  # datasets.py lands with issue 2; until then the spec's list (paper-spec section 2)
-    MAIN_DATASETS = (
-        "sst2", "poem_sentiment", "financial_phrasebank", "ethos", "tweet_eval_hate",
-        "tweet_eval_stance_atheism", "tweet_eval_stance_feminist", "medical_questions_pairs", "mrpc",
-        "sick", "rte", "ag_news", "trec", "dbpedia_14",
-    )
 
 TASK_PREFIX = "falsedemo_"
 CORRUPTED_SETTINGS = ("permuted", "random", "half")
