@@ -115,6 +115,12 @@ def _convert(source: Path, destination: Path) -> None:
     model = transformers.AutoModelForCausalLM.from_pretrained(
         str(source.parent), gguf_file=source.name, dtype=torch.float32
     )
+    # transformers de-quantises GGUF weights to float on load, but keeps the GGUF quantizer attached,
+    # which makes save_pretrained refuse; the weights themselves are plain float tensors.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
     model.save_pretrained(destination)
     tokenizer.save_pretrained(destination)
 
