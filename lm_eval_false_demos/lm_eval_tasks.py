@@ -1,0 +1,185 @@
+"""lm-eval adapter for the ``falsedemo_<key>_<setting>`` tasks: a thin ConfigurableTask over our core.
+
+Prompts come from :func:`lm_eval_false_demos.prompts.build_prompt` (so analyses outside lm-eval rebuild
+exactly the same text), with the task's ``num_fewshot`` and lm-eval's few-shot seed (the 4th ``--seed``
+value, default 1234). The query keeps its true label; choices are the label words after
+``target_delimiter`` " ". Which part of a label is scored is the model's business: lm-eval's ``hf``
+scores the whole continuation, our ``hf-earlyexit``/``hf-ablate`` the first token of " " + label; here
+the K per-choice scores are only renormalised over the K labels.
+
+The token budget comes from what lm-eval merged into the task metadata (model_args: ``pretrained``,
+``tokenizer``, ``gguf_file``, ``revision``, ``max_length``); the tokenizer is loaded once per process.
+Extra options in metadata (``--metadata '{"wrong_share": 40}'``): ``wrong_share`` grades the permuted
+setting (percent of demonstrations shown with the shifted label).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import numpy as np
+from lm_eval.api.task import ConfigurableTask
+
+from lm_eval_false_demos.corruption import FOLLOW_SETTINGS, check_setting, check_wrong_share
+from lm_eval_false_demos.datasets import get_spec, load_examples
+from lm_eval_false_demos.errors import FalseDemoError
+from lm_eval_false_demos.metrics import calibrated_accuracy, normalise
+from lm_eval_false_demos.prompts import build_prompt, label_token_ids, query_shift, render_query
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FEWSHOT_SEED = 1234
+_warned_no_budget = False
+
+
+def calibrated_accuracy_aggregation(items) -> float:
+    """lm-eval aggregation over the per-query ``(gold, normalised scores)`` items of all ranks."""
+    items = list(items)
+    gold = [int(g) for g, _ in items]
+    scores = np.array([list(s) for _, s in items], dtype=np.float64)
+    return calibrated_accuracy(scores, gold)
+
+
+def _resolve_short_name(pretrained: str) -> dict:
+    """Short names of packaged models (``gemma-3-270m``) -> model_args, if that module exists yet."""
+    if os.path.exists(pretrained):
+        return {}
+    try:
+        from lm_eval_false_demos.embedded_models import resolve_pretrained
+    except ImportError:
+        return {}
+    try:
+        resolved = resolve_pretrained(pretrained)
+    except Exception:  # not a packaged short name: leave it to transformers (hub id or path)
+        return {}
+    if isinstance(resolved, dict):
+        return {key: value for key, value in resolved.items() if value is not None}
+    if isinstance(resolved, (str, os.PathLike)):
+        return {"pretrained": str(resolved)}
+    return {}
+
+
+@functools.lru_cache(maxsize=8)
+def load_tokenizer_and_length(pretrained: str, tokenizer: str | None, gguf_file: str | None,
+                              revision: str | None, trust_remote_code: bool, max_length: int | None):
+    """(tokenizer, the max length HFLM would use) for these model args; cached per process."""
+    import transformers
+    from lm_eval.models.utils import resolve_max_length
+
+    resolved = {"pretrained": pretrained, "gguf_file": gguf_file, **_resolve_short_name(pretrained)}
+    pretrained, gguf_file = resolved["pretrained"], resolved.get("gguf_file")
+    tokenizer = tokenizer or resolved.get("tokenizer")
+    common = {"trust_remote_code": trust_remote_code}
+    if revision:
+        common["revision"] = revision
+    if tokenizer:  # HFLM passes gguf_file to the tokenizer only when no tokenizer is given
+        loaded = transformers.AutoTokenizer.from_pretrained(tokenizer, **common)
+    else:
+        loaded = transformers.AutoTokenizer.from_pretrained(
+            pretrained, **common, **({"gguf_file": gguf_file} if gguf_file else {}))
+    if max_length:
+        return loaded, int(max_length)
+    config = transformers.AutoConfig.from_pretrained(
+        pretrained, **common, **({"gguf_file": gguf_file} if gguf_file else {}))
+    return loaded, int(resolve_max_length(config, loaded))
+
+
+def _budget_from_metadata(metadata: dict, task_name: str):
+    global _warned_no_budget
+    pretrained = metadata.get("pretrained")
+    tokenizer = metadata.get("tokenizer")
+    if not isinstance(pretrained, str) and not isinstance(tokenizer, str):
+        if not _warned_no_budget:
+            logger.warning(
+                "falsedemo tasks: no tokenizer known (no 'pretrained'/'tokenizer' in model args or metadata); "
+                "prompts are built without a token budget, so a model with a short context may truncate them"
+            )
+            _warned_no_budget = True
+        return None
+    try:
+        return load_tokenizer_and_length(
+            pretrained if isinstance(pretrained, str) else tokenizer,
+            tokenizer if isinstance(tokenizer, str) else None,
+            metadata.get("gguf_file"), metadata.get("revision"), bool(metadata.get("trust_remote_code", False)),
+            int(metadata["max_length"]) if metadata.get("max_length") else None,
+        )
+    except Exception as error:
+        raise FalseDemoError(
+            f"task {task_name}: could not load the tokenizer for pretrained={pretrained!r} "
+            f"tokenizer={tokenizer!r} to budget the prompt: {error}"
+        ) from error
+
+
+class FalseDemoTask(ConfigurableTask):
+    """One dataset x setting; ``dataset_kwargs`` carries ``falsedemo_dataset`` and ``falsedemo_setting``."""
+
+    def __init__(self, config: dict | None = None, **kwargs):
+        config = dict(config or {})
+        config.pop("class", None)
+        options = dict(config.get("dataset_kwargs") or {})
+        if "falsedemo_dataset" not in options or "falsedemo_setting" not in options:
+            raise FalseDemoError(
+                f"task {config.get('task')!r}: dataset_kwargs needs falsedemo_dataset and falsedemo_setting"
+            )
+        self.spec = get_spec(options["falsedemo_dataset"])
+        self.setting = check_setting(options["falsedemo_setting"])
+        metadata = dict(config.get("metadata") or {})
+        self.wrong_share = check_wrong_share(metadata.get("wrong_share"))
+        self.fewshot_seed = DEFAULT_FEWSHOT_SEED
+        super().__init__(config=config, **kwargs)
+        budget = _budget_from_metadata(metadata, config.get("task"))
+        if budget is None:
+            self.token_counter, self.max_tokens = None, None
+        else:
+            tokenizer, self.max_tokens = budget
+            label_token_ids(tokenizer, self.spec.label_word_list)
+            self.token_counter = functools.partial(_count_tokens, tokenizer)
+
+    def download(self, dataset_kwargs=None, **kwargs) -> None:
+        import datasets as hf_datasets
+
+        self.pool, queries = load_examples(self.spec.key)
+        self.queries = {query.uid: query for query in queries}
+        docs = [{"uid": q.uid, "query": render_query(self.spec, q), "label": q.label} for q in queries]
+        self.dataset = hf_datasets.DatasetDict({"queries": hf_datasets.Dataset.from_list(docs)})
+
+    def fewshot_docs(self):
+        return None  # demonstrations are chosen by prompts.build_prompt, not by an lm-eval sampler
+
+    def set_fewshot_seed(self, seed: int | None = None) -> None:
+        super().set_fewshot_seed(seed)
+        self.fewshot_seed = DEFAULT_FEWSHOT_SEED if seed is None else int(seed)
+
+    def build_prompt_for(self, doc: dict, num_fewshot: int):
+        return build_prompt(
+            self.spec, self.queries[doc["uid"]], self.pool, int(num_fewshot), self.setting, self.fewshot_seed,
+            wrong_share=self.wrong_share if self.setting == "permuted" else None,
+            token_counter=self.token_counter, max_tokens=self.max_tokens,
+        )
+
+    def fewshot_context(self, doc, num_fewshot, system_instruction=None, apply_chat_template=False,
+                        fewshot_as_multiturn=False, chat_template=None, gen_prefix=None, **kwargs) -> str:
+        # fewshot_as_multiturn only matters with a chat template, which we refuse.
+        if apply_chat_template or system_instruction:
+            raise FalseDemoError(
+                f"task {self.config.task}: falsedemo prompts are raw few-shot text as in the paper; "
+                "--apply_chat_template and --system_instruction are not supported"
+            )
+        return self.build_prompt_for(doc, num_fewshot).context
+
+    def process_results(self, doc, results):
+        log_likelihoods = [float(result[0]) for result in results]
+        scores = normalise(log_likelihoods)
+        gold = int(doc["label"])
+        predicted = int(np.argmax(scores))
+        outcome = {"calibrated_acc": (gold, scores.tolist()), "acc": float(predicted == gold)}
+        if self.setting in FOLLOW_SETTINGS:
+            follow = (gold + query_shift(self.spec, doc["uid"], self.fewshot_seed)) % self.spec.num_classes
+            outcome["follow_acc"] = float(predicted == follow)
+        return outcome
+
+
+def _count_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
