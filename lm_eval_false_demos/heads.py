@@ -37,6 +37,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -495,3 +496,496 @@ def _max_tokens(model) -> int | None:
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     length = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     return int(length) if length else None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Ablation against the random-head control
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedQuery:
+    input_ids: tuple[int, ...]
+    label_ids: tuple[int, ...]  # first tokens of " " + label word, in class order
+    gold: int
+    shown_for_gold: int  # class whose label the demos of the query's class show, (y + s) % K
+
+
+def encode_query(prompt, label_ids: Sequence[int], tokenizer, add_bos: bool) -> EncodedQuery:
+    ids, _ = encode_context(tokenizer, prompt.context, add_bos)
+    return EncodedQuery(
+        input_ids=tuple(ids),
+        label_ids=tuple(int(i) for i in label_ids),
+        gold=int(prompt.query_label),
+        shown_for_gold=int((prompt.query_label + prompt.shift) % len(label_ids)),
+    )
+
+
+def query_readouts(model, query: EncodedQuery, ablations: Sequence, modules: ModelModules, with_promotion=False):
+    """Last-layer label logits [C, K] at the query token under each ablation (None = no ablation).
+
+    The context before the query token runs once with the KV cache; each condition then runs only the query
+    token on a copy of that cache, so the ablation acts at the query position (the paper's last-position
+    ablation) and C conditions cost one long forward plus C one-token forwards. With ``with_promotion`` the
+    unablated condition (``ablations[0]`` must be None) also returns the [L, H] label-promoting scores.
+    """
+    from .interventions import ablate
+    from .lens import lens_label_logits
+
+    device = next(model.parameters()).device
+    ids = torch.tensor([query.input_ids], device=device)
+    label_ids = torch.tensor(query.label_ids, device=device)
+    rows, promotion = [], None
+    with torch.no_grad():
+        prefix = model(input_ids=ids[:, :-1], use_cache=True, logits_to_keep=1).cache
+        for index, ablation in enumerate(ablations):
+            cache = copy.deepcopy(prefix)
+            capture = _ReadoutCapture(modules, want_attention=False)
+            manager = contextlib.nullcontext() if ablation is None else ablate(model, ablation, modules=modules)
+            with capture, manager:
+                model(input_ids=ids[:, -1:], cache=cache, use_cache=True, logits_to_keep=1)
+            rows.append(lens_label_logits(model, capture.final[None], label_ids, modules)[0].float())
+            if with_promotion and index == 0:
+                if ablation is not None:
+                    raise ValueError("label promotion is read from the unablated condition, which must come first")
+                promotion = label_promotion(
+                    modules, capture.z, capture.attn_out, capture.final,
+                    query.label_ids[query.shown_for_gold], query.label_ids[query.gold],
+                )
+    logits = torch.stack(rows).cpu().numpy()
+    return (logits, promotion.cpu().numpy()) if with_promotion else logits
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(-1, keepdims=True)
+
+
+def gap_recovered(acc_correct: float, acc_corrupted: float, acc_corrupted_ablated: float) -> float:
+    """Spec section 7: 1 - (acc_correct - acc_corrupted_ablated) / (acc_correct - acc_corrupted); NaN without a gap."""
+    gap = acc_correct - acc_corrupted
+    if gap <= 0:
+        return float("nan")
+    return 1.0 - (acc_correct - acc_corrupted_ablated) / gap
+
+
+def _mean_sd(values) -> dict:
+    values = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
+    if values.size == 0:
+        return {"mean": float("nan"), "sd": float("nan"), "n": 0}
+    return {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if values.size > 1 else 0.0,
+            "n": int(values.size)}
+
+
+def evaluate_heads(
+    model,
+    tokenizer,
+    datasets: Sequence[str],
+    top_heads: Sequence[tuple[int, int]],
+    random_draws: Sequence[Sequence[tuple[int, int]]],
+    limit: int,
+    seed: int,
+    num_fewshot: int | None = None,
+    corrupted_setting: str = "permuted",
+    log=print,
+) -> dict:
+    """Gap recovered by zeroing ``top_heads`` vs each random draw, per dataset and averaged over datasets."""
+    from .interventions import make_ablation
+    from .metrics import calibrated_accuracy
+    from .prompts import label_token_ids
+
+    modules = resolve_modules(model)
+    conditions = [None, make_ablation(model, heads=list(top_heads), modules=modules)]
+    conditions += [make_ablation(model, heads=list(draw), modules=modules) for draw in random_draws]
+    bos = adds_bos(model, tokenizer)
+    per_dataset = {}
+    for dataset in datasets:
+        started = time.time()
+        logits = {}
+        promotion = []
+        for setting in ("correct", corrupted_setting):
+            spec, _, prompts = build_task_prompts(
+                f"falsedemo_{dataset}_{setting}", limit, seed, num_fewshot, tokenizer, _max_tokens(model)
+            )
+            ids = label_token_ids(tokenizer, list(spec.label_word_list))
+            rows, golds = [], []
+            for prompt in prompts:
+                query = encode_query(prompt, ids, tokenizer, bos)
+                if setting == corrupted_setting:
+                    readout, lp = query_readouts(model, query, conditions, modules, with_promotion=True)
+                    promotion.append(lp)
+                else:
+                    readout = query_readouts(model, query, conditions, modules)
+                rows.append(readout)
+                golds.append(query.gold)
+            logits[setting] = (np.stack(rows), np.asarray(golds))  # [N, C, K], [N]
+
+        def accuracy(setting, condition):
+            values, gold = logits[setting]
+            return float(calibrated_accuracy(_softmax(values[:, condition]), gold))
+
+        acc_correct, acc_corrupted = accuracy("correct", 0), accuracy(corrupted_setting, 0)
+        lp_mean = np.mean(promotion, axis=0)  # [L, H] on this dataset's corrupted prompts
+
+        def condition_summary(condition, heads_used):
+            ablated = accuracy(corrupted_setting, condition)
+            correct_ablated = accuracy("correct", condition)
+            return {
+                "heads": format_heads(heads_used),
+                "acc_corrupted_ablated": ablated,
+                "acc_correct_ablated": correct_ablated,
+                "gap_recovered": gap_recovered(acc_correct, acc_corrupted, ablated),
+                "correct_change": correct_ablated - acc_correct,
+                "label_promoting": float(np.mean([lp_mean[l, h] for l, h in heads_used])),
+            }
+
+        top = condition_summary(1, top_heads)
+        randoms = [condition_summary(2 + i, draw) for i, draw in enumerate(random_draws)]
+        per_dataset[dataset] = {
+            "n": int(len(logits["correct"][1])),
+            "acc_correct": acc_correct,
+            "acc_corrupted": acc_corrupted,
+            "gap": acc_correct - acc_corrupted,
+            "top_k": top,
+            "random": {
+                "draws": randoms,
+                "gap_recovered": _mean_sd(r["gap_recovered"] for r in randoms),
+                "correct_change": _mean_sd(r["correct_change"] for r in randoms),
+                "acc_corrupted_ablated": _mean_sd(r["acc_corrupted_ablated"] for r in randoms),
+                "label_promoting": _mean_sd(r["label_promoting"] for r in randoms),
+            },
+            "label_promoting_all_heads_mean": float(lp_mean.mean()),
+            "label_promoting_all_heads_sd": float(lp_mean.std(ddof=1)),
+        }
+        log(
+            f"[heads] {dataset}: correct {acc_correct:.3f} {corrupted_setting} {acc_corrupted:.3f} "
+            f"top-k ablated {top['acc_corrupted_ablated']:.3f} (gap recovered {top['gap_recovered']:+.2f}); "
+            f"random {per_dataset[dataset]['random']['gap_recovered']['mean']:+.2f} "
+            f"(sd {per_dataset[dataset]['random']['gap_recovered']['sd']:.2f}) [{time.time() - started:.0f}s]"
+        )
+    return summarise_evaluation(per_dataset, top_heads, random_draws, corrupted_setting)
+
+
+def summarise_evaluation(per_dataset: dict, top_heads, random_draws, corrupted_setting: str) -> dict:
+    """Means over datasets (of per-dataset ratios, as the paper); the random control's spread is over draws."""
+    keys = list(per_dataset)
+
+    def dataset_mean(values):
+        values = [v for v in values if not math.isnan(v)]
+        return float(np.mean(values)) if values else float("nan")
+
+    random_gap_by_draw = [
+        dataset_mean(per_dataset[key]["random"]["draws"][i]["gap_recovered"] for key in keys)
+        for i in range(len(random_draws))
+    ]
+    random_change_by_draw = [
+        dataset_mean(per_dataset[key]["random"]["draws"][i]["correct_change"] for key in keys)
+        for i in range(len(random_draws))
+    ]
+    random_lp_by_draw = [
+        dataset_mean(per_dataset[key]["random"]["draws"][i]["label_promoting"] for key in keys)
+        for i in range(len(random_draws))
+    ]
+    return {
+        "corrupted_setting": corrupted_setting,
+        "ablation": {"method": "zero (head's slice of the o_proj input)", "positions": "query token only"},
+        "top_k": format_heads(top_heads),
+        "random_heads": [format_heads(draw) for draw in random_draws],
+        "datasets": per_dataset,
+        "acc_correct": {"mean": dataset_mean(per_dataset[k]["acc_correct"] for k in keys)},
+        "acc_corrupted": {"mean": dataset_mean(per_dataset[k]["acc_corrupted"] for k in keys)},
+        "acc_corrupted_ablated": {"mean": dataset_mean(per_dataset[k]["top_k"]["acc_corrupted_ablated"] for k in keys)},
+        "gap_recovered": {
+            "mean": dataset_mean(per_dataset[k]["top_k"]["gap_recovered"] for k in keys),
+            "per_dataset": {k: per_dataset[k]["top_k"]["gap_recovered"] for k in keys},
+        },
+        "random_control": {**_mean_sd(random_gap_by_draw), "per_draw": random_gap_by_draw},
+        "correct_change": {
+            "top_k": dataset_mean(per_dataset[k]["top_k"]["correct_change"] for k in keys),
+            "random": {**_mean_sd(random_change_by_draw), "per_draw": random_change_by_draw},
+        },
+        "label_promoting": {
+            "top_k": dataset_mean(per_dataset[k]["top_k"]["label_promoting"] for k in keys),
+            "random": {**_mean_sd(random_lp_by_draw), "per_draw": random_lp_by_draw},
+        },
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Outputs
+
+
+def critical_layer_from_sweep(path: str | Path, dataset: str) -> int | None:
+    """The critical layer (lens numbering 0..L) a ``sweep.json`` found for ``dataset`` (else its summary's)."""
+    try:
+        payload = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise FalseDemoError(f"cannot read sweep result {str(path)!r}: {error}") from None
+    if payload.get("kind") != "falsedemo.sweep":
+        raise FalseDemoError(f"{str(path)!r} is not a sweep.json (kind {payload.get('kind')!r})")
+    entry = (payload.get("datasets") or {}).get(dataset) or {}
+    layer = entry.get("critical_layer")
+    if layer is None:
+        layer = (payload.get("summary") or {}).get("critical_layer")
+    return int(layer) if isinstance(layer, (int, float)) else None
+
+
+def write_figures(scores: HeadScores, top: Sequence[tuple[int, int]], directory: Path, title: str,
+                  critical_layer: int | None = None) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pm, lp = scores.pm_mean, scores.lp_mean
+    num_layers, num_heads = pm.shape
+    written = []
+
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    axis.bar(range(num_layers), pm.sum(1), color="tab:blue")
+    axis.axhline(0, color="black", linewidth=0.8)
+    if critical_layer is not None:
+        # Lens layer c is the residual entering block c: heads of blocks >= c act after the critical layer.
+        axis.axvline(critical_layer - 0.5, color="tab:red", linestyle="--", label=f"critical layer {critical_layer}")
+        axis.legend()
+    axis.set_xlabel("block (layer of the head)")
+    axis.set_ylabel("sum of prefix-matching scores")
+    axis.set_title(title, fontsize=9)
+    figure.tight_layout()
+    written.append(results_io.save_figure_atomic(figure, directory / "prefix_matching_by_layer.png", dpi=120))
+    plt.close(figure)
+
+    figure, axes = plt.subplots(1, 2, figsize=(2 + 1.2 * num_heads, 0.35 * num_layers + 2))
+    for axis, values, name, cmap in ((axes[0], pm, "prefix-matching", "viridis"), (axes[1], lp, "label-promoting", "RdBu_r")):
+        limit = float(np.nanmax(np.abs(values))) or 1.0
+        image = axis.imshow(values, aspect="auto", cmap=cmap,
+                            **({"vmin": -limit, "vmax": limit} if cmap == "RdBu_r" else {}))
+        for layer, head in top:
+            axis.add_patch(matplotlib.patches.Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False,
+                                                        edgecolor="red", linewidth=1.5))
+        axis.set_xlabel("head")
+        axis.set_ylabel("layer")
+        axis.set_xticks(range(num_heads))
+        axis.set_title(name, fontsize=9)
+        figure.colorbar(image, ax=axis, shrink=0.8)
+    figure.suptitle(title + " (red: top-k)", fontsize=9)
+    figure.tight_layout()
+    written.append(results_io.save_figure_atomic(figure, directory / "heads_heatmap.png", dpi=120))
+    plt.close(figure)
+    return written
+
+
+def heads_payload(config: dict, scores: HeadScores | None, top: Sequence[tuple[int, int]], evaluation=None) -> dict:
+    payload = {
+        "kind": "falsedemo.heads",
+        "format_version": FORMAT_VERSION,
+        "config": config,
+        "heads": scores.ranked() if scores is not None else [],
+        "top_k": format_heads(top),
+    }
+    if evaluation is not None:
+        payload["evaluation"] = evaluation
+    return payload
+
+
+def write_outputs(payload: dict, scores: HeadScores | None, directory: Path, plots: bool,
+                  critical_layer: int | None) -> list[Path]:
+    written = [results_io.write_json_atomic(directory / "heads.json", payload)]
+    if scores is not None:
+        header = ["rank", "layer", "head", "prefix_matching", "prefix_matching_sd", "label_promoting",
+                  "label_promoting_sd"]
+        written.append(results_io.write_csv_atomic(
+            directory / "heads.csv", header, ([row[name] for name in header] for row in payload["heads"])
+        ))
+        if plots:
+            config = payload["config"]
+            title = f"{config.get('model_args')} · {config.get('task')} · N={scores.num_prompts}"
+            top = [(row["layer"], row["head"]) for row in payload["heads"][: config.get("top_k")]]
+            written += write_figures(scores, top, directory, title, critical_layer)
+    return written
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_model_args(text: str | None) -> dict:
+    """``pretrained=gemma-3-270m,dtype=float32`` -> dict (lm-eval's syntax)."""
+    args = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise FalseDemoError(f"model arg {part!r} is not key=value (e.g. pretrained=gemma-3-270m)")
+        key, value = part.split("=", 1)
+        args[key.strip()] = value.strip()
+    if "pretrained" not in args:
+        raise FalseDemoError("--model_args needs pretrained=<hub id, folder or gemma-3-270m / smollm2-135m>")
+    return args
+
+
+def load_model(model_args: dict, device: str | None):
+    """(model, tokenizer) with sdpa attention (scoring switches to eager for its own pass only)."""
+    import transformers
+
+    from .embedded_models import resolve_pretrained
+
+    unknown = set(model_args) - {"pretrained", "dtype", "revision", "trust_remote_code"}
+    if unknown:
+        raise FalseDemoError(f"unsupported model args {sorted(unknown)}; allowed: pretrained, dtype, revision, trust_remote_code")
+    path = resolve_pretrained(model_args["pretrained"])
+    dtype = model_args.get("dtype", "float32")
+    if not hasattr(torch, dtype) and dtype != "auto":
+        raise FalseDemoError(f"dtype={dtype!r} is not a torch dtype (e.g. float32, bfloat16)")
+    kwargs = {"revision": model_args["revision"]} if "revision" in model_args else {}
+    trust = str(model_args.get("trust_remote_code", "")).lower() in ("1", "true", "yes")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust, **kwargs)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype if dtype == "auto" else getattr(torch, dtype), attn_implementation="sdpa",
+        trust_remote_code=trust, **kwargs,
+    )
+    model.eval()
+    if device:
+        model.to(device)
+    return model, tokenizer
+
+
+def _identity(pretrained: str) -> dict | None:
+    from .embedded_models import model_identity, resolve_pretrained
+
+    try:
+        return model_identity(resolve_pretrained(pretrained))
+    except FalseDemoError:
+        return None
+
+
+def _versions() -> dict:
+    import lm_eval
+    import transformers
+
+    from . import __version__
+
+    return {"lm_eval_false_demos": __version__, "lm_eval": getattr(lm_eval, "__version__", "?"),
+            "transformers": transformers.__version__, "torch": torch.__version__, "python": sys.version.split()[0]}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model_args", "-a", required=True,
+                        help="pretrained=<hub id | folder | gemma-3-270m | smollm2-135m>[,dtype=float32]")
+    parser.add_argument("--task", default=DEFAULT_TASK, help=f"scoring task (default {DEFAULT_TASK})")
+    parser.add_argument("--num_prompts", "-n", type=int, default=DEFAULT_NUM_PROMPTS,
+                        help="prompts scored: the task's first N queries, as lm_eval --limit N")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help="few-shot seed of the prompts (lm-eval's 4th --seed value; default 1234)")
+    parser.add_argument("--num_fewshot", "-f", type=int, default=None, help="demonstrations k (default: the task's)")
+    parser.add_argument("--top_k", "-k", type=int, default=DEFAULT_TOP_K, help="heads exported and ablated")
+    parser.add_argument("--heads", default=None,
+                        help="skip scoring and use these heads (14:6;16:7 or @heads.json); needs --evaluate")
+    parser.add_argument("--sweep", default=None, help="sweep.json whose critical layer is marked in the plot")
+    parser.add_argument("--evaluate", default=None,
+                        help="comma-separated dataset keys (e.g. unnatural,sst2,ag_news,trec): gap recovered "
+                             "by zeroing the top-k heads vs random heads")
+    parser.add_argument("--limit", type=int, default=100, help="queries per dataset in --evaluate")
+    parser.add_argument("--corrupted_setting", default="permuted", help="corrupted setting in --evaluate")
+    parser.add_argument("--random_draws", "-R", type=int, default=DEFAULT_RANDOM_DRAWS,
+                        help="random-head draws (k distinct heads each) in --evaluate")
+    parser.add_argument("--random_seed", type=int, default=0, help="seed of the random-head draws")
+    parser.add_argument("--output_path", "-o", default="results", help="folder; each run gets a new heads_* folder")
+    parser.add_argument("--device", default=None, help="e.g. cpu or cuda:0")
+    parser.add_argument("--no_plots", action="store_true", help="skip the figures")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .interventions import parse_heads
+
+    model_args = parse_model_args(args.model_args)
+    if args.top_k < 1:
+        raise FalseDemoError(f"--top_k={args.top_k} must be at least 1")
+    given = None
+    if args.heads:
+        given = parse_heads(args.heads)
+        if given == "auto" or not given:
+            raise FalseDemoError("--heads needs explicit heads (14:6;16:7 or @heads.json); omit it to discover them")
+        if not args.evaluate:
+            raise FalseDemoError("--heads only makes sense with --evaluate (scoring would replace them)")
+    datasets = [key.strip() for key in (args.evaluate or "").split(",") if key.strip()]
+    for key in datasets:
+        parse_task(f"falsedemo_{key}_{args.corrupted_setting}")  # fail before loading the model
+    started = time.time()
+    model, tokenizer = load_model(model_args, args.device)
+    modules = resolve_modules(model)
+    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    log(f"[heads] loaded {model_args['pretrained']} ({modules.num_layers} layers x {modules.num_heads} heads) "
+        f"in {time.time() - started:.0f}s")
+
+    scores = None
+    if given is None:
+        started = time.time()
+        scores = score_task(model, tokenizer, args.task, args.num_prompts, args.seed, args.num_fewshot,
+                            progress=lambda i: i % 25 == 0 and log(f"[heads] scored {i} prompts"))
+        top = scores.top_k(args.top_k)
+        log(f"[heads] scored {scores.num_prompts} prompts in {time.time() - started:.0f}s; top-{args.top_k}: "
+            f"{format_heads(top)}")
+    else:
+        top = list(given)
+
+    config = {
+        "model": "hf",
+        "model_args": args.model_args,
+        "model_identity": _identity(model_args["pretrained"]),
+        "num_layers": modules.num_layers,
+        "num_heads": modules.num_heads,
+        "task": args.task,
+        "num_prompts": scores.num_prompts if scores is not None else None,
+        "seed": args.seed,
+        "k": args.num_fewshot if args.num_fewshot is not None else default_num_fewshot(parse_task(args.task)[0]),
+        "top_k": len(top),
+        "heads_given": args.heads,
+        "readout": "last query token",
+        "label_promoting_norm": "final norm (and Gemma's post-attention norm) with scale frozen at the actual "
+                                "residual; output-head bias cancels; pre soft-cap",
+        "data_source": os.environ.get("FALSEDEMO_DATA_DIR") or "hub",
+        "versions": _versions(),
+        "command": "falsedemo heads " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["heads"] else sys.argv[1:]),
+    }
+    evaluation = None
+    if datasets:
+        draws = draw_random_heads(modules.num_layers, modules.num_heads, len(top), args.random_draws, args.random_seed)
+        config.update(evaluate=datasets, limit=args.limit, random_draws=args.random_draws,
+                      random_seed=args.random_seed, corrupted_setting=args.corrupted_setting)
+        evaluation = evaluate_heads(model, tokenizer, datasets, top, draws, args.limit, args.seed,
+                                    args.num_fewshot, args.corrupted_setting, log=log)
+    critical = critical_layer_from_sweep(args.sweep, parse_task(args.task)[0]) if args.sweep else None
+    name = Path(model_args["pretrained"]).name or "model"
+    directory = results_io.new_run_directory(args.output_path, f"heads_{name}")
+    payload = heads_payload(config, scores, top, evaluation)
+    written = write_outputs(payload, scores, directory, plots=not args.no_plots, critical_layer=critical)
+    print(format_summary(payload))
+    print(f"wrote {', '.join(str(path) for path in written)}")
+    print(f"ablate them with: lm_eval --model hf-ablate --model_args pretrained={model_args['pretrained']},"
+          f"heads=@{directory / 'heads.json'} ...")
+    return 0
+
+
+def format_summary(payload: dict) -> str:
+    lines = [f"top-k heads: {payload['top_k']}"]
+    if payload["heads"]:
+        lines.append("rank layer:head  prefix_matching  label_promoting")
+        for row in payload["heads"][: max(payload["config"].get("top_k") or 5, 5)]:
+            lines.append(f"{row['rank']:>4} {row['layer']:>5}:{row['head']:<4} {row['prefix_matching']:>15.4f}"
+                         f" {row['label_promoting']:>16.4f}")
+    evaluation = payload.get("evaluation")
+    if evaluation:
+        lines.append("dataset  acc_correct  acc_corrupted  ablated  gap_recovered  random_gap_recovered (sd)")
+        for key, entry in evaluation["datasets"].items():
+            random = entry["random"]["gap_recovered"]
+            lines.append(f"{key:<12} {entry['acc_correct']:.3f} {entry['acc_corrupted']:.3f} "
+                         f"{entry['top_k']['acc_corrupted_ablated']:.3f} {entry['top_k']['gap_recovered']:+.3f} "
+                         f"{random['mean']:+.3f} ({random['sd']:.3f})")
+        control = evaluation["random_control"]
+        lines.append(f"mean gap recovered: top-k {evaluation['gap_recovered']['mean']:+.3f}; random "
+                     f"{control['mean']:+.3f} (sd {control['sd']:.3f}, {control['n']} draws)")
+        lp = evaluation["label_promoting"]
+        lines.append(f"label-promoting: top-k {lp['top_k']:+.3f}; random {lp['random']['mean']:+.3f} "
+                     f"(sd {lp['random']['sd']:.3f})")
+    return "\n".join(lines)

@@ -223,3 +223,37 @@ def test_format_heads_round_trips_through_the_ablation_parser():
     pairs = [(14, 6), (16, 7), (3, 0)]
     assert heads.format_heads(pairs) == "14:6;16:7;3:0"
     assert list(parse_heads(heads.format_heads(pairs))) == pairs
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Evaluation readout: cached context + one query-token forward per condition equals a full forward
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_cached_query_readout_matches_full_forward_with_and_without_ablation(arch, tiny_model_factory):
+    from lm_eval_false_demos.interventions import ablate, make_ablation
+    from lm_eval_false_demos.lens import read_label_logits
+
+    model, _ = tiny_model_factory(arch)
+    modules = resolve_modules(model)
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 500, (1, 90), generator=generator)  # longer than gemma3's sliding window of 64
+    query = heads.EncodedQuery(tuple(ids[0].tolist()), (10, 11, 12), gold=0, shown_for_gold=1)
+    ablation = make_ablation(model, heads="2:1;3:0", modules=modules)
+    cached, promotion = heads.query_readouts(model, query, [None, ablation], modules, with_promotion=True)
+    full = read_label_logits(model, ids, [-1], list(query.label_ids), layers=[modules.num_layers])[0, 0, 0]
+    with ablate(model, ablation, modules=modules):
+        full_ablated = read_label_logits(model, ids, [-1], list(query.label_ids), layers=[modules.num_layers])[0, 0, 0]
+    np.testing.assert_allclose(cached[0], full.numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(cached[1], full_ablated.numpy(), atol=1e-4, rtol=1e-4)
+    assert promotion.shape == (modules.num_layers, modules.num_heads)
+    # The same head writes read in the scoring pass give the same label-promoting scores.
+    item = heads.ScoringItem(query.input_ids, (5,), (6,), 10, 11, 3)
+    scored = heads.score_heads(model, [item], modules)
+    np.testing.assert_allclose(scored.label_promoting[0], promotion, atol=1e-4, rtol=1e-3)
+
+
+def test_gap_recovered_follows_the_spec():
+    assert heads.gap_recovered(0.8, 0.4, 0.6) == pytest.approx(0.5)
+    assert heads.gap_recovered(0.8, 0.4, 0.4) == pytest.approx(0.0)
+    assert np.isnan(heads.gap_recovered(0.5, 0.6, 0.7))
