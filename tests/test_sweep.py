@@ -1,0 +1,265 @@
+"""falsedemo sweep: derived analyses, output files, and equality with lm-eval runs on a tiny random model.
+
+The expensive pieces (TaskManager indexing, the tiny model, one sweep) are built once per module.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from lm_eval_false_demos import sweep
+from lm_eval_false_demos.errors import FalseDemoError
+
+TASKS = ["falsedemo_unnatural_correct", "falsedemo_unnatural_permuted"]
+LIMIT = 12
+NUM_FEWSHOT = 5
+FEWSHOT_SEED = 1234
+
+
+# ------------------------------------------------------------------------------- pure analyses
+
+
+def test_critical_layer_is_first_layer_reaching_half_the_final_gap():
+    assert sweep.critical_layer([0.0, 0.05, 0.1, 0.3, 0.2]) == 2
+    assert sweep.critical_layer([0.0, 0.1, 0.4, 0.2]) == 1  # reaching half counts (0.1 >= 0.2 / 2)
+    assert sweep.critical_layer([0.0, 0.09, 0.4, 0.2]) == 2
+    assert sweep.critical_layer([0.0, 0.1, 0.05]) == 1
+    assert sweep.critical_layer([0.0, 0.2, 0.0]) is None
+    assert sweep.critical_layer([0.0, 0.1, -0.1]) is None
+
+
+def test_early_exit_picks_earliest_maximum_and_gain_over_last_layer():
+    assert sweep.early_exit([0.5, 0.7, 0.7, 0.4]) == (1, pytest.approx(0.3))
+    assert sweep.early_exit([0.5, 0.4, 0.6]) == (2, 0.0)
+
+
+def test_held_out_halves_are_disjoint_seeded_and_cover_all_queries():
+    choose, report = sweep.held_out_halves(11, seed=3)
+    assert len(choose) == 5 and len(report) == 6
+    assert sorted(np.concatenate([choose, report]).tolist()) == list(range(11))
+    again = sweep.held_out_halves(11, seed=3)
+    assert choose.tolist() == again[0].tolist() and report.tolist() == again[1].tolist()
+    assert sweep.held_out_halves(11, seed=4)[0].tolist() != choose.tolist()
+
+
+def _synthetic_scores(n=60, layers=6, classes=3, seed=0):
+    """Correct prompts sharpen with depth; corrupted ones peak mid-way then fall (overthinking)."""
+    rng = np.random.default_rng(seed)
+    gold = rng.integers(0, classes, size=n)
+    onehot = np.eye(classes)[gold]
+    noise = rng.normal(size=(n, layers, classes))
+    correct_strength = np.linspace(0, 3, layers)
+    corrupted_strength = np.array([0, 0.8, 1.6, 1.2, 0.4, 0.1])[:layers]
+    correct = sweep.label_probabilities(onehot[:, None, :] * correct_strength[None, :, None] + noise)
+    corrupted = sweep.label_probabilities(onehot[:, None, :] * corrupted_strength[None, :, None] + noise)
+    correct[:, 0] = corrupted[:, 0] = 1.0 / classes  # layer 0 reads the same embedding for every query
+    return correct, corrupted, gold
+
+
+def test_compare_settings_finds_the_split_and_the_early_exit_with_seeded_intervals():
+    correct, corrupted, gold = _synthetic_scores()
+    first = sweep.compare_settings(correct, corrupted, gold, bootstrap_iters=200, seed=5, confidence=0.9)
+    second = sweep.compare_settings(correct, corrupted, gold, bootstrap_iters=200, seed=5, confidence=0.9)
+    assert first == second  # seeded: identical numbers run to run
+    assert first["gap_per_layer"][0] == pytest.approx(0.0)
+    assert first["last_layer"]["gap"] > 0.3
+    assert first["early_exit_layer"] in (2, 3) and first["early_exit_gain"] > 0.1
+    assert first["critical_layer"] is not None and 1 <= first["critical_layer"] <= 5
+    for name in ("correct", "corrupted", "gap", "early_exit_gain"):
+        low, high = first["intervals"][name]
+        assert low <= high
+    low, high = first["intervals"]["gap"]
+    assert low <= first["last_layer"]["gap"] <= high
+    held_out = first["held_out"]
+    assert held_out["choose_n"] + held_out["report_n"] == len(gold)
+    assert held_out["early_exit_gain"] == pytest.approx(
+        held_out["early_exit_accuracy"] - held_out["last_layer_accuracy"]
+    )
+    assert held_out["interval"][0] <= held_out["interval"][1]
+
+
+def test_bootstrap_is_paired_over_queries():
+    """Identical correct and corrupted scores give a gap of exactly 0 in every resample only if both settings
+    are resampled with the same queries; independent resampling would spread the interval."""
+    correct, _, gold = _synthetic_scores()
+    result = sweep.compare_settings(correct, correct.copy(), gold, bootstrap_iters=100, seed=0, confidence=0.95)
+    assert result["intervals"]["gap"] == [0.0, 0.0]
+    assert result["intervals"]["correct"] == result["intervals"]["corrupted"]
+    assert result["intervals"]["correct"][0] < result["intervals"]["correct"][1]
+
+
+# ------------------------------------------------------------------------------- tiny-model fixtures
+
+
+@pytest.fixture(scope="module")
+def task_manager():
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_model_dir):
+    import lm_eval.api.registry
+    import lm_eval.models  # noqa: F401
+
+    return lm_eval.api.registry.get_model("hf").create_from_arg_obj(
+        {"pretrained": str(tiny_model_dir("llama")), "dtype": "float32"}, {"batch_size": 2, "device": "cpu"}
+    )
+
+
+@pytest.fixture(scope="module")
+def sweep_result(tiny_lm, task_manager, tiny_model_dir):
+    return sweep.run_sweep(
+        model="hf", model_args={"pretrained": str(tiny_model_dir("llama")), "dtype": "float32"}, tasks=TASKS,
+        limit=LIMIT, num_fewshot=NUM_FEWSHOT, seed=[0, 1234, 1234, FEWSHOT_SEED], batch_size=3,
+        bootstrap_iters=50, task_manager=task_manager, lm=tiny_lm, show_progress=False,
+    )
+
+
+# ------------------------------------------------------------------------------- against lm-eval
+
+
+def test_layer_numbers_equal_lm_eval_earlyexit_runs(sweep_result, task_manager, tiny_model_dir):
+    """The sweep's layer-l numbers equal ``lm_eval --model hf-earlyexit --model_args ...,exit_layer=l``."""
+    import lm_eval
+
+    num_layers = sweep_result["config"]["num_layers"]
+    for layer in range(num_layers + 1):
+        results = lm_eval.simple_evaluate(
+            model="hf-earlyexit",
+            model_args={"pretrained": str(tiny_model_dir("llama")), "dtype": "float32", "exit_layer": layer},
+            tasks=TASKS, limit=LIMIT, num_fewshot=NUM_FEWSHOT, fewshot_random_seed=FEWSHOT_SEED,
+            task_manager=task_manager, bootstrap_iters=0, device="cpu", batch_size=4,
+        )
+        for task in TASKS:
+            ours = sweep_result["tasks"][task]
+            theirs = results["results"][task]
+            assert ours["n"] == LIMIT
+            reported = {key.split(",")[0] for key in theirs if key.endswith(",none") and "_stderr" not in key}
+            assert set(ours["per_layer"]) == reported
+            for metric in reported:
+                assert ours["per_layer"][metric][layer] == pytest.approx(theirs[f"{metric},none"], abs=1e-9), (
+                    task, metric, layer
+                )
+
+
+def test_layer_zero_reads_chance_exactly(sweep_result):
+    for task in sweep_result["tasks"].values():
+        assert task["per_layer"]["calibrated_acc"][0] == pytest.approx(task["chance"])
+
+
+def test_per_position_readouts_equal_rerunning_with_fewer_demos(tiny_lm, task_manager):
+    """Demo i's readout inside the k-demo prompt equals scoring the prompt cut to its first i demos."""
+    import torch
+
+    from lm_eval_false_demos.architectures import resolve_modules
+    from lm_eval_false_demos.metrics import calibrated_accuracy
+
+    tasks = sweep.load_tasks(TASKS[1:], task_manager, NUM_FEWSHOT, FEWSHOT_SEED)
+    info, records = sweep.build_records(TASKS[1], tasks[TASKS[1]], LIMIT)
+    modules = resolve_modules(tiny_lm.model)
+    encoded = [sweep.encode_record(tiny_lm, record, index) for index, record in enumerate(records)]
+    with torch.no_grad():
+        full = sweep.read_prompts(tiny_lm, encoded, 4, modules)
+
+    for position in range(NUM_FEWSHOT):
+        shortened = [
+            sweep.PromptRecord(
+                task=record.task, doc_id=record.doc_id, query_key=record.query_key,
+                context=record.context[: record.demo_offsets[position]], continuations=record.continuations,
+                gold=record.demo_true_labels[position], follow_target=record.demo_follow_targets[position],
+                demo_true_labels=(), demo_follow_targets=(), demo_offsets=(),
+            )
+            for record in records
+        ]
+        short_encoded = [sweep.encode_record(tiny_lm, record, index) for index, record in enumerate(shortened)]
+        with torch.no_grad():
+            short = sweep.read_prompts(tiny_lm, short_encoded, 1, modules)
+        for index in range(len(records)):
+            np.testing.assert_allclose(full[index][:, position], short[index][:, 0], rtol=1e-5, atol=1e-5)
+        # and the dataset-level number at that position, at every layer
+        gold = np.array([record.gold for record in shortened])
+        for layer in range(modules.num_layers + 1):
+            ours = calibrated_accuracy(
+                sweep.label_probabilities(np.stack([full[i][layer, position] for i in range(len(records))])), gold
+            )
+            theirs = calibrated_accuracy(
+                sweep.label_probabilities(np.stack([short[i][layer, 0] for i in range(len(records))])), gold
+            )
+            assert ours == pytest.approx(theirs)
+
+
+def test_per_position_curve_ends_with_the_query_readout(sweep_result):
+    for task in sweep_result["tasks"].values():
+        positions = task["per_position"]
+        assert positions["num_preceding_demos"] == list(range(NUM_FEWSHOT + 1))
+        assert positions["readout"][-1] == "query"
+        for metric in task["per_layer"]:
+            assert [row[-1] for row in positions[metric]] == task["per_layer"][metric]
+
+
+def test_result_has_the_documented_shape(sweep_result):
+    assert sweep_result["kind"] == "falsedemo.sweep" and sweep_result["format_version"] == 1
+    config = sweep_result["config"]
+    for key in ("model", "model_args", "seed", "k", "limit", "data_source", "versions", "model_identity"):
+        assert key in config
+    assert config["seed"]["fewshot"] == FEWSHOT_SEED and config["k"] == [NUM_FEWSHOT]
+    assert config["model_identity"]["kind"] == "local_folder" and len(config["model_identity"]["sha256"]) == 64
+    for package in ("lm_eval_false_demos", "lm_eval", "transformers", "torch"):
+        assert package in config["versions"]
+    entry = sweep_result["datasets"]["unnatural"]
+    for key in ("critical_layer", "early_exit_layer", "early_exit_gain", "held_out", "intervals", "by_setting"):
+        assert key in entry
+    assert entry["corrupted_setting"] == "permuted"
+    assert len(entry["gap_per_layer"]) == config["num_layers"] + 1
+    json.dumps(sweep_result, allow_nan=True)
+
+
+def test_outputs_are_written_atomically_and_never_overwritten(sweep_result, tmp_path):
+    first = sweep.write_outputs(sweep_result, tmp_path)
+    second = sweep.write_outputs(sweep_result, tmp_path)
+    assert first != second
+    for folder in (first, second):
+        names = {path.name for path in folder.iterdir()}
+        assert {"sweep.json", "curves.csv", "derived.csv", "accuracy_by_layer.png", "accuracy_by_layer.svg",
+                "gap_by_demos.png", "gap_by_demos.svg"} <= names
+        assert not [name for name in names if name.endswith(".tmp")]
+    loaded = json.loads((first / "sweep.json").read_text())
+    assert loaded["tasks"][TASKS[0]]["per_layer"] == sweep_result["tasks"][TASKS[0]]["per_layer"]
+    rows = (first / "curves.csv").read_text().splitlines()
+    layers = sweep_result["config"]["num_layers"] + 1
+    assert len(rows) == 1 + len(TASKS) * layers * (NUM_FEWSHOT + 1)
+
+
+def test_leaderboard_reads_the_sweep(sweep_result, tmp_path):
+    from lm_eval_false_demos import leaderboard
+
+    folder = sweep.write_outputs(sweep_result, tmp_path, plots=False)
+    board = leaderboard.Leaderboard()
+    board.add_file(folder / "sweep.json")
+    assert board.rows and not [warning for warning in board.warnings if "sweep" in warning]
+
+
+# ------------------------------------------------------------------------------- command line
+
+
+def test_exit_layer_is_rejected_clearly():
+    with pytest.raises(FalseDemoError, match="exit_layer makes no sense for a sweep"):
+        sweep.create_model("hf-earlyexit", {"pretrained": "x", "exit_layer": 3}, 1, "cpu")
+
+
+def test_cli_parses_model_args_like_lm_eval():
+    from lm_eval_false_demos.cli import build_parser
+
+    argv = ["sweep", "--model", "hf-ablate", "--model_args", "pretrained=/m,heads=14:6;16:7,dtype=float32",
+            "--tasks", "falsedemo_unnatural", "--seed", "0,1,2,3", "--limit", "5"]
+    args = build_parser(argv).parse_args(argv)
+    assert args.model_args == {"pretrained": "/m", "heads": "14:6;16:7", "dtype": "float32"}
+    assert args.tasks == ["falsedemo_unnatural"] and args.seed == [0, 1, 2, 3] and args.limit == 5.0
+    with pytest.raises(FalseDemoError, match="batch_size"):
+        sweep._parse_batch_size("auto")
