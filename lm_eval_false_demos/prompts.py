@@ -139,7 +139,9 @@ def choose_demos(spec: DatasetSpec, query: Example, pool: Sequence[Example], k: 
     groups = _Grouped.of(pool, spec.num_classes)
     _check_pool(spec, groups, query.uid, k)
     budgeted = token_counter is not None and max_tokens is not None
-    stream = ("demos", spec.key, query.uid, seed, k, max_tokens if budgeted else None)
+    # The first draw ignores the budget, so a budget that is never hit changes nothing (a long-context
+    # model and a run without a tokenizer see the same demonstrations).
+    stream = ("demos", spec.key, query.uid, seed, k)
     demos = _draw(random.Random(_stream_seed(*stream)), groups, query.uid, k, None)
     if not budgeted:
         return demos
@@ -158,7 +160,7 @@ def choose_demos(spec: DatasetSpec, query: Example, pool: Sequence[Example], k: 
     if sum(map(demo_tokens, demos)) <= room:
         return demos
     per_slot = room // k
-    demos = _draw(random.Random(_stream_seed(*stream, "capped")), groups, query.uid, k,
+    demos = _draw(random.Random(_stream_seed(*stream, "capped", max_tokens)), groups, query.uid, k,
                   lambda example: demo_tokens(example) <= per_slot)
     if demos is None:
         raise FalseDemoError(
