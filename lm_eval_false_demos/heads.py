@@ -170,14 +170,10 @@ def build_task_prompts(task: str, num_prompts: int, seed: int, num_fewshot: int 
 
 
 def default_num_fewshot(dataset: str) -> int:
-    """The number of demonstrations the lm-eval task uses by default."""
-    from . import prompts as prompts_module
+    """The number of demonstrations the generated lm-eval task YAMLs use (0 for the zero-shot setting)."""
+    from .task_yamls import DEFAULT_NUM_FEWSHOT
 
-    for name in ("DEFAULT_NUM_FEWSHOT", "DEFAULT_K"):
-        value = getattr(prompts_module, name, None)
-        if value is not None:
-            return int(value)
-    return 40  # the paper's k
+    return DEFAULT_NUM_FEWSHOT
 
 
 def _token_counter(tokenizer):
@@ -484,7 +480,7 @@ def discover_default_heads(
 def score_task(model, tokenizer, task, num_prompts, seed, num_fewshot=None, progress=None) -> HeadScores:
     from .prompts import label_token_ids
 
-    spec, _, prompts = build_task_prompts(task, num_prompts, seed, num_fewshot, tokenizer, _max_tokens(model))
+    spec, _, prompts = build_task_prompts(task, num_prompts, seed, num_fewshot, tokenizer, _max_tokens(model, tokenizer))
     words = list(spec.label_word_list)
     ids = label_token_ids(tokenizer, words)
     bos = adds_bos(model, tokenizer)
@@ -492,10 +488,11 @@ def score_task(model, tokenizer, task, num_prompts, seed, num_fewshot=None, prog
     return score_heads(model, items, progress=progress)
 
 
-def _max_tokens(model) -> int | None:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    length = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    return int(length) if length else None
+def _max_tokens(model, tokenizer) -> int:
+    """The prompt budget the lm-eval task uses: HFLM's max length for this model and tokenizer."""
+    from lm_eval.models.utils import resolve_max_length
+
+    return int(resolve_max_length(model.config, tokenizer))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -605,7 +602,7 @@ def evaluate_heads(
         promotion = []
         for setting in ("correct", corrupted_setting):
             spec, _, prompts = build_task_prompts(
-                f"falsedemo_{dataset}_{setting}", limit, seed, num_fewshot, tokenizer, _max_tokens(model)
+                f"falsedemo_{dataset}_{setting}", limit, seed, num_fewshot, tokenizer, _max_tokens(model, tokenizer)
             )
             ids = label_token_ids(tokenizer, list(spec.label_word_list))
             rows, golds = [], []

@@ -1,0 +1,85 @@
+"""Benchmark (not a test): the head-scoring pass against a plain sdpa forward over the same prompts.
+
+    python benchmarks/bench_heads.py --pretrained gemma-3-270m --num-prompts 20 --repeats 2
+
+The scoring pass (``heads.score_heads``) runs eager attention with hooks that keep only the readout row of
+every layer's attention, the heads' o_proj inputs and the final residual at the readout, and stops before
+the output head. It is compared, over the same token ids, with two plain forwards under sdpa: the full
+one lm-eval's ``hf`` model runs (logits at every position) and one with ``logits_to_keep=1`` (the strict
+comparison: identical work except the attention implementation and the hooks). Passes are interleaved
+and the fastest repeat of each is kept, since the machine is shared. Target: scoring / plain <= 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+from lm_eval_false_demos import heads  # noqa: E402
+from lm_eval_false_demos.prompts import label_token_ids  # noqa: E402
+
+
+def plain_forward(model, items, logits_to_keep: int) -> None:
+    with torch.no_grad():
+        for item in items:
+            model(input_ids=torch.tensor([item.input_ids]), use_cache=False, logits_to_keep=logits_to_keep)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pretrained", default="gemma-3-270m")
+    parser.add_argument("--task", default=heads.DEFAULT_TASK)
+    parser.add_argument("--num-prompts", type=int, default=20)
+    parser.add_argument("--num-fewshot", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    model, tokenizer = heads.load_model({"pretrained": args.pretrained}, None)
+    spec, _, prompts = heads.build_task_prompts(
+        args.task, args.num_prompts, heads.DEFAULT_SEED, args.num_fewshot, tokenizer,
+        heads._max_tokens(model, tokenizer),
+    )
+    words = list(spec.label_word_list)
+    ids = label_token_ids(tokenizer, words)
+    bos = heads.adds_bos(model, tokenizer)
+    items = [heads.scoring_item(prompt, words, ids, tokenizer, bos) for prompt in prompts]
+    tokens = sum(len(item.input_ids) for item in items)
+
+    passes = {
+        "plain sdpa forward, all logits (lm-eval hf)": lambda: plain_forward(model, items, 0),
+        "plain sdpa forward, last logits": lambda: plain_forward(model, items, 1),
+        "scoring pass (eager, readout rows)": lambda: heads.score_heads(model, items),
+    }
+    plain_forward(model, items[:2], 1)  # warm-up (allocator, lazy inits)
+    best = {name: float("inf") for name in passes}
+    for _ in range(args.repeats):
+        for name, run in passes.items():
+            started = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - started)
+
+    print(f"model {args.pretrained} ({model.config.model_type}), task {args.task}, {len(items)} prompts, "
+          f"{tokens / len(items):.0f} tokens/prompt, torch threads {torch.get_num_threads()}, "
+          f"fastest of {args.repeats}")
+    strict = best["plain sdpa forward, last logits"]
+    for name, seconds in best.items():
+        print(f"  {name:<46} {seconds:8.2f} s   {seconds / strict:5.2f} x (vs plain, last logits)")
+    scoring = best["scoring pass (eager, readout rows)"]
+    full = best["plain sdpa forward, all logits (lm-eval hf)"]
+    print(f"scoring / plain forward: {scoring / strict:.2f} (last logits), {scoring / full:.2f} (all logits); "
+          f"target <= 2")
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
