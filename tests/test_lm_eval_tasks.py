@@ -1,0 +1,128 @@
+"""The lm-eval adapter end to end through simple_evaluate (tiny random Llama, local data, offline)."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+from lm_eval.tasks import TaskManager
+
+from lm_eval_false_demos import task_yamls
+from lm_eval_false_demos.corruption import SETTINGS
+from lm_eval_false_demos.datasets import DATASETS, get_spec, load_examples
+from lm_eval_false_demos.lm_eval_tasks import calibrated_accuracy_aggregation
+from lm_eval_false_demos.metrics import calibrated_accuracy, normalise
+from lm_eval_false_demos.prompts import build_prompt, query_shift
+
+TASKS = ["falsedemo_unnatural_correct", "falsedemo_unnatural_permuted", "falsedemo_unnatural_zeroshot"]
+
+
+def test_generated_yamls_are_in_sync():
+    assert task_yamls.stale_files() == [], "run: python -m lm_eval_false_demos.task_yamls"
+
+
+def test_task_manager_sees_every_task_and_tag():
+    manager = TaskManager(include_defaults=False)
+    names = set(manager.all_tasks)
+    expected = {f"falsedemo_{key}_{setting}" for key in DATASETS for setting in SETTINGS}
+    assert len(expected) == 80 and expected <= names
+    assert {"falsedemo", "falsedemo_main", "falsedemo_permuted", "falsedemo_zeroshot", "falsedemo_trec"} <= names
+    main = manager.match_tasks(["falsedemo_main"])
+    assert main == ["falsedemo_main"]
+
+
+def test_aggregation_is_a_pure_function_of_the_gathered_items():
+    rng = np.random.default_rng(0)
+    scores = normalise(rng.standard_normal((50, 3)))
+    gold = rng.integers(0, 3, 50)
+    items = [(int(g), s.tolist()) for g, s in zip(gold, scores)]
+    expected = calibrated_accuracy(scores, gold)
+    shuffled = items[:]
+    random.Random(1).shuffle(shuffled)
+    assert calibrated_accuracy_aggregation(items) == calibrated_accuracy_aggregation(shuffled) == expected
+    assert isinstance(expected, float)
+
+
+@pytest.fixture(scope="module")
+def evaluation(tiny_model_dir):
+    import lm_eval
+
+    model_dir = tiny_model_dir("llama")
+    model_args = {"pretrained": str(model_dir), "dtype": "float32"}
+    manager = TaskManager(include_defaults=False, metadata=model_args)
+    results = lm_eval.simple_evaluate(
+        model="hf", model_args=model_args, tasks=TASKS, num_fewshot=3, limit=6, device="cpu", batch_size=8,
+        bootstrap_iters=0, task_manager=manager, log_samples=True,
+    )
+    return results
+
+
+def test_metrics_reported_per_task(evaluation):
+    results = evaluation["results"]
+    for task in TASKS:
+        row = results[task]
+        for metric in ("calibrated_acc,none", "acc,none"):
+            assert isinstance(row[metric], float) and 0.0 <= row[metric] <= 1.0
+        assert ("follow_acc,none" in row) == task.endswith("permuted")
+    assert evaluation["n-shot"]["falsedemo_unnatural_correct"] == 3
+    assert evaluation["n-shot"]["falsedemo_unnatural_zeroshot"] == 0
+
+
+def test_contexts_are_our_paired_prompts_and_metrics_recompute(evaluation):
+    spec = get_spec("unnatural")
+    pool, queries = load_examples("unnatural")
+    by_uid = {q.uid: q for q in queries}
+    seed = evaluation["config"]["fewshot_seed"]
+    assert seed == 1234
+    samples = {task: {s["doc"]["uid"]: s for s in evaluation["samples"][task]} for task in TASKS}
+    assert samples["falsedemo_unnatural_correct"].keys() == samples["falsedemo_unnatural_permuted"].keys()
+    for task in TASKS:
+        setting = task.rsplit("_", 1)[1]
+        k = 0 if setting == "zeroshot" else 3
+        items = []
+        for uid, sample in samples[task].items():
+            query = by_uid[uid]
+            context = sample["arguments"][0][0]
+            assert context == build_prompt(spec, query, pool, k, setting, seed).context
+            assert [a[1] for a in sample["arguments"]] == [" " + w for w in spec.label_word_list]
+            lls = [float(r[0]) for r in sample["filtered_resps"]]
+            items.append((query.label, normalise(lls).tolist()))
+            if setting == "permuted":
+                follow = (query.label + query_shift(spec, uid, seed)) % 3
+                assert sample["follow_acc"] == float(int(np.argmax(lls)) == follow)
+        assert evaluation["results"][task]["calibrated_acc,none"] == pytest.approx(
+            calibrated_accuracy_aggregation(items))
+    correct = build_prompt(spec, by_uid[next(iter(samples[TASKS[0]]))], pool, 3, "correct", seed)
+    permuted = build_prompt(spec, by_uid[next(iter(samples[TASKS[0]]))], pool, 3, "permuted", seed)
+    assert correct.demo_uids == permuted.demo_uids and correct.context != permuted.context
+
+
+def test_wrong_share_from_metadata_grades_permuted(tiny_model_dir):
+    manager = TaskManager(include_defaults=False, metadata={"wrong_share": 0})
+    task = manager.load(["falsedemo_unnatural_permuted"])["tasks"]["falsedemo_unnatural_permuted"]
+    task.set_fewshot_seed(1234)
+    doc = task.dataset["queries"][0]
+    prompt = task.build_prompt_for(doc, 6)
+    assert prompt.demo_shown_labels == prompt.demo_true_labels  # 0 % wrong
+    assert task.token_counter is None  # no model known: built without a budget
+
+
+def test_task_learns_the_tokenizer_budget_from_model_args(tiny_model_dir):
+    manager = TaskManager(include_defaults=False, metadata={"pretrained": str(tiny_model_dir("llama")),
+                                                            "max_length": 600})
+    task = manager.load(["falsedemo_sst2_correct"])["tasks"]["falsedemo_sst2_correct"]
+    task.set_fewshot_seed(1234)
+    assert task.max_tokens == 600
+    for doc in task.dataset["queries"].select(range(10)):
+        context = task.fewshot_context(doc, 4)
+        assert context.count("\nAnswer: ") == 4
+        assert task.token_counter(context) + task.token_counter(" Positive") + 1 <= 600
+    with pytest.raises(ValueError, match="cannot fit k=40 demonstrations in max_tokens=600"):
+        task.fewshot_context(task.dataset["queries"][0], 40)
+
+
+def test_colliding_label_first_tokens_fail_at_task_load(tiny_model_dir):
+    # The tiny tokenizer splits " Sports" and " Science" after the same first token " S".
+    manager = TaskManager(include_defaults=False, metadata={"pretrained": str(tiny_model_dir("llama"))})
+    with pytest.raises(ValueError, match="'Sports' and 'Science' share their first token"):
+        manager.load(["falsedemo_ag_news_correct"])
