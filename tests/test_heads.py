@@ -257,3 +257,39 @@ def test_gap_recovered_follows_the_spec():
     assert heads.gap_recovered(0.8, 0.4, 0.6) == pytest.approx(0.5)
     assert heads.gap_recovered(0.8, 0.4, 0.4) == pytest.approx(0.0)
     assert np.isnan(heads.gap_recovered(0.5, 0.6, 0.7))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# heads=@file.json and heads=auto reach the hf-ablate wrapper
+
+
+def test_heads_file_and_auto_reach_the_ablation_wrapper(tiny_model_dir, tmp_path, monkeypatch, data_dir):
+    from lm_eval_false_demos.lm_eval_models import AblatedHFLM
+
+    path = str(tiny_model_dir("llama"))
+    common = dict(device="cpu", dtype="float32", batch_size=1)
+    model = transformers.AutoModelForCausalLM.from_pretrained(path).float().eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    small = dict(num_prompts=4, num_fewshot=6)
+    scores = heads.score_task(model, tokenizer, heads.DEFAULT_TASK, seed=heads.DEFAULT_SEED, **small)
+    top = scores.top_k(3)
+    payload = heads.heads_payload({"model": "hf", "model_args": f"pretrained={path}", "top_k": 3}, scores, top)
+    written = heads.write_outputs(payload, scores, tmp_path, plots=False, critical_layer=None)
+    saved = json.loads(written[0].read_text())
+    assert saved["kind"] == "falsedemo.heads" and saved["top_k"] == heads.format_heads(top)
+    assert len(saved["heads"]) == 16 and saved["heads"][0]["rank"] == 1
+
+    lm = AblatedHFLM(pretrained=path, heads=f"@{written[0]}", **common)
+    assert lm.get_model_info()["falsedemo"]["ablation"]["heads"] == heads.format_heads(top)
+
+    # heads=auto: hf-ablate calls discover_default_heads(model=, tokenizer=); shrink its defaults for speed.
+    real = heads.discover_default_heads
+    calls = []
+
+    def smaller(model, tokenizer, **kwargs):
+        calls.append(kwargs)
+        return real(model, tokenizer, k=3, **small)
+
+    monkeypatch.setattr(heads, "discover_default_heads", smaller)
+    lm = AblatedHFLM(pretrained=path, heads="auto", **common)
+    assert calls and lm.get_model_info()["falsedemo"]["ablation"]["heads"] == heads.format_heads(top)
