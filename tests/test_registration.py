@@ -1,0 +1,64 @@
+"""The .pth hook: our tasks and models appear in lm-eval without flags, built-ins keep working."""
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LM_EVAL = Path(sys.executable).with_name("lm_eval")
+
+
+def _env():
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    return env
+
+
+def test_ls_tasks_lists_ours_and_the_built_ins():
+    out = subprocess.run([str(LM_EVAL), "ls", "tasks"], capture_output=True, text=True, env=_env(), timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for name in ("falsedemo_sst2_permuted", "falsedemo_unnatural_zeroshot", "falsedemo_dbpedia_14_half",
+                 "arc_easy", "hellaswag"):
+        assert name in out.stdout
+
+
+def test_model_registry_keeps_hf_and_registers_ours_lazily():
+    from lm_eval.api.registry import get_model, model_registry
+    from lm_eval.models.huggingface import HFLM
+
+    assert get_model("hf") is HFLM
+    from lm_eval_false_demos._hook import MODEL_CLASSES
+
+    for alias, target in MODEL_CLASSES.items():
+        assert alias in model_registry
+        module_name, class_name = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            pytest.skip(f"{module_name} not written yet")
+        cls = getattr(module, class_name)
+        assert target == f"{cls.__module__}:{cls.__name__}"
+        assert get_model(alias) is cls
+
+
+def test_cli_runs_a_falsedemo_task_with_the_builtin_hf_model(tiny_model_dir, tmp_path):
+    model_dir = tiny_model_dir("llama")
+    command = [
+        str(LM_EVAL), "--model", "hf", "--model_args", f"pretrained={model_dir},dtype=float32",
+        "--tasks", "falsedemo_unnatural_permuted", "--num_fewshot", "2", "--limit", "4", "--device", "cpu",
+        "--batch_size", "4", "--output_path", str(tmp_path), "--seed", "0,1234,1234,7",
+    ]
+    out = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result_files = list(tmp_path.rglob("results_*.json"))
+    assert len(result_files) == 1
+    results = json.loads(result_files[0].read_text())
+    row = results["results"]["falsedemo_unnatural_permuted"]
+    assert 0.0 <= row["calibrated_acc,none"] <= 1.0 and 0.0 <= row["follow_acc,none"] <= 1.0
+    assert results["config"]["fewshot_seed"] == 7
+    assert results["n-shot"]["falsedemo_unnatural_permuted"] == 2
+    assert results["n-samples"]["falsedemo_unnatural_permuted"]["effective"] == 4
