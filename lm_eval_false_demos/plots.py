@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from . import results_io  # noqa: E402
 
@@ -53,6 +54,7 @@ def draw_layer_curves(
     if early_exit_layer is not None:
         axis.axvline(early_exit_layer, color="tab:brown", linewidth=1.0, linestyle="-.",
                      label=f"early exit {early_exit_layer}")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_xlabel("layer (0 = embeddings)")
     axis.set_ylabel(ylabel)
     axis.set_ylim(-0.02, 1.02)
@@ -74,6 +76,7 @@ def draw_position_gaps(
     if query_position is not None:
         # The last point is read at the query, the others at demonstrations: mark the change of source.
         axis.axvline(query_position, color="gray", linewidth=0.8, linestyle=":", label="query readout")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_xlabel("number of preceding demonstrations")
     axis.set_ylabel("calibrated accuracy gap")
     axis.set_title(title)

@@ -603,7 +603,7 @@ def run_sweep(
 
     if lm is None:
         lm = create_model(model, _resolve_embedded(model_args), batch_size, device)
-    rank, world_size = int(getattr(lm, "rank", 0)), int(getattr(lm, "world_size", 1))
+    rank, world_size = process_rank_and_count(lm)
     if task_manager is None:
         from lm_eval.tasks import TaskManager
 
@@ -666,6 +666,18 @@ def run_sweep(
             "forward_passes": len(records),
         },
     }
+
+
+def process_rank_and_count(lm) -> tuple[int, int]:
+    """(rank, processes) of this data-parallel run.
+
+    HFLM reports rank 0 of 1 on every process when there is no GPU (its data parallelism counts GPUs), yet
+    under ``accelerate launch`` it keeps the Accelerator, whose process group spans all processes: ask it.
+    """
+    accelerator = getattr(lm, "accelerator", None)
+    if accelerator is not None and accelerator.num_processes > 1:
+        return int(accelerator.process_index), int(accelerator.num_processes)
+    return int(getattr(lm, "rank", 0)), int(getattr(lm, "world_size", 1))
 
 
 def _gather_to_rank0(outputs: dict[int, np.ndarray], world_size: int) -> dict[int, np.ndarray]:

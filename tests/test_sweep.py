@@ -6,7 +6,9 @@ The expensive pieces (TaskManager indexing, the tiny model, one sweep) are built
 from __future__ import annotations
 
 import json
-import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -263,3 +265,33 @@ def test_cli_parses_model_args_like_lm_eval():
     assert args.tasks == ["falsedemo_unnatural"] and args.seed == [0, 1, 2, 3] and args.limit == 5.0
     with pytest.raises(FalseDemoError, match="batch_size"):
         sweep._parse_batch_size("auto")
+
+
+@pytest.mark.skipif(
+    not os.environ.get("FALSEDEMO_ACCELERATE_TEST"),
+    reason="~80 s on 2 shared cores (two processes index lm-eval's tasks); set FALSEDEMO_ACCELERATE_TEST=1",
+)
+def test_two_accelerate_processes_give_the_same_numbers(sweep_result, tiny_model_dir, tmp_path):
+    """``accelerate launch`` with 2 CPU processes: prompts sharded by rank, gathered to rank 0, same numbers.
+
+    On a CPU-only machine accelerate starts several processes only with ``--multi_gpu`` plus
+    ``ACCELERATE_USE_CPU=true`` (gloo process group); ``--cpu --num_processes 2`` silently runs one.
+    """
+    environment = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "-m", "lm_eval_false_demos.cli", "sweep", "--model", "hf",
+        "--model_args", f"pretrained={tiny_model_dir('llama')},dtype=float32", "--tasks", ",".join(TASKS),
+        "--limit", str(LIMIT), "--num_fewshot", str(NUM_FEWSHOT), "--seed", f"0,1234,1234,{FEWSHOT_SEED}",
+        "--batch_size", "3", "--device", "cpu", "--bootstrap_iters", "50", "--output_path", str(tmp_path),
+        "--no_plots",
+    ]
+    completed = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    folders = list(tmp_path.iterdir())
+    assert len(folders) == 1  # only rank 0 writes
+    launched = json.loads((folders[0] / "sweep.json").read_text())
+    assert launched["config"]["world_size"] == 2
+    assert launched["tasks"] == sweep_result["tasks"]
+    assert launched["datasets"] == sweep_result["datasets"]
