@@ -31,7 +31,7 @@ from . import embedded_models
 from .architectures import PATH_OVERRIDES, resolve_modules
 from .errors import FalseDemoError
 from .interventions import HEAD_METHODS, POSITIONS, ablate, make_ablation, parse_heads, parse_layers
-from .lens import check_layer, early_exit_logits
+from .lens import check_layer, early_exit_logits, lens_logits, residuals
 
 LABEL_SCORING = ("first", "full")
 TASK_PREFIX = "falsedemo_"
@@ -148,6 +148,7 @@ class _FalseDemoHFLM(HFLM):
         self._path_overrides = {key: value for key, value in overrides.items() if value}
         self._row_lengths = None
         self._scoring_plan = None
+        self._max_continuation = None
 
     def _check_required(self, exit_layer, ablating: bool) -> None:
         raise NotImplementedError
@@ -173,7 +174,24 @@ class _FalseDemoHFLM(HFLM):
                 dtype=self.mixed_precision_dtype,
                 enabled=self.mixed_precision_dtype is not None,
             ):
-                return early_exit_logits(self.model, inps, self._exit_layer, modules=self._falsedemo_modules)
+                return self._early_exit_logits(inps, row_lengths)
+
+    def _early_exit_logits(self, inps, row_lengths):
+        """[B, T, V] lens logits, computed only at the positions HFLM reads (each row's last
+        ``max continuation length`` input positions); the rest stay zero and are never read."""
+        modules = self._falsedemo_modules
+        scored = self._max_continuation
+        if row_lengths is None or len(row_lengths) != inps.shape[0] or scored is None:
+            return early_exit_logits(self.model, inps, self._exit_layer, modules=modules)
+        hidden = residuals(self.model, inps, [self._exit_layer], modules=modules)[0]
+        width = min(scored, inps.shape[1])
+        lengths = torch.tensor(row_lengths, device=hidden.device)
+        positions = (lengths[:, None] - width + torch.arange(width, device=hidden.device)).clamp(min=0)
+        rows = torch.gather(hidden, 1, positions[:, :, None].expand(-1, -1, hidden.shape[-1]))
+        logits = lens_logits(self.model, rows, self._exit_layer, modules)
+        full = logits.new_zeros(inps.shape[0], inps.shape[1], logits.shape[-1])
+        full.scatter_(1, positions[:, :, None].expand(-1, -1, logits.shape[-1]).to(full.device), logits)
+        return full
 
     def _model_generate(self, context, max_length, stop, **generation_kwargs):
         if self._exit_layer is not None and self._exit_layer < self._falsedemo_modules.num_layers:
@@ -204,6 +222,7 @@ class _FalseDemoHFLM(HFLM):
         plan, self._scoring_plan = self._scoring_plan, None
         if plan is not None and len(plan) == len(requests):
             requests = self._first_token_requests(requests, plan)
+        self._max_continuation = max((len(continuation) for _, _, continuation in requests), default=None)
         import lm_eval.models.huggingface as hf_module
 
         original = hf_module.pad_and_concat
@@ -219,6 +238,7 @@ class _FalseDemoHFLM(HFLM):
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
         finally:
             hf_module.pad_and_concat = original
+            self._max_continuation = None
 
     @staticmethod
     def _first_token_requests(requests, plan):

@@ -93,6 +93,21 @@ def test_other_tasks_score_the_full_continuation(saved):
     assert first._label_scoring == "full"
 
 
+def test_early_exit_multi_token_continuations_equal_lens(saved):
+    arch, path, model, tokenizer = saved
+    lm = EarlyExitHFLM(pretrained=str(path), exit_layer=2, **COMMON)
+    pairs = [(CONTEXTS[0], " Positive golf"), (CONTEXTS[1], " Negative"), (CONTEXTS[1], " kale onions tiger")]
+    requests = [Instance("loglikelihood", {}, pair, idx=i, metadata=("sst2", i, 1)) for i, pair in enumerate(pairs)]
+    got = [logprob for logprob, _ in lm.loglikelihood(requests)]
+    for (context, continuation), logprob in zip(pairs, got):
+        context_ids = tokenizer(context).input_ids
+        whole = tokenizer(context + continuation).input_ids
+        logits = early_exit_logits(model, torch.tensor([whole[:-1]]), 2)[0]
+        logprobs = torch.log_softmax(logits, -1)
+        expected = sum(logprobs[i - 1, whole[i]].item() for i in range(len(context_ids), len(whole)))
+        assert abs(logprob - expected) < 1e-4, (arch, continuation)
+
+
 @pytest.fixture(scope="module")
 def llama_dir(tiny_model_dir):
     return str(tiny_model_dir("llama"))
