@@ -158,37 +158,41 @@ class _FalseDemoHFLM(HFLM):
         if attn_mask is not None or labels is not None:
             raise FalseDemoError(f"{self._alias} supports decoder-only (causal) models only")
         row_lengths, self._row_lengths = self._row_lengths, None
-        early = self._exit_layer is not None and self._exit_layer < self._falsedemo_modules.num_layers
-        if self._ablation is None and not early:
+        num_layers = self._falsedemo_modules.num_layers
+        layer = num_layers if self._exit_layer is None else self._exit_layer
+        # Knowing which rows HFLM reads, the head runs on those positions only (the vocabulary projection
+        # of every position is most of a small model's cost); otherwise early exit or the plain call.
+        targeted = (
+            row_lengths is not None and len(row_lengths) == inps.shape[0] and self._max_continuation is not None
+        )
+        if self._ablation is None and layer == num_layers and not targeted:
             return super()._model_call(inps)
         with contextlib.ExitStack() as stack:
             if self._ablation is not None:
-                positions = None
-                if row_lengths is not None and len(row_lengths) == inps.shape[0]:
-                    positions = torch.tensor(row_lengths, device=inps.device) - 1
+                positions = torch.tensor(row_lengths, device=inps.device) - 1 if targeted else None
                 stack.enter_context(ablate(self.model, self._ablation, positions, modules=self._falsedemo_modules))
-            if not early:
+            if layer == num_layers and not targeted:
                 return super()._model_call(inps)
             with torch.autocast(
                 device_type=self.device.type,
                 dtype=self.mixed_precision_dtype,
                 enabled=self.mixed_precision_dtype is not None,
             ):
-                return self._early_exit_logits(inps, row_lengths)
+                if not targeted:
+                    return early_exit_logits(self.model, inps, layer, modules=self._falsedemo_modules)
+                return self._scored_lens_logits(inps, row_lengths, layer)
 
-    def _early_exit_logits(self, inps, row_lengths):
-        """[B, T, V] lens logits, computed only at the positions HFLM reads (each row's last
+    def _scored_lens_logits(self, inps, row_lengths, layer):
+        """[B, T, V] lens logits at ``layer``, computed only at the positions HFLM reads (each row's last
         ``max continuation length`` input positions); the rest stay zero and are never read."""
         modules = self._falsedemo_modules
         scored = self._max_continuation
-        if row_lengths is None or len(row_lengths) != inps.shape[0] or scored is None:
-            return early_exit_logits(self.model, inps, self._exit_layer, modules=modules)
-        hidden = residuals(self.model, inps, [self._exit_layer], modules=modules)[0]
+        hidden = residuals(self.model, inps, [layer], modules=modules)[0]
         width = min(scored, inps.shape[1])
         lengths = torch.tensor(row_lengths, device=hidden.device)
         positions = (lengths[:, None] - width + torch.arange(width, device=hidden.device)).clamp(min=0)
         rows = torch.gather(hidden, 1, positions[:, :, None].expand(-1, -1, hidden.shape[-1]))
-        logits = lens_logits(self.model, rows, self._exit_layer, modules)
+        logits = lens_logits(self.model, rows, layer, modules)
         full = logits.new_zeros(inps.shape[0], inps.shape[1], logits.shape[-1])
         full.scatter_(1, positions[:, :, None].expand(-1, -1, logits.shape[-1]).to(full.device), logits)
         return full
