@@ -127,11 +127,12 @@ def _parse_batch_size(value) -> int:
 
 
 def label_probabilities(label_logits: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis (the K labels), in float64: the full-vocabulary softmax cancels."""
-    logits = np.asarray(label_logits, dtype=np.float64)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    weights = np.exp(shifted)
-    return weights / weights.sum(axis=-1, keepdims=True)
+    """Softmax over the last axis (the K labels), in float64: the full-vocabulary softmax cancels.
+
+    The same normalisation the lm-eval tasks apply to their K label log-likelihoods."""
+    from .metrics import normalise
+
+    return normalise(label_logits)
 
 
 def _metric_functions():
@@ -549,6 +550,11 @@ def create_model(model: str, model_args: Mapping[str, Any], batch_size: int, dev
             "from --model_args (use lm_eval --model hf-earlyexit for a single layer)"
         )
     model_args = dict(model_args)
+    if device is None:
+        import torch
+
+        # lm_eval's CLI default is cuda:0, which fails on a CPU-only torch; pick what exists.
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"
     if model == "hf-earlyexit":
         # hf-earlyexit insists on an exit layer; -1 is the model's own output, and the sweep reads all layers.
         model_args["exit_layer"] = -1

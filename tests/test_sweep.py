@@ -247,6 +247,26 @@ def test_leaderboard_reads_the_sweep(sweep_result, tmp_path):
     assert board.rows and not [warning for warning in board.warnings if "sweep" in warning]
 
 
+def test_ablations_from_model_args_apply_during_the_sweep(task_manager, tiny_model_dir):
+    """``--model hf-ablate``: the sweep's last layer equals lm-eval's hf-ablate run (ablation at the query)."""
+    import lm_eval
+
+    model_args = {"pretrained": str(tiny_model_dir("llama")), "dtype": "float32", "attn_layers": "1-"}
+    ours = sweep.run_sweep(
+        model="hf-ablate", model_args=model_args, tasks=TASKS[1:], limit=LIMIT, num_fewshot=NUM_FEWSHOT,
+        seed=[0, 1234, 1234, FEWSHOT_SEED], batch_size=4, bootstrap_iters=0, task_manager=task_manager,
+        show_progress=False,
+    )
+    theirs = lm_eval.simple_evaluate(
+        model="hf-ablate", model_args=model_args, tasks=TASKS[1:], limit=LIMIT, num_fewshot=NUM_FEWSHOT,
+        fewshot_random_seed=FEWSHOT_SEED, task_manager=task_manager, bootstrap_iters=0, device="cpu", batch_size=4,
+    )["results"][TASKS[1]]
+    assert ours["config"]["ablation"]["attn_layers"] == [1, 2, 3]
+    per_layer = ours["tasks"][TASKS[1]]["per_layer"]
+    for metric in per_layer:
+        assert per_layer[metric][-1] == pytest.approx(theirs[f"{metric},none"], abs=1e-9)
+
+
 # ------------------------------------------------------------------------------- command line
 
 
