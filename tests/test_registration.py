@@ -62,3 +62,22 @@ def test_cli_runs_a_falsedemo_task_with_the_builtin_hf_model(tiny_model_dir, tmp
     assert results["config"]["fewshot_seed"] == 7
     assert results["n-shot"]["falsedemo_unnatural_permuted"] == 2
     assert results["n-samples"]["falsedemo_unnatural_permuted"]["effective"] == 4
+
+
+def test_regular_wheel_ships_the_hook_the_task_yamls_and_the_page(tmp_path):
+    """A regular (non-editable) install gets everything the editable install tests rely on."""
+    import zipfile
+
+    from lm_eval_false_demos import task_yamls
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), "."],
+        cwd=Path(__file__).resolve().parents[1], check=True, env=_env(),
+    )
+    (wheel,) = tmp_path.glob("lm_eval_false_demos-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"lm_eval_false_demos.pth", "lm_eval_false_demos.start"} <= names
+    assert "lm_eval_false_demos/leaderboard_page.html" in names
+    yamls = {name.rsplit("/", 1)[1] for name in names if name.startswith("lm_eval_false_demos/task_configs/")}
+    expected = {path.name for path in task_yamls.TASK_CONFIG_DIR.glob("*.yaml")}
+    assert len(expected) == 80 and expected <= yamls
