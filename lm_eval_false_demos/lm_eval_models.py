@@ -168,6 +168,7 @@ class _FalseDemoHFLM(HFLM):
         if self._ablation is None and layer == num_layers and not targeted:
             return super()._model_call(inps)
         with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.no_grad())
             if self._ablation is not None:
                 positions = torch.tensor(row_lengths, device=inps.device) - 1 if targeted else None
                 stack.enter_context(ablate(self.model, self._ablation, positions, modules=self._falsedemo_modules))

@@ -168,3 +168,21 @@ def test_unsupported_architecture_fails_and_paths_fix_it(tmp_path):
         "layers_path": "transformer.h", "norm_path": "transformer.ln_f"
     }
     assert len(lm.loglikelihood(_requests())) == 4
+
+
+@pytest.mark.parametrize("cls, args", [(EarlyExitHFLM, dict(exit_layer=2)), (AblatedHFLM, dict(heads="1:0"))])
+def test_forward_passes_build_no_autograd_graph(saved, cls, args):
+    """Like HFLM's own call: a graph would cost memory and time for nothing."""
+    _, path, _, _ = saved
+    lm = cls(pretrained=str(path), **args, **COMMON)
+    seen = []
+    model_call = lm._model_call
+
+    def recording_call(*call_args, **kwargs):
+        logits = model_call(*call_args, **kwargs)
+        seen.append(logits.requires_grad)
+        return logits
+
+    lm._model_call = recording_call
+    lm.loglikelihood(_requests())
+    assert seen and not any(seen)
