@@ -1,7 +1,8 @@
-"""Benchmark (not a test): cost of hf-earlyexit / hf-ablate against plain hf, and the paper's levers on gemma-3-270m.
+"""Benchmark (not a test): cost of hf-earlyexit / hf-ablate against plain hf on gemma-3-270m.
 
-    python benchmarks/bench_models.py overhead --limit 40 --repeats 2
-    python benchmarks/bench_models.py levers --limit 200 --num-fewshot 24 --exit-layers 11 12
+    python benchmarks/bench_models.py --limit 40 --repeats 2
+
+(The levers' accuracies are a report, not a benchmark: ``reports/levers/run.sh``.)
 
 Each configuration runs in its own subprocess (so peak RSS is per configuration, via getrusage) through
 lm-eval's ``simple_evaluate`` on the same task, limit and batch size. ``model_s`` is the time spent inside
@@ -116,28 +117,11 @@ def overhead(args) -> None:
               f"{result['metrics'].get('calibrated_acc')}")
 
 
-def levers(args) -> None:
-    configs = [base_config(args, "last layer (exit_layer=-1)", "hf-earlyexit", exit_layer=-1)]
-    for layer in args.exit_layers:
-        configs.append(base_config(args, f"early exit exit_layer={layer}", "hf-earlyexit", exit_layer=layer))
-        configs.append(base_config(args, f"attention zeroed {layer}- (last)", "hf-ablate", attn_layers=f"{layer}-"))
-        configs.append(base_config(args, f"MLP zeroed {layer}- (last)", "hf-ablate", mlp_layers=f"{layer}-"))
-    print(f"{args.task} limit={args.limit} num_fewshot={args.num_fewshot} pretrained={args.pretrained}")
-    print(f"{'configuration':40s} {'calibrated_acc':>14s} {'acc':>7s} {'follow_acc':>10s} {'eval_s':>7s}")
-    for config in configs:
-        result = run(config)
-        metrics = result["metrics"]
-        print(f"{config['name']:40s} {metrics.get('calibrated_acc', float('nan')):14.4f} "
-              f"{metrics.get('acc', float('nan')):7.4f} {metrics.get('follow_acc', float('nan')):10.4f} "
-              f"{result['eval_s']:7.1f}", flush=True)
-
-
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--worker":
         print(json.dumps(worker(json.loads(sys.argv[2])), default=str))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("phase", choices=["overhead", "levers"])
     parser.add_argument("--pretrained", default="gemma-3-270m")
     parser.add_argument("--task", default=TASK)
     parser.add_argument("--limit", type=int, default=40)
@@ -145,13 +129,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--heads", default=FIVE_HEADS)
-    parser.add_argument("--exit-layers", type=int, nargs="+", default=[12])
     args = parser.parse_args()
     from lm_eval_false_demos.embedded_models import resolve_pretrained
 
     # resolved once here so every configuration loads the very same folder (and no worker converts)
     args.pretrained = resolve_pretrained(args.pretrained)
-    {"overhead": overhead, "levers": levers}[args.phase](args)
+    overhead(args)
 
 
 if __name__ == "__main__":
