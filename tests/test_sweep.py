@@ -29,6 +29,7 @@ def test_critical_layer_is_first_layer_reaching_half_the_final_gap():
     assert sweep.critical_layer([0.0, 0.05, 0.1, 0.3, 0.2]) == 2
     assert sweep.critical_layer([0.0, 0.1, 0.4, 0.2]) == 1  # reaching half counts (0.1 >= 0.2 / 2)
     assert sweep.critical_layer([0.0, 0.09, 0.4, 0.2]) == 2
+    assert sweep.critical_layer([0.0, 0.3 - 0.2, 0.4, 0.5 - 0.3]) == 1  # 0.09999999999999998 reaches 0.1
     assert sweep.critical_layer([0.0, 0.1, 0.05]) == 1
     assert sweep.critical_layer([0.0, 0.2, 0.0]) is None
     assert sweep.critical_layer([0.0, 0.1, -0.1]) is None
