@@ -5,7 +5,7 @@
 # A fixed thread count (default 2) keeps float reductions identical run to run.
 set -euo pipefail
 cd "$(dirname "$0")"
-export FALSEDEMO_DATA_DIR="${FALSEDEMO_DATA_DIR:-/work/shared/data}"
+export FALSEDEMO_DATA_DIR="${FALSEDEMO_DATA_DIR:-$(cd ../../.. && pwd)/shared/data}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 for dataset in ${DATASETS:-unnatural trec sst2 ag_news}; do
   falsedemo sweep --model hf --model_args pretrained=gemma-3-270m,dtype=float32 \

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 EXIT=${1:-9}
-export FALSEDEMO_DATA_DIR="${FALSEDEMO_DATA_DIR:-/work/shared/data}"
+export FALSEDEMO_DATA_DIR="${FALSEDEMO_DATA_DIR:-$(cd ../../.. && pwd)/shared/data}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 TASKS=falsedemo_unnatural_correct,falsedemo_unnatural_permuted
 run() {  # run <name> <model> <model_args>
@@ -18,4 +18,4 @@ run last_layer hf-earlyexit exit_layer=-1
 run exit_$EXIT hf-earlyexit exit_layer=$EXIT
 run attn_from_$EXIT hf-ablate attn_layers=$EXIT-
 run mlp_from_$EXIT hf-ablate mlp_layers=$EXIT-
-python summarize.py runs
+python summarize.py runs > README.md
