@@ -13,4 +13,4 @@ for model in ${MODELS:-gemma-3-270m smollm2-135m}; do
   falsedemo sweep --model hf --model_args "pretrained=$model,dtype=float32" --tasks falsedemo_main \
     --num_fewshot "$K" --limit "$N" --batch_size 4 --device cpu --no_plots --output_path "leaderboard/runs/$model"
 done
-falsedemo leaderboard --results leaderboard/runs reports/heads/runs --output leaderboard
+falsedemo leaderboard --results leaderboard/runs reports/heads/runs/*/evaluate --output leaderboard
