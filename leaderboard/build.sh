@@ -14,3 +14,13 @@ for model in ${MODELS:-gemma-3-270m smollm2-135m}; do
     --num_fewshot "$K" --limit "$N" --batch_size 4 --device cpu --no_plots --output_path "leaderboard/runs/$model"
 done
 falsedemo leaderboard --results leaderboard/runs reports/heads/runs/*/evaluate --output leaderboard
+# The README shows the same table, between its leaderboard markers.
+python - <<'PY'
+from pathlib import Path
+
+readme, table = Path("README.md"), Path("leaderboard/leaderboard.md").read_text().strip()
+start, end = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
+text = readme.read_text()
+head, rest = text.split(start, 1)
+readme.write_text(f"{head}{start}\n{table}\n{end}{rest.split(end, 1)[1]}")
+PY
