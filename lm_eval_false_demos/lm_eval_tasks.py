@@ -23,7 +23,8 @@ import numpy as np
 from lm_eval.api.task import ConfigurableTask
 
 from lm_eval_false_demos.corruption import FOLLOW_SETTINGS, check_setting, check_wrong_share
-from lm_eval_false_demos.datasets import get_spec, load_examples
+from lm_eval_false_demos import __version__
+from lm_eval_false_demos.datasets import data_source, get_spec, load_examples
 from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.metrics import calibrated_accuracy, normalise
 from lm_eval_false_demos.prompts import build_prompt, label_token_ids, query_shift, render_query
@@ -31,6 +32,11 @@ from lm_eval_false_demos.prompts import build_prompt, label_token_ids, query_shi
 logger = logging.getLogger(__name__)
 
 DEFAULT_FEWSHOT_SEED = 1234
+# The task cannot see the model; our wrappers record their choice under config.falsedemo.label_scoring.
+LABEL_SCORING_NOTE = (
+    "hf-earlyexit/hf-ablate: as config.falsedemo.label_scoring (default first label token); "
+    "other models: the whole label continuation"
+)
 _warned_no_budget = False
 
 
@@ -129,6 +135,13 @@ class FalseDemoTask(ConfigurableTask):
         self.wrong_share = check_wrong_share(metadata.get("wrong_share"))
         self.fewshot_seed = DEFAULT_FEWSHOT_SEED
         super().__init__(config=config, **kwargs)
+        # Written into every results file (configs.<task>.metadata): where the data came from, and which code.
+        self.config.metadata = {
+            **(self.config.metadata or {}),
+            "data_source": data_source(self.spec.key),
+            "plugin_version": __version__,
+            "label_scoring": LABEL_SCORING_NOTE,
+        }
         budget = _budget_from_metadata(metadata, config.get("task"))
         if budget is None:
             self.token_counter, self.max_tokens = None, None

@@ -126,3 +126,14 @@ def test_colliding_label_first_tokens_fail_at_task_load(tiny_model_dir):
     manager = TaskManager(include_defaults=False, metadata={"pretrained": str(tiny_model_dir("llama"))})
     with pytest.raises(ValueError, match="'Sports' and 'Science' share their first token"):
         manager.load(["falsedemo_ag_news_correct"])
+
+
+def test_results_record_data_source_plugin_version_and_label_scoring(evaluation, data_dir, monkeypatch):
+    import lm_eval_false_demos
+
+    metadata = evaluation["configs"]["falsedemo_unnatural_permuted"]["metadata"]
+    assert metadata["data_source"] == "builtin" and metadata["plugin_version"] == lm_eval_false_demos.__version__
+    assert "first label token" in metadata["label_scoring"]
+    monkeypatch.setenv("FALSEDEMO_DATA_DIR", str(data_dir))
+    task = TaskManager(include_defaults=False).load_task_or_group(["falsedemo_sst2_correct"])["falsedemo_sst2_correct"]
+    assert task.dump_config()["metadata"]["data_source"] == str(data_dir / "sst2")
