@@ -13,6 +13,9 @@ lm-eval itself is imported:
 * after ``lm_eval.tasks.manager`` executes, ``TaskManager`` gets our task
   folder in its index, before any user ``include_path`` (built-ins < ours <
   user), unless that lm-eval already discovers ``lm_eval.tasks`` entry points.
+* after ``lm_eval.__main__`` executes, the ``lm_eval`` command prints our own
+  errors (:class:`~lm_eval_false_demos.errors.FalseDemoError`) as one line and
+  exits with status 2.
 
 On Python >= 3.15 the sibling ``lm_eval_false_demos.start`` file calls
 :func:`install` instead of the ``.pth`` import line (PEP 829).
@@ -25,7 +28,6 @@ MODEL_CLASSES = {
     "hf-ablate": "lm_eval_false_demos.lm_eval_models:AblatedHFLM",
 }
 
-_TARGETS = ("lm_eval.models", "lm_eval.tasks.manager")
 _installed = False
 
 
@@ -76,7 +78,34 @@ def patch_task_manager(manager_module=None):
     task_manager._falsedemo_patched = True
 
 
-_CALLBACKS = {"lm_eval.models": register_models, "lm_eval.tasks.manager": patch_task_manager}
+def wrap_cli(main_module):
+    """``lm_eval`` exits with status 2 and our one-line message on a FalseDemoError (bad model args, task
+    options, data), instead of a traceback through lm-eval's internals; other errors are left alone."""
+    original = main_module.cli_evaluate
+    if getattr(original, "_falsedemo_wrapped", False):
+        return
+
+    def cli_evaluate(*args, **kwargs):
+        try:
+            return original(*args, **kwargs)
+        except Exception as error:
+            from lm_eval_false_demos.errors import FalseDemoError
+
+            if not isinstance(error, FalseDemoError):
+                raise
+            print(f"lm_eval: error: {error}", file=sys.stderr)
+            return 2
+
+    cli_evaluate.__wrapped__ = original
+    cli_evaluate._falsedemo_wrapped = True
+    main_module.cli_evaluate = cli_evaluate
+
+
+_CALLBACKS = {
+    "lm_eval.models": register_models,
+    "lm_eval.tasks.manager": patch_task_manager,
+    "lm_eval.__main__": wrap_cli,
+}
 
 
 class _AfterExecLoader:
@@ -99,7 +128,7 @@ class _AfterExecLoader:
 
 
 class _PostImportFinder:
-    """A ``sys.meta_path`` finder that only wraps the loaders of ``_TARGETS``."""
+    """A ``sys.meta_path`` finder that only wraps the loaders of the modules in ``_CALLBACKS``."""
 
     def __init__(self):
         self._busy = set()
@@ -128,7 +157,7 @@ def install():
     _installed = True
     try:
         sys.meta_path.insert(0, _PostImportFinder())
-        for name in _TARGETS:
+        for name in _CALLBACKS:
             module = sys.modules.get(name)
             if module is not None:
                 _CALLBACKS[name](module)

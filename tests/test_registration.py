@@ -81,3 +81,14 @@ def test_regular_wheel_ships_the_hook_the_task_yamls_and_the_page(tmp_path):
     yamls = {name.rsplit("/", 1)[1] for name in names if name.startswith("lm_eval_false_demos/task_configs/")}
     expected = {path.name for path in task_yamls.TASK_CONFIG_DIR.glob("*.yaml")}
     assert len(expected) == 80 and expected <= yamls
+
+
+def test_cli_reports_our_errors_in_one_line_without_a_traceback(tiny_model_dir, tmp_path):
+    command = [
+        str(LM_EVAL), "--model", "hf-earlyexit", "--model_args", f"pretrained={tiny_model_dir('llama')},exit_layer=9",
+        "--tasks", "falsedemo_unnatural_permuted", "--limit", "2", "--device", "cpu",
+    ]
+    out = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=600, cwd=tmp_path)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert "lm_eval: error: exit_layer=9" in out.stderr and "0..4" in out.stderr, out.stderr[-2000:]
