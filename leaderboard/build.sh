@@ -2,11 +2,11 @@
 # Regenerates our published rows and the page: for each embedded model, one `falsedemo sweep` over the 14 main
 # datasets in every setting (correct, permuted, half, random, zero-shot) with k = $K demonstrations and the first
 # N = $N queries per task, local dataset copies; then the tables and page from those sweeps plus the
-# false-induction-head evaluations of reports/heads. Usage: leaderboard/build.sh  (K=8 N=20 by default)
+# false-induction-head evaluations of reports/heads. Usage: leaderboard/build.sh  (K=8 N=12 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 K=${K:-8}
-N=${N:-20}
+N=${N:-12}
 export FALSEDEMO_DATA_DIR="${FALSEDEMO_DATA_DIR:-$(cd .. && pwd)/shared/data}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 for model in ${MODELS:-gemma-3-270m smollm2-135m}; do
