@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates our published rows and the page: for each embedded model, one `falsedemo sweep` over the 14 main
-# datasets in every setting (correct, permuted, half, random, zero-shot) with k = $K demonstrations and the first
-# N = $N queries per task, local dataset copies; then the tables and page from those sweeps plus the
+# datasets in every setting (correct, permuted, half, random, zero-shot) with k = $K demonstrations and
+# N = $N queries per task (a fixed seeded subset), local dataset copies; then the tables and page from those sweeps plus the
 # false-induction-head evaluations of reports/heads. Usage: leaderboard/build.sh  (K=8 N=12 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
