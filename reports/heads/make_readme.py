@@ -1,7 +1,8 @@
 """Write this folder's README.md from the newest heads results under runs/<model>/ (see run_report.sh).
 
-Every number is read from a ``heads.json``; nothing is typed by hand. The verdict line compares the top-5 heads'
-mean gap recovered with the random control's mean plus two standard deviations over draws.
+Every number is read from a ``heads.json``; nothing is typed by hand. The verdict weighs the top-5 heads' mean
+gap recovered against the random draws (mean + 2 sd, and how many draws they beat) and their cost on correct
+prompts: the paper's heads recover the gap without hurting correct prompts.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 MODELS = ("gemma-3-270m", "smollm2-135m")
+SELECTIVE_COST = 0.05  # a larger drop on correct prompts means the heads serve in-context learning in general
 
 
 def newest(model: str, step: str) -> Path | None:
@@ -42,8 +44,10 @@ def score_section(path: Path, payload: dict) -> list[str]:
     everything = payload["heads"]
     mean_pm = sum(row["prefix_matching"] for row in everything) / len(everything)
     mean_lp = sum(row["label_promoting"] for row in everything) / len(everything)
-    lines += ["", f"Mean over all {len(everything)} heads: prefix-matching {mean_pm:.4f}, label-promoting {mean_lp:+.3f}.",
-              ""]
+    promoter = max(everything, key=lambda row: row["label_promoting"])
+    lines += ["", f"Mean over all {len(everything)} heads: prefix-matching {mean_pm:.4f}, label-promoting {mean_lp:+.3f}. "
+              f"Strongest label promoter: {promoter['layer']}:{promoter['head']} ({promoter['label_promoting']:+.3f}, "
+              f"prefix-matching rank {promoter['rank']}).", ""]
     lines += [f"![{figure.stem}]({figure.relative_to(HERE)})" for figure in figures]
     return lines + [""]
 
@@ -81,12 +85,20 @@ def evaluation_section(path: Path, payload: dict) -> list[str]:
         "",
     ]
     threshold = control["mean"] + 2 * control["sd"]
-    if top_mean > threshold:
-        verdict = (f"**The finding holds here**: zeroing the top-5 heads recovers {top_mean:+.1%} of the gap on "
-                   f"average, above the random control's mean + 2 sd ({threshold:+.1%}).")
+    beaten = sum(top_mean > draw for draw in control["per_draw"])
+    cost_top, cost_random = evaluation["correct_change"]["top_k"], evaluation["correct_change"]["random"]["mean"]
+    facts = (f"the top-5 recover {top_mean:+.1%} of the gap on average against {control['mean']:+.1%} for random "
+             f"heads (more than {beaten} of {len(control['per_draw'])} random draws; mean + 2 sd = {threshold:+.1%}), "
+             f"and change accuracy on correct prompts by {cost_top:+.3f} (random heads: {cost_random:+.3f})")
+    selective = cost_top > -SELECTIVE_COST
+    if top_mean > threshold and selective:
+        verdict = f"**The paper's finding holds here**: {facts}."
+    elif beaten >= 0.9 * len(control["per_draw"]) or top_mean > threshold:
+        verdict = (f"**The paper's finding holds only in part here**: {facts}. "
+                   + ("" if selective else "Zeroing them also damages in-context learning on correct prompts, "
+                      "so they are not specific to false demonstrations as the paper's heads are."))
     else:
-        verdict = (f"**The finding does not hold here**: the top-5 heads recover {top_mean:+.1%} of the gap on "
-                   f"average, not above the random control's mean + 2 sd ({threshold:+.1%}).")
+        verdict = f"**The paper's finding does not hold here**: {facts}."
     return lines + [verdict, ""]
 
 
