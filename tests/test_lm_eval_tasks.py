@@ -135,5 +135,5 @@ def test_results_record_data_source_plugin_version_and_label_scoring(evaluation,
     assert metadata["data_source"] == "builtin" and metadata["plugin_version"] == lm_eval_false_demos.__version__
     assert "first label token" in metadata["label_scoring"]
     monkeypatch.setenv("FALSEDEMO_DATA_DIR", str(data_dir))
-    task = TaskManager(include_defaults=False).load_task_or_group(["falsedemo_sst2_correct"])["falsedemo_sst2_correct"]
+    task = TaskManager(include_defaults=False).load(["falsedemo_sst2_correct"])["tasks"]["falsedemo_sst2_correct"]
     assert task.dump_config()["metadata"]["data_source"] == str(data_dir / "sst2")

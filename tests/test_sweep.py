@@ -288,10 +288,6 @@ def test_cli_parses_model_args_like_lm_eval():
         sweep._parse_batch_size("auto")
 
 
-@pytest.mark.skipif(
-    not os.environ.get("FALSEDEMO_ACCELERATE_TEST"),
-    reason="~80 s on 2 shared cores (two processes index lm-eval's tasks); set FALSEDEMO_ACCELERATE_TEST=1",
-)
 def test_two_accelerate_processes_give_the_same_numbers(sweep_result, tiny_model_dir, tmp_path):
     """``accelerate launch`` with 2 CPU processes: prompts sharded by rank, gathered to rank 0, same numbers.
 
