@@ -304,7 +304,9 @@ class Leaderboard:
 
     def _register_file(self, row: Row, config: Mapping, payload: Mapping, path: Path, date: float | None) -> None:
         self._add_identity(row, config)
-        for k in config.get("k") if isinstance(config.get("k"), list) else [config.get("k")]:
+        # k describes the accuracy columns; a heads file's k is that of its own ablation experiment
+        ks = [] if payload.get("kind") == "falsedemo.heads" else config.get("k")
+        for k in ks if isinstance(ks, list) else [ks]:
             if _integer(k):
                 row.k.add(_integer(k))
         source = _data_source_text(config.get("data_source"))
@@ -766,7 +768,7 @@ COLUMNS = (
     Column("early_exit_layer", "early-exit layer", "int", "layer maximising mean permuted accuracy (sweep)"),
     Column("early_exit_gain", "early-exit gain", "signed", "permuted accuracy at the early-exit layer minus at the final layer"),
     Column("false_heads", "false induction heads", "text", "top heads found by falsedemo heads (layer:head)"),
-    Column("heads_gap_recovered", "heads gap recovered", "signed", "mean share of the permuted gap recovered by zeroing those heads"),
+    Column("heads_gap_recovered", "heads gap recovered", "signed", "mean over datasets of the share of the permuted gap recovered by zeroing those heads (the paper's ratio; a dataset with a tiny gap inflates it)"),
     Column("random_heads_gap_recovered", "random heads recovered", "signed", "same for random heads (control mean)"),
     Column("random_heads_gap_recovered_sd", "random sd", "acc", "sd of the random-head control"),
     Column("plugin_version", "plugin", "text", "lm_eval_false_demos version"),

@@ -241,3 +241,19 @@ def parse_page_rows(path):
 def page_json(path):
     page = Path(path).read_text(encoding="utf-8")
     return json.loads(page.split('id="leaderboard-data">', 1)[1].split("</script>", 1)[0])
+
+
+def test_k_of_a_heads_experiment_does_not_join_the_accuracy_k(tmp_path):
+    """The row's k describes its accuracy columns; heads --evaluate may use another k for its ablations."""
+    import json
+    import shutil
+
+    for folder in ("sweeps", "heads"):
+        shutil.copytree(FIXTURES / folder, tmp_path / folder)
+    (heads_file,) = (tmp_path / "heads").rglob("heads.json")
+    payload = json.loads(heads_file.read_text())
+    payload["config"]["k"] = 16
+    heads_file.write_text(json.dumps(payload))
+    _, paths = leaderboard.build([tmp_path], tmp_path / "out")
+    row = csv_rows(paths["csv"])[("gemma-3-270m", "dtype=float32")]
+    assert row["k"] == "40" and row["false_heads"] == "14:2;16:1"
