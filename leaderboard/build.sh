@@ -19,6 +19,7 @@ python - <<'PY'
 from pathlib import Path
 
 readme, table = Path("README.md"), Path("leaderboard/leaderboard.md").read_text().strip()
+table = "\n".join(line for line in table.splitlines() if not line.startswith("# "))  # the README has its own heading
 start, end = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
 text = readme.read_text()
 head, rest = text.split(start, 1)
