@@ -222,6 +222,14 @@ def data_source(key: str) -> str:
     return f"hub:{spec.hub_path}" + (f"/{spec.hub_config}" if spec.hub_config else "")
 
 
+def data_source_summary() -> dict:
+    """Where non-built-in datasets are read from, for results files: the local folder or the hub."""
+    data_dir = os.environ.get(DATA_DIR_ENV)
+    if data_dir:
+        return {"kind": "local", "path": str(Path(data_dir).resolve())}
+    return {"kind": "hub"}
+
+
 def _read_local_split(spec: DatasetSpec, folder: Path, split: str) -> tuple[list[dict], tuple[str, ...]]:
     path = folder / f"{split}.jsonl"
     if not path.is_file():

@@ -37,7 +37,6 @@ import copy
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -48,6 +47,7 @@ import torch
 
 from . import results_io
 from .architectures import ModelModules, resolve_modules
+from .datasets import data_source_summary
 from .errors import FalseDemoError
 
 DEFAULT_TASK = "falsedemo_unnatural_permuted"
@@ -941,7 +941,7 @@ def run(args: argparse.Namespace) -> int:
         "readout": "last query token",
         "label_promoting_norm": "final norm (and Gemma's post-attention norm) with scale frozen at the actual "
                                 "residual; output-head bias cancels; pre soft-cap",
-        "data_source": os.environ.get("FALSEDEMO_DATA_DIR") or "hub",
+        "data_source": data_source_summary(),
         "versions": _versions(),
         "command": "falsedemo heads " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["heads"] else sys.argv[1:]),
     }

@@ -24,7 +24,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import platform
 import sys
 import time
@@ -35,6 +34,7 @@ import numpy as np
 
 from . import __version__, results_io
 from .errors import FalseDemoError
+from .datasets import data_source_summary
 
 logger = logging.getLogger(__name__)
 
@@ -919,14 +919,6 @@ def model_identity(model_args: Mapping[str, Any], lm) -> dict[str, Any]:
     return identity
 
 
-def data_source() -> dict[str, Any]:
-    """Where non-built-in datasets were read from: the local folder of FALSEDEMO_DATA_DIR or the HF hub."""
-    folder = os.environ.get("FALSEDEMO_DATA_DIR")
-    if folder:
-        return {"kind": "local", "path": str(Path(folder).resolve())}
-    return {"kind": "hub"}
-
-
 def versions() -> dict[str, str]:
     import importlib.metadata
 
@@ -958,7 +950,7 @@ def run_configuration(*, lm, model, model_args, tasks, task_names, infos, limit,
         "model_type": modules.model_type,
         "ablation": ablation.describe() if ablation is not None else None,
         "readout": "label-token logits through the model's final norm and head, softmax over the K labels",
-        "data_source": data_source(),
+        "data_source": data_source_summary(),
         "model_identity": model_identity(_resolve_embedded(model_args), lm),
         "versions": versions(),
         "analysis": {"bootstrap_iters": bootstrap_iters, "seed": analysis_seed, "confidence": confidence,
