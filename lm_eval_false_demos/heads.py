@@ -1,14 +1,16 @@
 """False induction heads: prefix-matching and label-promoting scores, top-k export, ablation vs random heads.
 
-Scoring (paper-spec section 7) runs ONE eager forward per prompt of the scoring task (default
+Scoring (paper-spec section 7) runs ONE forward per prompt of the scoring task (default
 ``falsedemo_unnatural_permuted``, the same prompts ``lm_eval --tasks <task> --limit N`` builds) and keeps,
 per layer, only what the scores need at the query's readout token (the last context token):
 
-* the readout row of every head's post-softmax attention, sliced inside a forward hook on the attention
-  module, so the full [T, T] matrices are freed layer by layer and never accumulate;
+* the readout row of every head's post-softmax attention: the pass runs sdpa with an implementation that
+  also returns that one row (readout_attention.py), so no [T, T] matrix is ever formed (Gemma-2's
+  soft-capped attention falls back to eager, whose matrices are sliced and freed layer by layer);
 * the readout row of the attention output projection's input (the heads' ``z`` vectors), from which each
   head's write ``z_h @ W_O[h-slice]`` is formed;
-* the last block's output at the readout (the final residual).
+* the last block's output at the readout (the final residual); the forward stops there, before the final
+  norm and the output head.
 
 Prefix-matching score, per prompt: ``sum A_h(readout, t)`` over the tokens t of the *shown* label words of
 earlier demonstrations whose TRUE class equals the query's, minus ``1/(K-1)`` times the same sum over the
@@ -49,6 +51,7 @@ from . import results_io
 from .architectures import ModelModules, resolve_modules
 from .datasets import data_source_summary
 from .errors import FalseDemoError
+from .readout_attention import weights_capturing_attention
 
 DEFAULT_TASK = "falsedemo_unnatural_permuted"
 DEFAULT_NUM_PROMPTS = 100
@@ -277,20 +280,6 @@ def label_promotion(
 # The scoring pass
 
 
-@contextlib.contextmanager
-def eager_attention(model):
-    """Switch to eager attention (the only implementation returning weights) and back afterwards."""
-    current = getattr(model.config, "_attn_implementation", None)
-    switch = current != "eager"
-    if switch:
-        model.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        if switch:
-            model.set_attn_implementation(current)
-
-
 @dataclasses.dataclass
 class HeadScores:
     """Per-prompt scores, [N, L, H] each; means and standard deviations over prompts as properties."""
@@ -371,7 +360,8 @@ class _ReadoutCapture:
             weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
             if weights is None:
                 raise FalseDemoError(
-                    "the attention module returned no weights: the scoring pass needs attn_implementation='eager'"
+                    f"the attention module of layer {layer} ({type(module).__name__}) returned no weights: it does "
+                    "not dispatch through transformers' AttentionInterface, so head scoring cannot read its rows"
                 )
             self.attention[layer] = weights[0, :, -1, :].detach().to(torch.float32)  # [H, S]
 
@@ -394,6 +384,16 @@ class _ReadoutCapture:
     def _final_hook(self, module, args, output):
         tensor = output[0] if isinstance(output, tuple) else output
         self.final = tensor[0, -1].detach()
+        raise _StopForward  # the scores need nothing after the last block: skip the norm and the output head
+
+
+def _run_to_last_block(model, **inputs) -> None:
+    """Forward under a ``_ReadoutCapture``, which stops the model once its last block has run."""
+    try:
+        model(**inputs)
+    except _StopForward:
+        return
+    raise RuntimeError("the forward passed the last block without reaching the readout capture's hook")
 
 
 def prefix_matching(attention_rows: torch.Tensor, item: ScoringItem) -> torch.Tensor:
@@ -404,20 +404,16 @@ def prefix_matching(attention_rows: torch.Tensor, item: ScoringItem) -> torch.Te
 
 
 def score_heads(model, items: Iterable[ScoringItem], modules: ModelModules | None = None, progress=None) -> HeadScores:
-    """Prefix-matching and label-promoting scores of every (layer, head), one eager forward per item."""
+    """Prefix-matching and label-promoting scores of every (layer, head), one forward per item."""
     modules = modules or resolve_modules(model)
     modules.require("attention")
     modules.require("attn_out_proj")
     device = next(model.parameters()).device
     pm_rows, lp_rows = [], []
-    with eager_attention(model), torch.no_grad(), _ReadoutCapture(modules, want_attention=True) as capture:
+    with weights_capturing_attention(model), torch.no_grad(), _ReadoutCapture(modules, want_attention=True) as capture:
         for index, item in enumerate(items):
             capture.clear()
-            ids = torch.tensor([item.input_ids], device=device)
-            try:
-                model(input_ids=ids, use_cache=False)
-            except _StopForward:  # pragma: no cover - raised only by callers' hooks
-                pass
+            _run_to_last_block(model, input_ids=torch.tensor([item.input_ids], device=device), use_cache=False)
             attention = torch.stack(capture.attention)
             pm_rows.append(prefix_matching(attention, item).cpu().numpy())
             lp = label_promotion(
@@ -469,7 +465,7 @@ def discover_default_heads(
 ) -> str:
     """The top-``k`` prefix-matching heads on the default task, as an ``hf-ablate heads=`` string.
 
-    Used by ``hf-ablate heads=auto``; one eager pass over ``num_prompts`` prompts.
+    Used by ``hf-ablate heads=auto``; one scoring pass over ``num_prompts`` prompts.
     """
     if tokenizer is None:
         raise FalseDemoError("heads=auto needs the model's tokenizer to build the scoring prompts")
@@ -539,7 +535,7 @@ def query_readouts(model, query: EncodedQuery, ablations: Sequence, modules: Mod
             capture = _ReadoutCapture(modules, want_attention=False)
             manager = contextlib.nullcontext() if ablation is None else ablate(model, ablation, modules=modules)
             with capture, manager:
-                model(input_ids=ids[:, -1:], cache=cache, use_cache=True, logits_to_keep=1)
+                _run_to_last_block(model, input_ids=ids[:, -1:], cache=cache, use_cache=True)
             rows.append(lens_label_logits(model, capture.final[None], label_ids, modules)[0].float())
             if with_promotion and index == 0:
                 if ablation is not None:
@@ -822,7 +818,7 @@ def parse_model_args(text: str | None) -> dict:
 
 
 def load_model(model_args: dict, device: str | None):
-    """(model, tokenizer) with sdpa attention (scoring switches to eager for its own pass only)."""
+    """(model, tokenizer) with sdpa attention (scoring switches to its weights-returning variant for its own pass only)."""
     import transformers
 
     from .embedded_models import resolve_pretrained

@@ -162,6 +162,74 @@ def test_scoring_restores_the_attention_implementation(tiny_model_factory):
     assert model.config._attn_implementation == "sdpa"
 
 
+def _last_row_weights(model, ids, implementation):
+    """Every layer's attention weights at the last position, [L, H, S], under ``implementation``."""
+    modules = resolve_modules(model)
+    rows = {}
+
+    def keep(layer):
+        def hook(module, args, output):
+            rows[layer] = output[1][0, :, -1, :].clone()
+
+        return hook
+
+    handles = [modules.attention[layer].register_forward_hook(keep(layer)) for layer in range(modules.num_layers)]
+    model.set_attn_implementation(implementation)
+    try:
+        with torch.no_grad():
+            logits = model(ids).logits
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.set_attn_implementation("eager")
+    return torch.stack([rows[layer] for layer in range(modules.num_layers)]), logits
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gptj", "gpt_neox", "llama", "mistral", "qwen2", "gemma", "gemma3", "opt", "phi"])
+def test_readout_row_attention_equals_eager_attention_last_row(arch, tiny_model_factory):
+    """The sdpa variant's one recomputed row is eager attention's last row (rotary, GQA, gemma3's
+    query_pre_attn_scalar and its sliding window over a prompt longer than the window), and the model's
+    output is sdpa's."""
+    from lm_eval_false_demos.readout_attention import IMPLEMENTATION
+
+    model, _ = tiny_model_factory(arch)
+    ids = torch.randint(3, 500, (1, 90), generator=torch.Generator().manual_seed(2))
+    eager_rows, eager_logits = _last_row_weights(model, ids, "eager")
+    readout_rows, readout_logits = _last_row_weights(model, ids, IMPLEMENTATION)
+    assert readout_rows.shape == eager_rows.shape == (4, 4, 90)
+    torch.testing.assert_close(readout_rows, eager_rows, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(readout_logits, eager_logits, atol=1e-5, rtol=1e-4)
+    if arch == "gemma3":  # some layers slide: their row puts zero weight on keys older than the window
+        assert (eager_rows[:, :, : 90 - 64].sum(-1) == 0).any()
+
+
+def test_soft_capped_attention_scores_under_eager_and_others_under_the_readout_variant(tiny_model_factory):
+    from lm_eval_false_demos.readout_attention import IMPLEMENTATION, weights_capturing_attention
+
+    gemma2, _ = tiny_model_factory("gemma2")
+    llama, _ = tiny_model_factory("llama")
+    with weights_capturing_attention(gemma2) as used:
+        assert used == "eager"
+    with weights_capturing_attention(llama) as used:
+        assert used == IMPLEMENTATION == llama.config._attn_implementation
+    assert llama.config._attn_implementation == "eager"
+    items = [heads.ScoringItem(tuple(range(3, 80)), (4, 9, 30), (6, 12, 50), 5, 7, 3)]
+    assert np.isfinite(heads.score_heads(gemma2, items).prefix_matching).all()
+
+
+def test_scores_do_not_depend_on_the_attention_path(tiny_model_factory, monkeypatch):
+    """Scoring through eager attention (the slow reference) gives the scores the readout variant gives."""
+    from lm_eval_false_demos import readout_attention
+
+    model, _ = tiny_model_factory("gemma3")
+    items = [heads.ScoringItem(tuple(range(3, 90)), (4, 9, 40), (6, 12, 70), 5, 7, 3)]
+    fast = heads.score_heads(model, items)
+    monkeypatch.setattr(readout_attention, "soft_caps_attention", lambda config: True)  # the eager fallback
+    reference = heads.score_heads(model, items)
+    np.testing.assert_allclose(fast.prefix_matching, reference.prefix_matching, atol=1e-6)
+    np.testing.assert_allclose(fast.label_promoting, reference.label_promoting, atol=1e-5, rtol=1e-4)
+
+
 @pytest.fixture(scope="module")
 def tiny_model_factory():
     from tiny_models import build_tiny_model
