@@ -1,0 +1,57 @@
+"""The core (data, prompts, corruption, metrics, lens, interventions, head scoring) works without lm-eval:
+the lm-eval wrappers are thin adapters over it, not the other way round."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+TESTS = Path(__file__).parent
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.modules["lm_eval"] = None  # any import of lm_eval now raises ImportError
+    sys.path.insert(0, sys.argv[1])
+    import numpy as np
+    import torch
+    from tiny_models import build_tiny_model
+    from lm_eval_false_demos import heads, metrics
+    from lm_eval_false_demos.datasets import get_spec, load_examples
+    from lm_eval_false_demos.interventions import ablate, make_ablation
+    from lm_eval_false_demos.lens import read_label_logits
+    from lm_eval_false_demos.prompts import build_prompt, label_token_ids
+
+    spec = get_spec("unnatural")
+    pool, queries = load_examples("unnatural")
+    model, tokenizer = build_tiny_model("llama")
+    ids = label_token_ids(tokenizer, spec.label_word_list)
+    prompts = [build_prompt(spec, query, pool, 6, "permuted", seed=1234) for query in queries[:6]]
+    rows = []
+    for prompt in prompts:
+        tokens = torch.tensor([tokenizer(prompt.context)["input_ids"]])
+        plain = read_label_logits(model, tokens, [-1], ids)[-1, 0, 0]
+        with ablate(model, make_ablation(model, heads="3:1;2:0")):
+            ablated = read_label_logits(model, tokens, [-1], ids)[-1, 0, 0]
+        assert not torch.allclose(plain, ablated)
+        rows.append(torch.softmax(plain, -1).numpy())
+    accuracy = metrics.calibrated_accuracy(np.stack(rows), [p.query_label for p in prompts])
+    assert 0.0 <= accuracy <= 1.0
+    add_bos = heads.adds_bos(model, tokenizer)
+    items = [heads.scoring_item(p, spec.label_word_list, ids, tokenizer, add_bos) for p in prompts]
+    scores = heads.score_heads(model, items)
+    assert scores.prefix_matching.shape == (6, 4, 4)
+    assert "lm_eval" not in {name.split(".")[0] for name, mod in sys.modules.items() if mod is not None}
+    print("core ok")
+    """
+)
+
+
+def test_core_runs_with_lm_eval_unimportable():
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(TESTS)], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "core ok" in out.stdout
