@@ -9,6 +9,10 @@ the full one lm-eval's ``hf`` model runs (logits at every position) and one with
 strict comparison). A fourth pass scores through eager attention, the implementation that returns weights
 out of the box, to show what the readout variant saves. Passes are interleaved and the fastest repeat of
 each is kept, since the machine is shared. Target: scoring / plain <= 2.
+
+It also times ``falsedemo heads --evaluate``'s readout over the same prompts: the unablated condition, the
+top-k heads and ``--draws`` random draws (12 conditions by default) read with one query-token forward each
+against the same conditions batched ``heads.CONDITION_BATCH_SIZE`` at a time.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from lm_eval_false_demos import heads, readout_attention  # noqa: E402
+from lm_eval_false_demos.interventions import make_ablation  # noqa: E402
 from lm_eval_false_demos.prompts import label_token_ids  # noqa: E402
 
 
@@ -50,6 +55,7 @@ def main() -> None:
     parser.add_argument("--num-fewshot", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--draws", type=int, default=heads.DEFAULT_RANDOM_DRAWS, help="random draws in --evaluate")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -65,11 +71,25 @@ def main() -> None:
     items = [heads.scoring_item(prompt, words, ids, tokenizer, bos) for prompt in prompts]
     tokens = sum(len(item.input_ids) for item in items)
 
+    modules = heads.resolve_modules(model)
+    top = heads.score_heads(model, items[:2], modules).top_k(heads.DEFAULT_TOP_K)
+    draws = heads.draw_random_heads(modules.num_layers, modules.num_heads, heads.DEFAULT_TOP_K, args.draws, seed=0)
+    conditions = [None] + [make_ablation(model, heads=list(h), modules=modules) for h in [top, *draws]]
+    queries = [heads.encode_query(prompt, ids, tokenizer, bos) for prompt in prompts]
+
+    def evaluation_readouts(batch_size: int) -> None:
+        for query in queries:
+            heads.query_readouts(model, query, conditions, modules, True, condition_batch_size=batch_size)
+
     passes = {
         "plain sdpa forward, all logits (lm-eval hf)": lambda: plain_forward(model, items, 0),
         "plain sdpa forward, last logits": lambda: plain_forward(model, items, 1),
         "scoring pass (sdpa + readout row)": lambda: heads.score_heads(model, items),
         "scoring pass through eager attention": lambda: score_through_eager(model, items),
+        f"--evaluate readouts, {len(conditions)} conditions one by one": lambda: evaluation_readouts(1),
+        f"--evaluate readouts, batched {heads.CONDITION_BATCH_SIZE} at a time": lambda: evaluation_readouts(
+            heads.CONDITION_BATCH_SIZE
+        ),
     }
     plain_forward(model, items[:2], 1)  # warm-up (allocator, lazy inits)
     best = {name: float("inf") for name in passes}
@@ -89,6 +109,8 @@ def main() -> None:
     full = best["plain sdpa forward, all logits (lm-eval hf)"]
     print(f"scoring / plain forward: {scoring / strict:.2f} (last logits), {scoring / full:.2f} (all logits); "
           f"target <= 2")
+    one_by_one, batched = list(best.values())[-2:]
+    print(f"--evaluate readouts batched / one by one: {batched / one_by_one:.2f}")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 

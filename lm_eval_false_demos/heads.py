@@ -34,7 +34,6 @@ makes R random draws cheap. Calibrated accuracy comes from metrics.calibrated_ac
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
 import json
@@ -58,6 +57,7 @@ DEFAULT_NUM_PROMPTS = 100
 DEFAULT_TOP_K = 5
 DEFAULT_SEED = 1234  # lm-eval's default few-shot seed: the prompts match `lm_eval --tasks ... --limit N`
 DEFAULT_RANDOM_DRAWS = 10
+CONDITION_BATCH_SIZE = 6  # ablation conditions per one-token forward in --evaluate (cache copies held at once)
 FORMAT_VERSION = 1
 
 
@@ -323,7 +323,8 @@ class HeadScores:
 
 
 class _ReadoutCapture:
-    """Hooks keeping only readout-row tensors: attention rows, o_proj input rows, attention outputs, residual."""
+    """Hooks keeping only the last position of every sequence in the batch: attention rows [B, H, S], o_proj
+    inputs [B, H * head_dim], attention outputs and the last block's output [B, d]; the forward stops there."""
 
     def __init__(self, modules: ModelModules, want_attention: bool):
         self.modules = modules
@@ -363,27 +364,27 @@ class _ReadoutCapture:
                     f"the attention module of layer {layer} ({type(module).__name__}) returned no weights: it does "
                     "not dispatch through transformers' AttentionInterface, so head scoring cannot read its rows"
                 )
-            self.attention[layer] = weights[0, :, -1, :].detach().to(torch.float32)  # [H, S]
+            self.attention[layer] = weights[:, :, -1, :].detach().to(torch.float32)  # [B, H, S]
 
         return hook
 
     def _z_hook(self, layer):
         def hook(module, args, kwargs):
             tensor = args[0] if args else next(iter(kwargs.values()))
-            self.z[layer] = tensor[0, -1].detach().to(torch.float32)
+            self.z[layer] = tensor[:, -1].detach().to(torch.float32)
 
         return hook
 
     def _out_hook(self, layer):
         def hook(module, args, output):
             tensor = output[0] if isinstance(output, tuple) else output
-            self.attn_out[layer] = tensor[0, -1].detach().to(torch.float32)
+            self.attn_out[layer] = tensor[:, -1].detach().to(torch.float32)
 
         return hook
 
     def _final_hook(self, module, args, output):
         tensor = output[0] if isinstance(output, tuple) else output
-        self.final = tensor[0, -1].detach()
+        self.final = tensor[:, -1].detach()
         raise _StopForward  # the scores need nothing after the last block: skip the norm and the output head
 
 
@@ -414,10 +415,11 @@ def score_heads(model, items: Iterable[ScoringItem], modules: ModelModules | Non
         for index, item in enumerate(items):
             capture.clear()
             _run_to_last_block(model, input_ids=torch.tensor([item.input_ids], device=device), use_cache=False)
-            attention = torch.stack(capture.attention)
+            attention = torch.stack([rows[0] for rows in capture.attention])
             pm_rows.append(prefix_matching(attention, item).cpu().numpy())
             lp = label_promotion(
-                modules, capture.z, capture.attn_out, capture.final, item.shown_label_id, item.true_label_id
+                modules, [z[0] for z in capture.z], [out[0] for out in capture.attn_out], capture.final[0],
+                item.shown_label_id, item.true_label_id,
             )
             lp_rows.append(lp.cpu().numpy())
             if progress:
@@ -513,38 +515,43 @@ def encode_query(prompt, label_ids: Sequence[int], tokenizer, add_bos: bool) -> 
     )
 
 
-def query_readouts(model, query: EncodedQuery, ablations: Sequence, modules: ModelModules, with_promotion=False):
-    """Last-layer label logits [C, K] at the query token under each ablation (None = no ablation).
+def query_readouts(
+    model, query: EncodedQuery, ablations: Sequence, modules: ModelModules, with_promotion=False,
+    condition_batch_size: int = CONDITION_BATCH_SIZE,
+):
+    """Last-layer label logits [C, K] at the query token under each head ablation (None = no ablation).
 
-    The context before the query token runs once with the KV cache; each condition then runs only the query
-    token on a copy of that cache, so the ablation acts at the query position (the paper's last-position
-    ablation) and C conditions cost one long forward plus C one-token forwards. With ``with_promotion`` the
-    unablated condition (``ablations[0]`` must be None) also returns the [L, H] label-promoting scores.
+    The context before the query token runs once with the KV cache; the conditions then run only the query
+    token, ``condition_batch_size`` of them at a time as rows of one batch over copies of that cache, each
+    row with its own heads zeroed. So the ablation acts at the query position (the paper's last-position
+    ablation) and C conditions cost one long forward plus ceil(C / batch) one-token forwards; the batch
+    bounds the cache copies held at once. With ``with_promotion`` the unablated condition (``ablations[0]``
+    must be None) also returns the [L, H] label-promoting scores.
     """
-    from .interventions import ablate
+    from .interventions import zero_heads_per_row
     from .lens import lens_label_logits
 
+    if with_promotion and ablations[0] is not None:
+        raise ValueError("label promotion is read from the unablated condition, which must come first")
     device = next(model.parameters()).device
     ids = torch.tensor([query.input_ids], device=device)
     label_ids = torch.tensor(query.label_ids, device=device)
     rows, promotion = [], None
     with torch.no_grad():
         prefix = model(input_ids=ids[:, :-1], use_cache=True, logits_to_keep=1).cache
-        for index, ablation in enumerate(ablations):
+        for start in range(0, len(ablations), condition_batch_size):
+            batch = list(ablations[start:start + condition_batch_size])
             cache = copy.deepcopy(prefix)
-            capture = _ReadoutCapture(modules, want_attention=False)
-            manager = contextlib.nullcontext() if ablation is None else ablate(model, ablation, modules=modules)
-            with capture, manager:
-                _run_to_last_block(model, input_ids=ids[:, -1:], cache=cache, use_cache=True)
-            rows.append(lens_label_logits(model, capture.final[None], label_ids, modules)[0].float())
-            if with_promotion and index == 0:
-                if ablation is not None:
-                    raise ValueError("label promotion is read from the unablated condition, which must come first")
+            cache.batch_repeat_interleave(len(batch))
+            with _ReadoutCapture(modules, want_attention=False) as capture, zero_heads_per_row(model, batch, modules):
+                _run_to_last_block(model, input_ids=ids[:, -1:].expand(len(batch), 1), cache=cache, use_cache=True)
+            rows.append(lens_label_logits(model, capture.final, label_ids, modules).float())
+            if with_promotion and start == 0:
                 promotion = label_promotion(
-                    modules, capture.z, capture.attn_out, capture.final,
+                    modules, [z[0] for z in capture.z], [out[0] for out in capture.attn_out], capture.final[0],
                     query.label_ids[query.shown_for_gold], query.label_ids[query.gold],
                 )
-    logits = torch.stack(rows).cpu().numpy()
+    logits = torch.cat(rows).cpu().numpy()
     return (logits, promotion.cpu().numpy()) if with_promotion else logits
 
 

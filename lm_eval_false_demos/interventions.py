@@ -345,3 +345,51 @@ def ablate(model, ablation: Ablation, positions=None, attention_mask=None, modul
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextlib.contextmanager
+def zero_heads_per_row(model, ablations, modules: ModelModules | None = None):
+    """Zero a different head set in each sequence of the batch, at its last position: row b of every forward
+    inside the block gets ``ablations[b]`` (None = untouched). Lets C head-ablation conditions run as one
+    batch of C copies of a sequence instead of C forwards; each row equals ``ablate(model, ablations[b])``.
+
+    Only head zeroing ("zero" method, ``positions="last"``) takes this path: it is a mask on the attention
+    output projection's input, the same mask ``ablate`` applies.
+    """
+    modules = modules or resolve_modules(model)
+    for ablation in ablations:
+        if ablation is None:
+            continue
+        if ablation.attn_layers or ablation.mlp_layers or ablation.head_method != "zero" or ablation.positions != "last":
+            raise FalseDemoError(
+                f"per-row ablation takes head zeroing at the last position only; got {ablation.describe()}"
+            )
+    width = modules.num_heads * modules.head_dim
+    keep_by_layer: dict[int, torch.Tensor] = {}
+    for row, ablation in enumerate(ablations):
+        for layer, head in ablation.heads if ablation is not None else ():
+            keep = keep_by_layer.setdefault(layer, torch.ones(len(ablations), width, dtype=torch.bool))
+            keep[row, head * modules.head_dim:(head + 1) * modules.head_dim] = False
+
+    def pre_hook(keep):
+        def hook(module, args, kwargs):
+            tensor = args[0] if args else next(iter(kwargs.values()))
+            if tensor.shape[0] != keep.shape[0]:
+                raise FalseDemoError(f"zero_heads_per_row holds {keep.shape[0]} head sets for a batch of {tensor.shape[0]}")
+            last = torch.where(keep[:, None, :].to(tensor.device), tensor[:, -1:], torch.zeros((), dtype=tensor.dtype))
+            tensor = torch.cat([tensor[:, :-1], last], dim=1)
+            if args:
+                return (tensor,) + tuple(args[1:]), kwargs
+            return args, {**kwargs, next(iter(kwargs)): tensor}
+
+        return hook
+
+    handles = [
+        modules.attn_out_proj[layer].register_forward_pre_hook(pre_hook(keep), with_kwargs=True)
+        for layer, keep in keep_by_layer.items()
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

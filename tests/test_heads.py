@@ -1,5 +1,6 @@
 """False-induction-head scoring on a hand-built model, the head-write maths, and the random-head control."""
 
+import contextlib
 import json
 
 import numpy as np
@@ -319,6 +320,38 @@ def test_cached_query_readout_matches_full_forward_with_and_without_ablation(arc
     item = heads.ScoringItem(query.input_ids, (5,), (6,), 10, 11, 3)
     scored = heads.score_heads(model, [item], modules)
     np.testing.assert_allclose(scored.label_promoting[0], promotion, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gemma3"])
+def test_batched_conditions_equal_one_ablated_forward_each(arch, tiny_model_factory):
+    """Conditions batched as rows (in chunks that do not divide C) give each row's own ablation, no leakage."""
+    from lm_eval_false_demos.interventions import ablate, make_ablation
+    from lm_eval_false_demos.lens import read_label_logits
+
+    model, _ = tiny_model_factory(arch)
+    modules = resolve_modules(model)
+    ids = torch.randint(3, 500, (1, 80), generator=torch.Generator().manual_seed(5))
+    query = heads.EncodedQuery(tuple(ids[0].tolist()), (10, 11, 12), gold=0, shown_for_gold=1)
+    specs = [None, "0:0;3:3", "1:1", "2:0;2:1;2:2;2:3", "3:2"]
+    conditions = [None if spec is None else make_ablation(model, heads=spec, modules=modules) for spec in specs]
+    batched = heads.query_readouts(model, query, conditions, modules, condition_batch_size=2)
+    one_by_one = heads.query_readouts(model, query, conditions, modules, condition_batch_size=1)
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5, rtol=1e-5)
+    for row, condition in enumerate(conditions):
+        manager = ablate(model, condition, modules=modules) if condition else contextlib.nullcontext()
+        with manager:
+            full = read_label_logits(model, ids, [-1], list(query.label_ids), layers=[modules.num_layers])[0, 0, 0]
+        np.testing.assert_allclose(batched[row], full.numpy(), atol=1e-4, rtol=1e-4)
+    assert len({tuple(np.round(row, 4)) for row in batched}) == len(conditions)
+
+
+def test_per_row_head_zeroing_rejects_other_ablations(tiny_model_factory):
+    from lm_eval_false_demos.interventions import make_ablation, zero_heads_per_row
+
+    model, _ = tiny_model_factory("llama")
+    with pytest.raises(FalseDemoError, match="head zeroing at the last position only"):
+        with zero_heads_per_row(model, [None, make_ablation(model, attn_layers="2-")]):
+            pass
 
 
 def test_gap_recovered_follows_the_spec():
