@@ -2,7 +2,8 @@
 # Regenerates our published rows and the page: for each embedded model, one `falsedemo sweep` over the 14 main
 # datasets in every setting (correct, permuted, half, random, zero-shot) with k = $K demonstrations and
 # N = $N queries per task (a fixed seeded subset), local dataset copies; then the tables and page from those sweeps plus the
-# false-induction-head evaluations of reports/heads. Usage: leaderboard/build.sh  (K=8 N=12 by default)
+# false-induction-head evaluations of reports/heads. Usage: leaderboard/build.sh  (K=8 N=12 by default;
+# SWEEPS=0 rebuilds the tables and page from the existing runs only, e.g. after a new reports/heads run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 K=${K:-8}
@@ -10,6 +11,7 @@ N=${N:-12}
 export FALSEDEMO_DATA_DIR="${FALSEDEMO_DATA_DIR:-$(cd .. && pwd)/shared/data}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 for model in ${MODELS:-gemma-3-270m smollm2-135m}; do
+  [ "${SWEEPS:-1}" = 0 ] && break
   falsedemo sweep --model hf --model_args "pretrained=$model,dtype=float32" --tasks falsedemo_main \
     --num_fewshot "$K" --limit "$N" --batch_size 4 --device cpu --no_plots --output_path "leaderboard/runs/$model"
 done
