@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from . import results_io
 from .architectures import ModelModules, resolve_modules
@@ -404,7 +405,9 @@ def prefix_matching(attention_rows: torch.Tensor, item: ScoringItem) -> torch.Te
     return same - other / (item.num_classes - 1)
 
 
-def score_heads(model, items: Iterable[ScoringItem], modules: ModelModules | None = None, progress=None) -> HeadScores:
+def score_heads(
+    model, items: Iterable[ScoringItem], modules: ModelModules | None = None, show_progress: bool = False
+) -> HeadScores:
     """Prefix-matching and label-promoting scores of every (layer, head), one forward per item."""
     modules = modules or resolve_modules(model)
     modules.require("attention")
@@ -412,7 +415,7 @@ def score_heads(model, items: Iterable[ScoringItem], modules: ModelModules | Non
     device = next(model.parameters()).device
     pm_rows, lp_rows = [], []
     with weights_capturing_attention(model), torch.no_grad(), _ReadoutCapture(modules, want_attention=True) as capture:
-        for index, item in enumerate(items):
+        for item in tqdm(items, desc="scoring heads", unit="prompt", disable=not show_progress):
             capture.clear()
             _run_to_last_block(model, input_ids=torch.tensor([item.input_ids], device=device), use_cache=False)
             attention = torch.stack([rows[0] for rows in capture.attention])
@@ -422,8 +425,6 @@ def score_heads(model, items: Iterable[ScoringItem], modules: ModelModules | Non
                 item.shown_label_id, item.true_label_id,
             )
             lp_rows.append(lp.cpu().numpy())
-            if progress:
-                progress(index + 1)
     if not pm_rows:
         raise FalseDemoError("no prompts to score")
     return HeadScores(np.stack(pm_rows), np.stack(lp_rows))
@@ -475,15 +476,15 @@ def discover_default_heads(
     return format_heads(scores.top_k(k))
 
 
-def score_task(model, tokenizer, task, num_prompts, seed, num_fewshot=None, progress=None) -> HeadScores:
+def score_task(model, tokenizer, task, num_prompts, seed, num_fewshot=None, show_progress=False) -> HeadScores:
     from .prompts import label_token_ids
 
     spec, _, prompts = build_task_prompts(task, num_prompts, seed, num_fewshot, tokenizer, _max_tokens(model, tokenizer))
     words = list(spec.label_word_list)
     ids = label_token_ids(tokenizer, words)
     bos = adds_bos(model, tokenizer)
-    items = (scoring_item(prompt, words, ids, tokenizer, bos) for prompt in prompts)
-    return score_heads(model, items, progress=progress)
+    items = [scoring_item(prompt, words, ids, tokenizer, bos) for prompt in prompts]
+    return score_heads(model, items, show_progress=show_progress)
 
 
 def _max_tokens(model, tokenizer) -> int:
@@ -588,6 +589,7 @@ def evaluate_heads(
     num_fewshot: int | None = None,
     corrupted_setting: str = "permuted",
     log=print,
+    show_progress: bool = False,
 ) -> dict:
     """Gap recovered by zeroing ``top_heads`` vs each random draw, per dataset and averaged over datasets."""
     from .interventions import make_ablation
@@ -609,7 +611,7 @@ def evaluate_heads(
             )
             ids = label_token_ids(tokenizer, list(spec.label_word_list))
             rows, golds = [], []
-            for prompt in prompts:
+            for prompt in tqdm(prompts, desc=f"{dataset} {setting}", unit="prompt", disable=not show_progress):
                 query = encode_query(prompt, ids, tokenizer, bos)
                 if setting == corrupted_setting:
                     readout, lp = query_readouts(model, query, conditions, modules, with_promotion=True)
@@ -893,6 +895,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output_path", "-o", default="results", help="folder; each run gets a new heads_* folder")
     parser.add_argument("--device", default=None, help="e.g. cpu or cuda:0")
     parser.add_argument("--no_plots", action="store_true", help="skip the figures")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -922,7 +925,7 @@ def run(args: argparse.Namespace) -> int:
     if given is None:
         started = time.time()
         scores = score_task(model, tokenizer, args.task, args.num_prompts, args.seed, args.num_fewshot,
-                            progress=lambda i: i % 25 == 0 and log(f"[heads] scored {i} prompts"))
+                            show_progress=not args.no_progress)
         top = scores.top_k(args.top_k)
         log(f"[heads] scored {scores.num_prompts} prompts in {time.time() - started:.0f}s; top-{args.top_k}: "
             f"{format_heads(top)}")
@@ -954,7 +957,8 @@ def run(args: argparse.Namespace) -> int:
         config.update(evaluate=datasets, limit=args.limit, random_draws=args.random_draws,
                       random_seed=args.random_seed, corrupted_setting=args.corrupted_setting)
         evaluation = evaluate_heads(model, tokenizer, datasets, top, draws, args.limit, args.seed,
-                                    args.num_fewshot, args.corrupted_setting, log=log)
+                                    args.num_fewshot, args.corrupted_setting, log=log,
+                                    show_progress=not args.no_progress)
     critical = critical_layer_from_sweep(args.sweep, parse_task(args.task)[0]) if args.sweep else None
     name = Path(model_args["pretrained"]).name or "model"
     directory = results_io.new_run_directory(args.output_path, f"heads_{name}")
