@@ -777,11 +777,14 @@ def write_figures(scores: HeadScores, top: Sequence[tuple[int, int]], directory:
     return written
 
 
-def heads_payload(config: dict, scores: HeadScores | None, top: Sequence[tuple[int, int]], evaluation=None) -> dict:
+def heads_payload(
+    config: dict, scores: HeadScores | None, top: Sequence[tuple[int, int]], evaluation=None, timing=None
+) -> dict:
     payload = {
         "kind": "falsedemo.heads",
         "format_version": FORMAT_VERSION,
         "config": config,
+        "timing": timing or {},
         "heads": scores.ranked() if scores is not None else [],
         "top_k": format_heads(top),
     }
@@ -914,7 +917,8 @@ def run(args: argparse.Namespace) -> int:
     datasets = [key.strip() for key in (args.evaluate or "").split(",") if key.strip()]
     for key in datasets:
         parse_task(f"falsedemo_{key}_{args.corrupted_setting}")  # fail before loading the model
-    started = time.time()
+    started = run_started = time.time()
+    timing = {}
     model, tokenizer = load_model(model_args, args.device)
     modules = resolve_modules(model)
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
@@ -927,6 +931,7 @@ def run(args: argparse.Namespace) -> int:
         scores = score_task(model, tokenizer, args.task, args.num_prompts, args.seed, args.num_fewshot,
                             show_progress=not args.no_progress)
         top = scores.top_k(args.top_k)
+        timing["scoring_seconds"] = round(time.time() - started, 3)
         log(f"[heads] scored {scores.num_prompts} prompts in {time.time() - started:.0f}s; top-{args.top_k}: "
             f"{format_heads(top)}")
     else:
@@ -956,13 +961,16 @@ def run(args: argparse.Namespace) -> int:
         draws = draw_random_heads(modules.num_layers, modules.num_heads, len(top), args.random_draws, args.random_seed)
         config.update(evaluate=datasets, limit=args.limit, random_draws=args.random_draws,
                       random_seed=args.random_seed, corrupted_setting=args.corrupted_setting)
+        started = time.time()
         evaluation = evaluate_heads(model, tokenizer, datasets, top, draws, args.limit, args.seed,
                                     args.num_fewshot, args.corrupted_setting, log=log,
                                     show_progress=not args.no_progress)
+        timing["evaluation_seconds"] = round(time.time() - started, 3)
     critical = critical_layer_from_sweep(args.sweep, parse_task(args.task)[0]) if args.sweep else None
     name = Path(model_args["pretrained"]).name or "model"
     directory = results_io.new_run_directory(args.output_path, f"heads_{name}")
-    payload = heads_payload(config, scores, top, evaluation)
+    timing["total_seconds"] = round(time.time() - run_started, 3)
+    payload = heads_payload(config, scores, top, evaluation, timing)
     written = write_outputs(payload, scores, directory, plots=not args.no_plots, critical_layer=critical)
     print(format_summary(payload))
     print(f"wrote {', '.join(str(path) for path in written)}")

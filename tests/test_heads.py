@@ -394,3 +394,52 @@ def test_heads_file_and_auto_reach_the_ablation_wrapper(tiny_model_dir, tmp_path
     monkeypatch.setattr(heads, "discover_default_heads", smaller)
     lm = AblatedHFLM(pretrained=path, heads="auto", **common)
     assert calls and lm.get_model_info()["falsedemo"]["ablation"]["heads"] == heads.format_heads(top)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The `falsedemo heads` command end to end
+
+
+def test_heads_command_scores_evaluates_and_writes_a_complete_run(tiny_model_dir, tmp_path, monkeypatch, data_dir):
+    from lm_eval_false_demos import cli
+
+    monkeypatch.setenv("FALSEDEMO_DATA_DIR", str(data_dir))
+    model = f"pretrained={tiny_model_dir('llama')},dtype=float32"
+    common = ["--model_args", model, "-o", str(tmp_path), "--no_progress", "--no_plots"]
+    assert cli.main(["heads", *common, "-n", "5", "-f", "4", "-k", "2", "--evaluate", "unnatural,sst2",
+                     "--limit", "6", "-R", "3", "--random_seed", "4"]) == 0
+    (path,) = tmp_path.glob("heads_*/heads.json")
+    payload = json.loads(path.read_text())
+    assert payload["kind"] == "falsedemo.heads"
+    assert payload["config"]["num_prompts"] == 5 and payload["config"]["k"] == 4
+    assert len(payload["heads"]) == 16 and [row["rank"] for row in payload["heads"]] == list(range(1, 17))
+    top = [(row["layer"], row["head"]) for row in payload["heads"][:2]]
+    assert payload["top_k"] == heads.format_heads(top)
+    evaluation = payload["evaluation"]
+    assert set(evaluation["datasets"]) == {"unnatural", "sst2"}
+    assert all(entry["n"] == 6 for entry in evaluation["datasets"].values())
+    assert evaluation["random_heads"] == [heads.format_heads(d) for d in heads.draw_random_heads(4, 4, 2, 3, 4)]
+    assert set(payload["timing"]) == {"scoring_seconds", "evaluation_seconds", "total_seconds"}
+    assert (path.parent / "heads.csv").is_file()
+
+    # The heads just found, given back with --heads, evaluate to the same numbers without scoring again.
+    again = tmp_path / "again"
+    assert cli.main(["heads", *common[:2], "-o", str(again), "--no_progress", "--no_plots", "--heads", f"@{path}",
+                     "-f", "4", "--evaluate", "unnatural,sst2", "--limit", "6", "-R", "3", "--random_seed", "4"]) == 0
+    (second,) = again.glob("heads_*/heads.json")
+    replay = json.loads(second.read_text())
+    assert replay["heads"] == [] and "scoring_seconds" not in replay["timing"]
+    assert replay["evaluation"]["datasets"] == evaluation["datasets"]
+
+
+def test_heads_command_rejects_bad_input_in_one_line(capsys, tmp_path):
+    from lm_eval_false_demos import cli
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["heads", "--model_args", "pretrained=x", "--heads", "1:0", "-o", str(tmp_path)])
+    assert exited.value.code == 2
+    assert "--heads only makes sense with --evaluate" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["heads", "--model_args", "pretrained=x", "--evaluate", "nosuchset", "-o", str(tmp_path)])
+    assert "nosuchset" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
