@@ -562,14 +562,6 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(-1, keepdims=True)
 
 
-def gap_recovered(acc_correct: float, acc_corrupted: float, acc_corrupted_ablated: float) -> float:
-    """Spec section 7: 1 - (acc_correct - acc_corrupted_ablated) / (acc_correct - acc_corrupted); NaN without a gap."""
-    gap = acc_correct - acc_corrupted
-    if gap <= 0:
-        return float("nan")
-    return 1.0 - (acc_correct - acc_corrupted_ablated) / gap
-
-
 def _mean_sd(values) -> dict:
     values = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
     if values.size == 0:
@@ -593,7 +585,7 @@ def evaluate_heads(
 ) -> dict:
     """Gap recovered by zeroing ``top_heads`` vs each random draw, per dataset and averaged over datasets."""
     from .interventions import make_ablation
-    from .metrics import calibrated_accuracy
+    from .metrics import calibrated_accuracy, gap_recovered
     from .prompts import label_token_ids
 
     modules = resolve_modules(model)
@@ -668,8 +660,25 @@ def evaluate_heads(
     return summarise_evaluation(per_dataset, top_heads, random_draws, corrupted_setting)
 
 
+def pooled_gap_recovered_by_condition(per_dataset: dict) -> tuple[float, list[float]]:
+    """(top-k heads, each random draw) gap recovered pooled over datasets, from an evaluation's ``datasets``
+    entries (every heads.json has them, so reports and the leaderboard read old files the same way)."""
+    from .metrics import pooled_gap_recovered
+
+    entries = list(per_dataset.values())
+    correct = [entry["acc_correct"] for entry in entries]
+    corrupted = [entry["acc_corrupted"] for entry in entries]
+    top = pooled_gap_recovered(correct, corrupted, [entry["top_k"]["acc_corrupted_ablated"] for entry in entries])
+    draws = [
+        pooled_gap_recovered(correct, corrupted, [entry["random"]["draws"][i]["acc_corrupted_ablated"] for entry in entries])
+        for i in range(len(entries[0]["random"]["draws"]) if entries else 0)
+    ]
+    return top, draws
+
+
 def summarise_evaluation(per_dataset: dict, top_heads, random_draws, corrupted_setting: str) -> dict:
-    """Means over datasets (of per-dataset ratios, as the paper); the random control's spread is over draws."""
+    """Means over datasets (of per-dataset ratios, as the paper) and the gap recovered pooled over datasets;
+    the random control's spread is over draws."""
     keys = list(per_dataset)
 
     def dataset_mean(values):
@@ -688,6 +697,7 @@ def summarise_evaluation(per_dataset: dict, top_heads, random_draws, corrupted_s
         dataset_mean(per_dataset[key]["random"]["draws"][i]["label_promoting"] for key in keys)
         for i in range(len(random_draws))
     ]
+    pooled_top, pooled_random = pooled_gap_recovered_by_condition(per_dataset)
     return {
         "corrupted_setting": corrupted_setting,
         "ablation": {"method": "zero (head's slice of the o_proj input)", "positions": "query token only"},
@@ -702,6 +712,11 @@ def summarise_evaluation(per_dataset: dict, top_heads, random_draws, corrupted_s
             "per_dataset": {k: per_dataset[k]["top_k"]["gap_recovered"] for k in keys},
         },
         "random_control": {**_mean_sd(random_gap_by_draw), "per_draw": random_gap_by_draw},
+        "pooled_gap_recovered": {
+            "top_k": pooled_top,
+            "random": {**_mean_sd(pooled_random), "max": max(pooled_random, default=float("nan")),
+                       "per_draw": pooled_random},
+        },
         "correct_change": {
             "top_k": dataset_mean(per_dataset[k]["top_k"]["correct_change"] for k in keys),
             "random": {**_mean_sd(random_change_by_draw), "per_draw": random_change_by_draw},
@@ -995,7 +1010,10 @@ def format_summary(payload: dict) -> str:
                          f"{entry['top_k']['acc_corrupted_ablated']:.3f} {entry['top_k']['gap_recovered']:+.3f} "
                          f"{random['mean']:+.3f} ({random['sd']:.3f})")
         control = evaluation["random_control"]
-        lines.append(f"mean gap recovered: top-k {evaluation['gap_recovered']['mean']:+.3f}; random "
+        pooled = evaluation["pooled_gap_recovered"]
+        lines.append(f"pooled gap recovered: top-k {pooled['top_k']:+.3f}; random {pooled['random']['mean']:+.3f} "
+                     f"(sd {pooled['random']['sd']:.3f}, max {pooled['random']['max']:+.3f})")
+        lines.append(f"mean of per-dataset gap recovered: top-k {evaluation['gap_recovered']['mean']:+.3f}; random "
                      f"{control['mean']:+.3f} (sd {control['sd']:.3f}, {control['n']} draws)")
         lp = evaluation["label_promoting"]
         lines.append(f"label-promoting: top-k {lp['top_k']:+.3f}; random {lp['random']['mean']:+.3f} "

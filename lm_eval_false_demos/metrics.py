@@ -91,3 +91,21 @@ def paired_bootstrap(statistic: Callable[..., float], arrays: Sequence, n_resamp
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def gap_recovered(acc_correct: float, acc_corrupted: float, acc_corrupted_ablated: float) -> float:
+    """Share of the corrupted-label gap an ablation recovers (spec section 7):
+    1 - (acc_correct - acc_corrupted_ablated) / (acc_correct - acc_corrupted); NaN without a gap."""
+    gap = acc_correct - acc_corrupted
+    if gap <= 0:
+        return float("nan")
+    return 1.0 - (acc_correct - acc_corrupted_ablated) / gap
+
+
+def pooled_gap_recovered(acc_correct: Sequence[float], acc_corrupted: Sequence[float],
+                         acc_corrupted_ablated: Sequence[float]) -> float:
+    """Gap recovered over several datasets from their mean accuracies. The paper's figure is the mean of
+    per-dataset ratios, which one dataset with a near-zero gap can blow up (a 0.07 gap moved by 0.2 counts
+    as +300%); pooling weighs each dataset by its gap instead."""
+    return gap_recovered(float(np.mean(acc_correct)), float(np.mean(acc_corrupted)),
+                         float(np.mean(acc_corrupted_ablated)))

@@ -354,10 +354,27 @@ def test_per_row_head_zeroing_rejects_other_ablations(tiny_model_factory):
             pass
 
 
-def test_gap_recovered_follows_the_spec():
-    assert heads.gap_recovered(0.8, 0.4, 0.6) == pytest.approx(0.5)
-    assert heads.gap_recovered(0.8, 0.4, 0.4) == pytest.approx(0.0)
-    assert np.isnan(heads.gap_recovered(0.5, 0.6, 0.7))
+def test_pooled_gap_recovered_by_condition_reads_the_evaluation_layout():
+    """Two datasets: a big gap half recovered and a tiny gap over-recovered. Pooling weighs them by gap."""
+    def entry(correct, corrupted, top, draws):
+        return {"acc_correct": correct, "acc_corrupted": corrupted, "top_k": {"acc_corrupted_ablated": top},
+                "random": {"draws": [{"acc_corrupted_ablated": value} for value in draws]}}
+
+    per_dataset = {"a": entry(0.9, 0.3, 0.6, [0.3, 0.36]), "b": entry(0.6, 0.55, 0.75, [0.55, 0.5])}
+    top, draws = heads.pooled_gap_recovered_by_condition(per_dataset)
+    assert top == pytest.approx(1 - (0.75 - 0.675) / (0.75 - 0.425))  # 0.769, while the ratio mean is 2.25
+    assert draws == pytest.approx([1 - (0.75 - 0.425) / 0.325, 1 - (0.75 - 0.43) / 0.325])
+    summary = heads.summarise_evaluation(
+        {key: {**value, "top_k": {**value["top_k"], "gap_recovered": 0.0, "correct_change": 0.0,
+                                   "label_promoting": 0.0},
+               "random": {"draws": [{**d, "gap_recovered": 0.0, "correct_change": 0.0, "label_promoting": 0.0}
+                                    for d in value["random"]["draws"]]}}
+         for key, value in per_dataset.items()},
+        [(1, 0)], [[(0, 0)], [(0, 1)]], "permuted",
+    )
+    assert summary["pooled_gap_recovered"]["top_k"] == pytest.approx(top)
+    assert summary["pooled_gap_recovered"]["random"]["per_draw"] == pytest.approx(draws)
+    assert summary["pooled_gap_recovered"]["random"]["max"] == pytest.approx(max(draws))
 
 
 # ---------------------------------------------------------------------------------------------------------

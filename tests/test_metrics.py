@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from lm_eval_false_demos import metrics
 from lm_eval_false_demos.metrics import (
     calibrated_accuracy, calibrated_credit, follow_accuracy, label_accuracy, label_thresholds, normalise,
     paired_bootstrap,
@@ -98,3 +99,15 @@ def test_bad_shapes_are_rejected():
         calibrated_accuracy(np.zeros((3, 2)), [0, 1])
     with pytest.raises(ValueError):
         calibrated_accuracy(np.zeros((2, 2)), [0, 2])
+
+
+def test_gap_recovered_follows_the_spec():
+    assert metrics.gap_recovered(0.8, 0.4, 0.6) == pytest.approx(0.5)
+    assert metrics.gap_recovered(0.8, 0.4, 0.4) == pytest.approx(0.0)
+    assert metrics.gap_recovered(0.8, 0.4, 0.9) == pytest.approx(1.25)
+    assert np.isnan(metrics.gap_recovered(0.5, 0.6, 0.7))  # no gap to recover
+
+
+def test_pooled_gap_recovered_weighs_datasets_by_their_gap():
+    # per-dataset ratios: 0.5 and (1 - (0.6 - 0.75) / 0.05) = 4.0; pooled over the means: 0.769
+    assert metrics.pooled_gap_recovered([0.9, 0.6], [0.3, 0.55], [0.6, 0.75]) == pytest.approx(0.25 / 0.325)

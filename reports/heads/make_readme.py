@@ -12,6 +12,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from lm_eval_false_demos.heads import pooled_gap_recovered_by_condition
+
 HERE = Path(__file__).resolve().parent
 MODELS = ("gemma-3-270m", "smollm2-135m")
 SELECTIVE_COST = 0.05  # a larger drop on correct prompts means the heads serve in-context learning in general
@@ -85,7 +87,7 @@ def evaluation_section(path: Path, payload: dict) -> list[str]:
         f"{promoting['random']['mean']:+.3f} (sd {promoting['random']['sd']:.3f} over draws).",
         "",
     ]
-    top, draws = pooled_gap_recovered(evaluation)
+    top, draws = pooled_gap_recovered_by_condition(evaluation["datasets"])
     random_mean, random_sd = statistics.fmean(draws), statistics.stdev(draws)
     threshold = random_mean + 2 * random_sd
     beaten = sum(top > draw for draw in draws)
@@ -109,23 +111,6 @@ def evaluation_section(path: Path, payload: dict) -> list[str]:
     else:
         verdict = f"**The paper's finding does not hold here**: {facts}."
     return lines + [verdict, ""]
-
-
-def pooled_gap_recovered(evaluation: dict) -> tuple[float, list[float]]:
-    """(top-5, per random draw) gap recovered from the dataset means: 1 - (mean correct - mean ablated) /
-    (mean correct - mean permuted). Unlike the paper's mean of per-dataset ratios, a dataset whose own gap is
-    near zero cannot blow it up, so the verdict uses it."""
-    datasets = list(evaluation["datasets"].values())
-    correct = statistics.fmean(entry["acc_correct"] for entry in datasets)
-    corrupted = statistics.fmean(entry["acc_corrupted"] for entry in datasets)
-
-    def pooled(ablated) -> float:
-        return 1 - (correct - statistics.fmean(ablated)) / (correct - corrupted)
-
-    top = pooled(entry["top_k"]["acc_corrupted_ablated"] for entry in datasets)
-    draws = [pooled(entry["random"]["draws"][i]["acc_corrupted_ablated"] for entry in datasets)
-             for i in range(len(datasets[0]["random"]["draws"]))]
-    return top, draws
 
 
 def main() -> int:
