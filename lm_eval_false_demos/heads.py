@@ -660,25 +660,11 @@ def evaluate_heads(
     return summarise_evaluation(per_dataset, top_heads, random_draws, corrupted_setting)
 
 
-def pooled_gap_recovered_by_condition(per_dataset: dict) -> tuple[float, list[float]]:
-    """(top-k heads, each random draw) gap recovered pooled over datasets, from an evaluation's ``datasets``
-    entries (every heads.json has them, so reports and the leaderboard read old files the same way)."""
-    from .metrics import pooled_gap_recovered
-
-    entries = list(per_dataset.values())
-    correct = [entry["acc_correct"] for entry in entries]
-    corrupted = [entry["acc_corrupted"] for entry in entries]
-    top = pooled_gap_recovered(correct, corrupted, [entry["top_k"]["acc_corrupted_ablated"] for entry in entries])
-    draws = [
-        pooled_gap_recovered(correct, corrupted, [entry["random"]["draws"][i]["acc_corrupted_ablated"] for entry in entries])
-        for i in range(len(entries[0]["random"]["draws"]) if entries else 0)
-    ]
-    return top, draws
-
-
 def summarise_evaluation(per_dataset: dict, top_heads, random_draws, corrupted_setting: str) -> dict:
     """Means over datasets (of per-dataset ratios, as the paper) and the gap recovered pooled over datasets;
     the random control's spread is over draws."""
+    from .metrics import pooled_gap_recovered_by_condition
+
     keys = list(per_dataset)
 
     def dataset_mean(values):

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import re
+import statistics
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .datasets import MAIN_DATASETS  # the dataset table is the one home of the 14 main keys
+from .metrics import pooled_gap_recovered_by_condition
 from .results_io import write_csv_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -439,6 +441,9 @@ class Leaderboard:
         summary["heads_gap_recovered"] = heads.get("gap_recovered")
         summary["random_heads_gap_recovered"] = heads.get("random_gap_recovered")
         summary["random_heads_gap_recovered_sd"] = heads.get("random_gap_recovered_sd")
+        summary["heads_pooled_gap_recovered"] = heads.get("pooled_gap_recovered")
+        summary["random_heads_pooled_gap_recovered"] = heads.get("random_pooled_gap_recovered")
+        summary["random_heads_pooled_gap_recovered_sd"] = heads.get("random_pooled_gap_recovered_sd")
         for which in ("plugin", "lm_eval", "transformers"):
             summary[f"{which}_version"] = _joined(row.versions[which])
         summary["date"] = (
@@ -537,7 +542,11 @@ def _heads_evaluation(evaluation: Mapping[str, Any]) -> dict[str, float | None]:
                 return number
         return None
 
+    pooled, random_pooled, random_pooled_sd = _pooled_heads_evaluation(evaluation.get("datasets"))
     return {
+        "pooled_gap_recovered": pooled,
+        "random_pooled_gap_recovered": random_pooled,
+        "random_pooled_gap_recovered_sd": random_pooled_sd,
         "gap_recovered": find(
             ("mean_gap_recovered",), ("gap_recovered", "mean"), ("gap_recovered_mean",), ("top_k", "mean"),
             ("heads", "mean"), ("gap_recovered",),
@@ -551,6 +560,23 @@ def _heads_evaluation(evaluation: Mapping[str, Any]) -> dict[str, float | None]:
             ("random_control", "std"), ("random", "std"),
         ),
     }
+
+
+def _pooled_heads_evaluation(per_dataset) -> tuple[float | None, float | None, float | None]:
+    """Pooled gap recovered by the top heads, and the random draws' mean and sd, from the per-dataset entries
+    (None when the file lacks them, e.g. a heads file without --evaluate)."""
+    if not isinstance(per_dataset, dict) or not per_dataset:
+        return None, None, None
+    try:
+        top, draws = pooled_gap_recovered_by_condition(per_dataset)
+    except (KeyError, TypeError, IndexError):
+        return None, None, None
+    draws = [value for value in draws if math.isfinite(value)]
+    return (
+        _number(top),
+        _number(statistics.fmean(draws)) if draws else None,
+        _number(statistics.stdev(draws)) if len(draws) > 1 else None,
+    )
 
 
 # ---------------------------------------------------------------------------------- small parsers
@@ -768,9 +794,12 @@ COLUMNS = (
     Column("early_exit_layer", "early-exit layer", "int", "layer maximising mean permuted accuracy (sweep)"),
     Column("early_exit_gain", "early-exit gain", "signed", "permuted accuracy at the early-exit layer minus at the final layer"),
     Column("false_heads", "false induction heads", "text", "top heads found by falsedemo heads (layer:head)"),
-    Column("heads_gap_recovered", "heads gap recovered", "signed", "mean over datasets of the share of the permuted gap recovered by zeroing those heads (the paper's ratio; a dataset with a tiny gap inflates it)"),
-    Column("random_heads_gap_recovered", "random heads recovered", "signed", "same for random heads (control mean)"),
-    Column("random_heads_gap_recovered_sd", "random sd", "acc", "sd of the random-head control"),
+    Column("heads_pooled_gap_recovered", "heads gap recovered (pooled)", "signed", "share of the permuted gap, pooled over the evaluated datasets (1 - (mean correct - mean ablated) / (mean correct - mean permuted)), recovered by zeroing those heads"),
+    Column("random_heads_pooled_gap_recovered", "random heads (pooled)", "signed", "same for random heads (mean over the seeded draws)"),
+    Column("random_heads_pooled_gap_recovered_sd", "random sd (pooled)", "acc", "sd over the random draws of the pooled figure"),
+    Column("heads_gap_recovered", "heads gap recovered (paper)", "signed", "mean over datasets of the per-dataset share of the gap recovered (the paper's ratio; a dataset with a tiny gap inflates it)"),
+    Column("random_heads_gap_recovered", "random heads (paper)", "signed", "same for random heads (control mean)"),
+    Column("random_heads_gap_recovered_sd", "random sd (paper)", "acc", "sd of the random-head control"),
     Column("plugin_version", "plugin", "text", "lm_eval_false_demos version"),
     Column("lm_eval_version", "lm-eval", "text", "lm-eval version"),
     Column("transformers_version", "transformers", "text", "transformers version"),

@@ -356,12 +356,14 @@ def test_per_row_head_zeroing_rejects_other_ablations(tiny_model_factory):
 
 def test_pooled_gap_recovered_by_condition_reads_the_evaluation_layout():
     """Two datasets: a big gap half recovered and a tiny gap over-recovered. Pooling weighs them by gap."""
+    from lm_eval_false_demos.metrics import pooled_gap_recovered_by_condition
+
     def entry(correct, corrupted, top, draws):
         return {"acc_correct": correct, "acc_corrupted": corrupted, "top_k": {"acc_corrupted_ablated": top},
                 "random": {"draws": [{"acc_corrupted_ablated": value} for value in draws]}}
 
     per_dataset = {"a": entry(0.9, 0.3, 0.6, [0.3, 0.36]), "b": entry(0.6, 0.55, 0.75, [0.55, 0.5])}
-    top, draws = heads.pooled_gap_recovered_by_condition(per_dataset)
+    top, draws = pooled_gap_recovered_by_condition(per_dataset)
     assert top == pytest.approx(1 - (0.75 - 0.675) / (0.75 - 0.425))  # 0.769, while the ratio mean is 2.25
     assert draws == pytest.approx([1 - (0.75 - 0.425) / 0.325, 1 - (0.75 - 0.43) / 0.325])
     summary = heads.summarise_evaluation(
