@@ -831,7 +831,7 @@ def parse_model_args(text: str | None) -> dict:
 
 
 def load_model(model_args: dict, device: str | None):
-    """(model, tokenizer) with sdpa attention (scoring switches to its weights-returning variant for its own pass only)."""
+    """(model, tokenizer) with sdpa attention (scoring switches to a weights-returning variant for its pass)."""
     import transformers
 
     from .embedded_models import resolve_pretrained

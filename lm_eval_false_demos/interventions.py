@@ -254,16 +254,33 @@ class _Rows:
         return rows.scatter_(1, positions, True)
 
 
-def _zero_rows(tensor: torch.Tensor, rows: _Rows, lo: int | None = None, hi: int | None = None) -> torch.Tensor:
-    """``tensor`` [B, T, F] with features lo:hi zeroed on the selected rows (a new tensor)."""
+def _zero_features(tensor: torch.Tensor, rows: _Rows, features: torch.Tensor) -> torch.Tensor:
+    """``tensor`` [B, T, F] with ``features`` (bool, [F] for every sequence or [B, F] per sequence) zeroed on
+    the selected rows (a new tensor)."""
     if tensor.dim() == 2 and rows.batch_shape is not None:  # OPT runs its MLP on [B * T, d]
-        return _zero_rows(tensor.view(*rows.batch_shape, -1), rows, lo, hi).view(tensor.shape)
-    batch, length, width = tensor.shape
-    select = torch.zeros(width, dtype=torch.bool, device=tensor.device)
-    select[slice(lo, hi)] = True
+        return _zero_features(tensor.view(*rows.batch_shape, -1), rows, features).view(tensor.shape)
+    batch, length, _ = tensor.shape
+    per_sequence = features.to(tensor.device).view(-1 if features.dim() == 2 else 1, 1, features.shape[-1])
+    if per_sequence.shape[0] not in (1, batch):
+        raise FalseDemoError(f"{per_sequence.shape[0]} per-sequence head sets for a batch of {batch}")
     row_mask = rows.mask(batch, length, tensor.device)
-    where = select if row_mask is None else row_mask[:, :, None] & select
+    where = per_sequence if row_mask is None else row_mask[:, :, None] & per_sequence
     return torch.where(where, torch.zeros((), dtype=tensor.dtype, device=tensor.device), tensor)
+
+
+def _feature_mask(width: int, slices) -> torch.Tensor:
+    mask = torch.zeros(width, dtype=torch.bool)
+    for lo, hi in slices:
+        mask[lo:hi] = True
+    return mask
+
+
+def _with_first_input(args, kwargs, replace):
+    """(args, kwargs) of a forward pre-hook with the module's first input replaced."""
+    if args:
+        return (replace(args[0]),) + tuple(args[1:]), kwargs
+    key = next(iter(kwargs))
+    return args, {**kwargs, key: replace(kwargs[key])}
 
 
 def _replace_first(output, replace):
@@ -289,24 +306,16 @@ def ablate(model, ablation: Ablation, positions=None, attention_mask=None, modul
     head_dim, num_heads, num_kv = modules.head_dim, modules.num_heads, modules.num_kv_heads
 
     def zero_slices(tensor: torch.Tensor, slices: list[tuple[int, int]]) -> torch.Tensor:
-        for lo, hi in slices:
-            tensor = _zero_rows(tensor, rows, lo, hi)
-        return tensor
+        return _zero_features(tensor, rows, _feature_mask(tensor.shape[-1], slices))
 
     def slice_pre_hook(slices):
-        def hook(module, args, kwargs):
-            if args:
-                return (zero_slices(args[0], slices),) + tuple(args[1:]), kwargs
-            key = next(iter(kwargs))
-            return args, {**kwargs, key: zero_slices(kwargs[key], slices)}
-
-        return hook
+        return lambda module, args, kwargs: _with_first_input(args, kwargs, lambda t: zero_slices(t, slices))
 
     def slice_post_hook(slices):
         return lambda module, args, output: _replace_first(output, lambda t: zero_slices(t, slices))
 
     def whole_post_hook(module, args, output):
-        return _replace_first(output, lambda t: _zero_rows(t, rows))
+        return _replace_first(output, lambda t: zero_slices(t, [(0, t.shape[-1])]))
 
     def record_batch_shape(module, args, kwargs):
         rows.batch_shape = tuple(_block_input(args, kwargs).shape[:2])
@@ -353,8 +362,8 @@ def zero_heads_per_row(model, ablations, modules: ModelModules | None = None):
     inside the block gets ``ablations[b]`` (None = untouched). Lets C head-ablation conditions run as one
     batch of C copies of a sequence instead of C forwards; each row equals ``ablate(model, ablations[b])``.
 
-    Only head zeroing ("zero" method, ``positions="last"``) takes this path: it is a mask on the attention
-    output projection's input, the same mask ``ablate`` applies.
+    Only head zeroing ("zero" method, ``positions="last"``) takes this path: the same mask on the attention
+    output projection's input that ``ablate`` applies, with one head set per sequence.
     """
     modules = modules or resolve_modules(model)
     for ablation in ablations:
@@ -364,29 +373,21 @@ def zero_heads_per_row(model, ablations, modules: ModelModules | None = None):
             raise FalseDemoError(
                 f"per-row ablation takes head zeroing at the last position only; got {ablation.describe()}"
             )
-    width = modules.num_heads * modules.head_dim
-    keep_by_layer: dict[int, torch.Tensor] = {}
+    rows = _Rows("last")
+    zeroed_by_layer: dict[int, torch.Tensor] = {}
     for row, ablation in enumerate(ablations):
         for layer, head in ablation.heads if ablation is not None else ():
-            keep = keep_by_layer.setdefault(layer, torch.ones(len(ablations), width, dtype=torch.bool))
-            keep[row, head * modules.head_dim:(head + 1) * modules.head_dim] = False
+            zeroed = zeroed_by_layer.setdefault(
+                layer, torch.zeros(len(ablations), modules.num_heads * modules.head_dim, dtype=torch.bool)
+            )
+            zeroed[row, head * modules.head_dim:(head + 1) * modules.head_dim] = True
 
-    def pre_hook(keep):
-        def hook(module, args, kwargs):
-            tensor = args[0] if args else next(iter(kwargs.values()))
-            if tensor.shape[0] != keep.shape[0]:
-                raise FalseDemoError(f"zero_heads_per_row holds {keep.shape[0]} head sets for a batch of {tensor.shape[0]}")
-            last = torch.where(keep[:, None, :].to(tensor.device), tensor[:, -1:], torch.zeros((), dtype=tensor.dtype))
-            tensor = torch.cat([tensor[:, :-1], last], dim=1)
-            if args:
-                return (tensor,) + tuple(args[1:]), kwargs
-            return args, {**kwargs, next(iter(kwargs)): tensor}
-
-        return hook
+    def pre_hook(zeroed):
+        return lambda module, args, kwargs: _with_first_input(args, kwargs, lambda t: _zero_features(t, rows, zeroed))
 
     handles = [
-        modules.attn_out_proj[layer].register_forward_pre_hook(pre_hook(keep), with_kwargs=True)
-        for layer, keep in keep_by_layer.items()
+        modules.attn_out_proj[layer].register_forward_pre_hook(pre_hook(zeroed), with_kwargs=True)
+        for layer, zeroed in zeroed_by_layer.items()
     ]
     try:
         yield
