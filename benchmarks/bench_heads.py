@@ -27,7 +27,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from lm_eval_false_demos import heads, readout_attention  # noqa: E402
+from lm_eval_false_demos import heads  # noqa: E402
 from lm_eval_false_demos.interventions import make_ablation  # noqa: E402
 from lm_eval_false_demos.prompts import label_token_ids  # noqa: E402
 
@@ -36,15 +36,6 @@ def plain_forward(model, items, logits_to_keep: int) -> None:
     with torch.no_grad():
         for item in items:
             model(input_ids=torch.tensor([item.input_ids]), use_cache=False, logits_to_keep=logits_to_keep)
-
-
-def score_through_eager(model, items) -> None:
-    original = readout_attention.soft_caps_attention
-    readout_attention.soft_caps_attention = lambda config: True  # the fallback soft-capped models take
-    try:
-        heads.score_heads(model, items)
-    finally:
-        readout_attention.soft_caps_attention = original
 
 
 def main() -> None:
@@ -85,7 +76,7 @@ def main() -> None:
         "plain sdpa forward, all logits (lm-eval hf)": lambda: plain_forward(model, items, 0),
         "plain sdpa forward, last logits": lambda: plain_forward(model, items, 1),
         "scoring pass (sdpa + readout row)": lambda: heads.score_heads(model, items),
-        "scoring pass through eager attention": lambda: score_through_eager(model, items),
+        "scoring pass through eager attention": lambda: heads.score_heads(model, items, eager=True),
         f"--evaluate readouts, {len(conditions)} conditions one by one": lambda: evaluation_readouts(1),
         f"--evaluate readouts, batched {heads.CONDITION_BATCH_SIZE} at a time": lambda: evaluation_readouts(
             heads.CONDITION_BATCH_SIZE

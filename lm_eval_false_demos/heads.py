@@ -406,15 +406,17 @@ def prefix_matching(attention_rows: torch.Tensor, item: ScoringItem) -> torch.Te
 
 
 def score_heads(
-    model, items: Iterable[ScoringItem], modules: ModelModules | None = None, show_progress: bool = False
+    model, items: Iterable[ScoringItem], modules: ModelModules | None = None, show_progress: bool = False,
+    eager: bool = False,
 ) -> HeadScores:
-    """Prefix-matching and label-promoting scores of every (layer, head), one forward per item."""
+    """Prefix-matching and label-promoting scores of every (layer, head), one forward per item (through
+    eager attention if ``eager``: the slower reference for the readout-row implementation)."""
     modules = modules or resolve_modules(model)
     modules.require("attention")
     modules.require("attn_out_proj")
     device = next(model.parameters()).device
     pm_rows, lp_rows = [], []
-    with weights_capturing_attention(model), torch.no_grad(), _ReadoutCapture(modules, want_attention=True) as capture:
+    with weights_capturing_attention(model, eager), torch.no_grad(), _ReadoutCapture(modules, want_attention=True) as capture:
         for item in tqdm(items, desc="scoring heads", unit="prompt", disable=not show_progress):
             capture.clear()
             _run_to_last_block(model, input_ids=torch.tensor([item.input_ids], device=device), use_cache=False)

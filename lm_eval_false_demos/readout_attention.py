@@ -66,11 +66,11 @@ def soft_caps_attention(config) -> bool:
 
 
 @contextlib.contextmanager
-def weights_capturing_attention(model):
+def weights_capturing_attention(model, eager: bool = False):
     """Run ``model`` with an attention implementation whose modules return weights (at least the last row),
-    then restore the implementation it had."""
+    then restore the implementation it had. ``eager`` forces the full-matrix reference implementation."""
     current = getattr(model.config, "_attn_implementation", None)
-    wanted = "eager" if soft_caps_attention(model.config) else IMPLEMENTATION
+    wanted = "eager" if eager or soft_caps_attention(model.config) else IMPLEMENTATION
     switch = current != wanted
     if switch:
         model.set_attn_implementation(wanted)
