@@ -5,11 +5,9 @@
 # A fixed thread count (default 2) keeps float reductions identical run to run.
 set -euo pipefail
 cd "$(dirname "$0")"
-export FALSEDEMO_DATA_DIR="${FALSEDEMO_DATA_DIR:-$(cd ../../.. && pwd)/shared/data}"
-export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+source ./common.sh
 for dataset in ${DATASETS:-unnatural trec sst2 ag_news}; do
-  falsedemo sweep --model hf --model_args pretrained=gemma-3-270m,dtype=float32 \
-    --tasks "falsedemo_${dataset}" --num_fewshot 24 --limit "${LIMIT:-200}" --seed 0,1234,1234,1234 \
-    --batch_size 4 --device cpu --bootstrap_iters 1000 --analysis_seed 0 --output_path "runs/${dataset}"
+  gemma_sweep --tasks "falsedemo_${dataset}" --limit "${LIMIT:-200}" --seed 0,1234,1234,1234 \
+    --output_path "runs/${dataset}"
 done
 python make_readme.py
