@@ -72,15 +72,15 @@ def main() -> None:
         for query in queries:
             heads.query_readouts(model, query, conditions, modules, True, condition_batch_size=batch_size)
 
+    one_by_one = f"--evaluate readouts, {len(conditions)} conditions one by one"
+    batched = f"--evaluate readouts, batched {heads.CONDITION_BATCH_SIZE} at a time"
     passes = {
         "plain sdpa forward, all logits (lm-eval hf)": lambda: plain_forward(model, items, 0),
         "plain sdpa forward, last logits": lambda: plain_forward(model, items, 1),
         "scoring pass (sdpa + readout row)": lambda: heads.score_heads(model, items),
         "scoring pass through eager attention": lambda: heads.score_heads(model, items, eager=True),
-        f"--evaluate readouts, {len(conditions)} conditions one by one": lambda: evaluation_readouts(1),
-        f"--evaluate readouts, batched {heads.CONDITION_BATCH_SIZE} at a time": lambda: evaluation_readouts(
-            heads.CONDITION_BATCH_SIZE
-        ),
+        one_by_one: lambda: evaluation_readouts(1),
+        batched: lambda: evaluation_readouts(heads.CONDITION_BATCH_SIZE),
     }
     plain_forward(model, items[:2], 1)  # warm-up (allocator, lazy inits)
     best = {name: float("inf") for name in passes}
@@ -100,8 +100,7 @@ def main() -> None:
     full = best["plain sdpa forward, all logits (lm-eval hf)"]
     print(f"scoring / plain forward: {scoring / strict:.2f} (last logits), {scoring / full:.2f} (all logits); "
           f"target <= 2")
-    one_by_one, batched = list(best.values())[-2:]
-    print(f"--evaluate readouts batched / one by one: {batched / one_by_one:.2f}")
+    print(f"--evaluate readouts batched / one by one: {best[batched] / best[one_by_one]:.2f}")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
