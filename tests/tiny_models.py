@@ -28,11 +28,15 @@ ARCHITECTURES = (
     "llama",
     "mistral",
     "qwen2",
+    "qwen3",
     "gemma",
     "gemma2",
     "gemma3",
+    "olmo",
+    "olmo2",
     "opt",
     "phi",
+    "phi3",
 )
 
 _CORPUS_WORDS = (
@@ -60,15 +64,22 @@ def _config(arch: str, vocab_size: int):
             hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
             intermediate_size=4 * HIDDEN, max_position_embeddings=1024, rotary_pct=0.25, **common
         )
-    if arch in ("llama", "mistral", "qwen2"):
+    if arch in ("llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "phi3"):
+        # qwen3 and olmo2 add q/k norms (olmo2 also norms each sublayer's output), olmo's norms have no
+        # weights, phi3 fuses q/k/v and gate/up: the differences the module lookup must survive.
         config_class = {
             "llama": transformers.LlamaConfig,
             "mistral": transformers.MistralConfig,
             "qwen2": transformers.Qwen2Config,
+            "qwen3": transformers.Qwen3Config,
+            "olmo": transformers.OlmoConfig,
+            "olmo2": transformers.Olmo2Config,
+            "phi3": transformers.Phi3Config,
         }[arch]
+        extra = dict(head_dim=16) if arch == "qwen3" else {}  # its default (128) would dwarf the model
         return config_class(
             hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=2,
-            intermediate_size=2 * HIDDEN, max_position_embeddings=1024, tie_word_embeddings=False, **common
+            intermediate_size=2 * HIDDEN, max_position_embeddings=1024, tie_word_embeddings=False, **extra, **common
         )
     if arch in ("gemma", "gemma2", "gemma3"):
         config_class = {
