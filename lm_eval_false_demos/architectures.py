@@ -33,6 +33,9 @@ class ArchitectureSpec:
     qkv_layout: str
     qkv: tuple[str, ...]  # ("q","k","v") module paths for "separate", one path otherwise
     pre_head: str | None = None  # applied between the final norm and the head (OPT's project_out)
+    # A norm applied to the attention output before the residual add (Gemma 2/3, OLMo 2). The same name in
+    # Llama-style blocks is the pre-MLP norm, so only the table can say which one a block has.
+    attn_post_norm: str | None = None
 
 
 _LLAMA_LIKE = ArchitectureSpec(
@@ -44,6 +47,8 @@ _LLAMA_LIKE = ArchitectureSpec(
     qkv_layout="separate",
     qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
 )
+
+_POST_NORMED = dataclasses.replace(_LLAMA_LIKE, attn_post_norm="post_attention_layernorm")
 
 ARCHITECTURES: dict[str, ArchitectureSpec] = {
     "gpt2": ArchitectureSpec(
@@ -78,10 +83,10 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
     "qwen2": _LLAMA_LIKE,
     "qwen3": _LLAMA_LIKE,
     "gemma": _LLAMA_LIKE,
-    "gemma2": _LLAMA_LIKE,
-    "gemma3_text": _LLAMA_LIKE,
+    "gemma2": _POST_NORMED,
+    "gemma3_text": _POST_NORMED,
     "olmo": _LLAMA_LIKE,
-    "olmo2": _LLAMA_LIKE,
+    "olmo2": _POST_NORMED,
     "phi": dataclasses.replace(_LLAMA_LIKE, final_norm="model.final_layernorm", attn_out_proj="self_attn.dense"),
     "phi3": dataclasses.replace(_LLAMA_LIKE, qkv_layout="concat", qkv=("self_attn.qkv_proj",)),
     "opt": ArchitectureSpec(
@@ -113,6 +118,7 @@ class ModelModules:
     attention: list[torch.nn.Module | None]
     attn_out_proj: list[torch.nn.Module | None]
     mlp: list[torch.nn.Module | None]
+    attn_post_norm: list[torch.nn.Module | None]
     num_heads: int
     head_dim: int
     num_kv_heads: int
@@ -233,6 +239,7 @@ def resolve_modules(model: torch.nn.Module, **path_overrides: str | None) -> Mod
     attention = per_block(overrides.get("attn_path", spec.attention if spec else None), "attn")
     attn_out_proj = per_block(overrides.get("attn_out_path", spec.attn_out_proj if spec else None), "attn_out")
     mlp = per_block(overrides.get("mlp_path", spec.mlp if spec else None), "mlp")
+    attn_post_norm = per_block(spec.attn_post_norm if spec and "layers_path" not in overrides else None, "attn_post_norm")
 
     qkv_layout = spec.qkv_layout if spec and not {"layers_path", "attn_path"} & set(overrides) else None
     qkv = [tuple(get_submodule(block, path, "qkv") for path in spec.qkv) for block in blocks] if qkv_layout else None
@@ -257,6 +264,7 @@ def resolve_modules(model: torch.nn.Module, **path_overrides: str | None) -> Mod
         attention=attention,
         attn_out_proj=attn_out_proj,
         mlp=mlp,
+        attn_post_norm=attn_post_norm,
         num_heads=num_heads,
         head_dim=head_dim,
         num_kv_heads=num_kv_heads,

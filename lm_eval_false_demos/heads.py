@@ -231,14 +231,6 @@ def frozen_norm(norm: torch.nn.Module | None, x: torch.Tensor):
     raise FalseDemoError(f"cannot linearise the norm {name}; supported: LayerNorm and RMSNorm variants")
 
 
-def post_attention_norm(block: torch.nn.Module) -> torch.nn.Module | None:
-    """Gemma-2/3 norm the attention output before the residual add (they also have a pre-feedforward norm;
-    in Llama-style blocks ``post_attention_layernorm`` is the pre-MLP norm and must not be used here)."""
-    if hasattr(block, "pre_feedforward_layernorm") and hasattr(block, "post_attention_layernorm"):
-        return block.post_attention_layernorm
-    return None
-
-
 def _label_rows(modules: ModelModules, label_ids: torch.Tensor) -> torch.Tensor:
     head = modules.output_head
     weight = getattr(head, "weight", None)
@@ -270,7 +262,7 @@ def label_promotion(
     scores = []
     for layer, z in enumerate(z_rows):
         writes = head_writes(modules.attn_out_proj[layer], z, modules.num_heads, modules.head_dim)
-        post_norm = post_attention_norm(modules.blocks[layer])
+        post_norm = modules.attn_post_norm[layer]
         if post_norm is not None:
             writes = frozen_norm(post_norm, attn_outputs[layer])(writes)
         scores.append(pre_head(to_final(writes)) @ direction)

@@ -57,3 +57,39 @@ def test_bad_override_paths_fail():
 def test_supported_list_covers_issue_architectures():
     needed = {"gpt2", "gptj", "gpt_neox", "llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text", "opt", "phi"}
     assert needed <= set(supported_architectures())
+
+
+def test_block_output_is_input_plus_attention_and_mlp_writes(tiny_model):
+    """The table's attention post-norm is the one the block applies: each block's output equals its input plus
+    the attention output (through ``attn_post_norm`` when listed) plus the MLP output (through the block's
+    post-feedforward norm when it has one). A Llama-style ``post_attention_layernorm`` (the pre-MLP norm)
+    listed as a post-norm, or an OLMo 2 / Gemma post-norm left out, breaks the equality."""
+    arch, model, _ = tiny_model
+    modules = resolve_modules(model)
+    captured = {}
+
+    def keep(name):
+        def hook(module, args, kwargs, output):
+            captured[name] = (args[0] if args else kwargs["hidden_states"], output)
+        return hook
+
+    handles = []
+    for name, module in (("block", modules.blocks[1]), ("attn", modules.attention[1]), ("mlp", modules.mlp[1])):
+        handles.append(module.register_forward_hook(keep(name), with_kwargs=True))
+    try:
+        with torch.no_grad():
+            model(torch.tensor([[3, 4, 5, 6, 7, 8]]))
+    finally:
+        for handle in handles:
+            handle.remove()
+    block_in, block_out = captured["block"]
+    block_out = block_out[0] if isinstance(block_out, tuple) else block_out
+    attn_out = captured["attn"][1][0]
+    mlp_out = captured["mlp"][1]
+    post_attn = modules.attn_post_norm[1]
+    post_mlp = getattr(modules.blocks[1], "post_feedforward_layernorm", None)
+    with torch.no_grad():
+        attn_write = post_attn(attn_out) if post_attn is not None else attn_out
+        mlp_write = post_mlp(mlp_out) if post_mlp is not None else mlp_out
+    torch.testing.assert_close(block_out, block_in + attn_write + mlp_write, atol=1e-5, rtol=1e-5)
+    assert (post_attn is not None) == (arch in ("gemma2", "gemma3", "olmo2"))
