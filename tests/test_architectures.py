@@ -93,3 +93,11 @@ def test_block_output_is_input_plus_attention_and_mlp_writes(tiny_model):
         mlp_write = post_mlp(mlp_out) if post_mlp is not None else mlp_out
     torch.testing.assert_close(block_out, block_in + attn_write + mlp_write, atol=1e-5, rtol=1e-5)
     assert (post_attn is not None) == (arch in ("gemma2", "gemma3", "olmo2"))
+
+
+def test_readme_lists_exactly_the_table():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    listed = readme.split("Supported architectures (`config.model_type`", 1)[1].split(":", 1)[1].split("(unknown", 1)[0]
+    assert [name.strip() for name in listed.replace("\n", " ").split(",")] == supported_architectures()
