@@ -164,9 +164,11 @@ def make_ablation(
     positions: str = "last",
     head_method: str = "zero",
     modules: ModelModules | None = None,
-    tokenizer=None,
 ) -> Ablation:
-    """Parse and check every part against ``model`` before any forward pass (errors name value and range)."""
+    """Parse and check every part against ``model`` before any forward pass (errors name value and range).
+
+    ``heads="auto"`` is the model wrapper's to resolve (it runs the head discovery); here heads are explicit.
+    """
     modules = modules or resolve_modules(model)
     if positions not in POSITIONS:
         raise FalseDemoError(f"positions={positions!r} is not allowed; allowed: {', '.join(POSITIONS)}")
@@ -174,9 +176,7 @@ def make_ablation(
         raise FalseDemoError(f"head_method={head_method!r} is not allowed; allowed: {', '.join(HEAD_METHODS)}")
     parsed_heads = parse_heads(heads)
     if parsed_heads == "auto":
-        from .heads import discover_default_heads  # heavy analysis; only when asked for
-
-        parsed_heads = parse_heads(discover_default_heads(model=model, tokenizer=tokenizer))
+        raise ValueError("make_ablation needs explicit heads: resolve heads='auto' first (heads.discover_default_heads)")
     num_layers, num_heads = modules.num_layers, modules.num_heads
     for layer, head in parsed_heads:
         if not 0 <= layer < num_layers:

@@ -28,6 +28,7 @@ import torch
 from lm_eval.models.huggingface import HFLM
 
 from . import embedded_models
+from . import heads as head_discovery
 from .architectures import PATH_OVERRIDES, resolve_modules
 from .errors import FalseDemoError
 from .interventions import HEAD_METHODS, POSITIONS, ablate, make_ablation, parse_heads, parse_layers
@@ -129,10 +130,12 @@ class _FalseDemoHFLM(HFLM):
         self._exit_layer = None if exit_layer is None else check_layer(exit_layer, num_layers, "exit_layer")
         self._ablation = None
         if ablating:
+            if parse_heads(heads) == "auto":
+                heads = head_discovery.discover_default_heads(model=self.model, tokenizer=self.tokenizer)
             self._ablation = make_ablation(
                 self.model, heads=heads, attn_layers=attn_layers, mlp_layers=mlp_layers,
                 positions=positions or "last", head_method=head_method or "zero",
-                modules=self._falsedemo_modules, tokenizer=self.tokenizer,
+                modules=self._falsedemo_modules,
             )
             if self._exit_layer is not None:
                 skipped = sorted(
