@@ -25,30 +25,54 @@ demo pool. Queries are put in a fixed seeded order too (``PARTITION_SEED``), so 
 random subset with all classes rather than the file's first rows (some files are sorted by class).
 
 Labels are mapped to our class order by class *name*: hub ``ClassLabel`` names (checked against the
-documented names) or, for local copies, the documented hub names of the label ids. Rows of classes we do
-not use (poem_sentiment's "mixed") are dropped; an unlabelled row (-1) is an error.
+documented names, through an explicit table where the hub's names are not class names) or, for local
+copies, the documented hub names of the label ids. Rows of classes we do not use (poem_sentiment's "mixed")
+are dropped; an unlabelled row (-1) is an error.
+
+Hub sources are pinned in the table (:class:`HubSource`): a namespaced repo, a revision, a config (main
+branch) or ``data_dir`` (the parquet export of script-only repos, which ``datasets`` >= 4 cannot run), and
+the documented split sizes. :func:`data_provenance` records what was actually read and a fingerprint of the
+examples, equal for the hub and a local copy holding the same rows.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lm_eval_false_demos.data_readers import (
+    DATA_DIR_ENV, HUB_MIRROR_ENV, describe_hub, hub_location, read_hub, read_local_split,
+)
 from lm_eval_false_demos.errors import FalseDemoError
 
-DATA_DIR_ENV = "FALSEDEMO_DATA_DIR"
+__all__ = ["DATA_DIR_ENV", "HUB_MIRROR_ENV"]  # re-exported: the settings users know from this module
+
+PARQUET_BRANCH = "refs/convert/parquet"
 PARTITION_SEED = 20240507
 QUERY_SHARE_SINGLE_SPLIT = 0.5
 
 
 @dataclass(frozen=True)
+class HubSource:
+    """One dataset on the hub, pinned: nothing is guessed at run time."""
+
+    repo: str  # always namespaced: huggingface_hub 1.x rejects bare ids
+    revision: str = "main"
+    config: str | None = None  # a config of the repo's README (main branch)
+    data_dir: str | None = None  # a folder of the parquet export: one per config of a script-only repo
+    # hub ClassLabel name -> documented name, where the hub's names are not class names
+    label_names: dict[str, str] = field(default_factory=dict, hash=False)
+    rows: dict[str, int] = field(default_factory=dict, hash=False)  # documented split sizes on the hub
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     key: str
-    hub_path: str | None
-    hub_config: str | None
+    hub: HubSource | None  # None for "unnatural" (built in)
     text_columns: tuple[str, ...]
     label_column: str
     class_names: tuple[str, ...]
@@ -64,6 +88,10 @@ class DatasetSpec:
     @property
     def local_folder_name(self) -> str:
         return self.data_key or self.key
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((self.demo_split, self.query_split)))
 
     @property
     def num_classes(self) -> int:
@@ -103,19 +131,21 @@ _DBPEDIA_WORDS = {
 }
 
 
-def _spec(key, hub_path, hub_config, text_columns, label_column, words, demo_format, instruction,
+def _spec(key, hub, text_columns, label_column, words, demo_format, instruction,
           hub_label_names, demo_split, query_split, main=True, data_key=None):
     return DatasetSpec(
-        key=key, hub_path=hub_path, hub_config=hub_config, text_columns=tuple(text_columns),
+        key=key, hub=hub, text_columns=tuple(text_columns),
         label_column=label_column, class_names=tuple(words), label_words=dict(words),
         demo_format=demo_format, instruction=instruction, hub_label_names=tuple(hub_label_names),
         demo_split=demo_split, query_split=query_split, main=main, data_key=data_key,
     )
 
 
-def _stance(key, topic):
+def _stance(key, topic, rows):
+    hub = HubSource("cardiffnlp/tweet_eval", config=key.removeprefix("tweet_eval_"),
+                    rows=dict(zip(("train", "validation", "test"), rows)))
     return _spec(
-        key, "cardiffnlp/tweet_eval", key.removeprefix("tweet_eval_"), ["text"], "label", _STANCE_WORDS,
+        key, hub, ["text"], "label", _STANCE_WORDS,
         "Tweet: {text}\nAnswer: {label}.",
         f"Determine if the text supports {topic}. Answer with yes, no, or neither.",
         ["none", "against", "favor"], "train", "test",
@@ -140,58 +170,74 @@ UNNATURAL_OBJECTS = {
     ).split(),
 }
 
+_SST2 = HubSource("stanfordnlp/sst2", rows={"train": 67349, "validation": 872, "test": 1821})
+
 _TABLE = [
-    _spec("sst2", "stanfordnlp/sst2", None, ["sentence"], "label",
+    _spec("sst2", _SST2, ["sentence"], "label",
           {"negative": "Negative", "positive": "Positive"}, "Review: {text}\nAnswer: {label}.", None,
           ["negative", "positive"], "train", "validation"),
-    _spec("poem_sentiment", "google-research-datasets/poem_sentiment", None, ["verse_text"], "label",
+    _spec("poem_sentiment", HubSource("google-research-datasets/poem_sentiment",
+                                        rows={"train": 892, "validation": 105, "test": 104}),
+          ["verse_text"], "label",
           {"negative": "negative", "positive": "positive", "no_impact": "no impact"},
           "{text}:\nThe sentiment is: {label}.", None,
           ["negative", "positive", "no_impact", "mixed"], "train", "test"),
-    _spec("financial_phrasebank", "takala/financial_phrasebank", "sentences_allagree", ["sentence"], "label",
+    _spec("financial_phrasebank", HubSource("takala/financial_phrasebank", PARQUET_BRANCH,
+                                              data_dir="sentences_allagree", rows={"train": 2264}),
+          ["sentence"], "label",
           {"negative": "Negative", "neutral": "Neutral", "positive": "Positive"},
           "Text: {text}\nSentiment: {label}.", None, ["negative", "neutral", "positive"], "train", "train"),
-    _spec("ethos", "iamollas/ethos", "binary", ["text"], "label",
+    _spec("ethos", HubSource("iamollas/ethos", PARQUET_BRANCH, data_dir="binary", rows={"train": 998}),
+          ["text"], "label",
           {"no_hate_speech": "no", "hate_speech": "yes"}, "Text: {text}\nAnswer: {label}.",
           "Is the following hate speech? Answer yes or no.", ["no_hate_speech", "hate_speech"],
           "train", "train"),
-    _spec("tweet_eval_hate", "cardiffnlp/tweet_eval", "hate", ["text"], "label",
+    _spec("tweet_eval_hate", HubSource("cardiffnlp/tweet_eval", config="hate",
+                                         rows={"train": 9000, "validation": 1000, "test": 2970}),
+          ["text"], "label",
           {"non-hate": "favor", "hate": "against"}, "Tweet: {text}\nSentiment: {label}.", None,
           ["non-hate", "hate"], "train", "test"),
-    _stance("tweet_eval_stance_atheism", "atheism"),
-    _stance("tweet_eval_stance_feminist", "feminism"),
-    _spec("medical_questions_pairs", "curaihealth/medical_questions_pairs", None, ["question_1", "question_2"],
+    _stance("tweet_eval_stance_atheism", "atheism", (461, 52, 220)),
+    _stance("tweet_eval_stance_feminist", "feminism", (597, 67, 285)),
+    _spec("medical_questions_pairs",
+          # The hub's ClassLabel names are the strings "0"/"1"; the dataset card: 1 = similar.
+          HubSource("curaihealth/medical_questions_pairs", label_names={"0": "different", "1": "similar"},
+                    rows={"train": 3048}),
+          ["question_1", "question_2"],
           "label", {"different": "not", "similar": "equivalent"},
           "Question: {text1}.\nQuestion: {text2}.\nAnswer: {label}.",
           "Determine if the two questions are equivalent or not.", ["different", "similar"], "train", "train"),
-    _spec("mrpc", "nyu-mll/glue", "mrpc", ["sentence1", "sentence2"], "label",
+    _spec("mrpc", HubSource("nyu-mll/glue", config="mrpc", rows={"train": 3668, "validation": 408, "test": 1725}),
+          ["sentence1", "sentence2"], "label",
           {"not_equivalent": "False", "equivalent": "True"}, _PAIR_FORMAT, None,
           ["not_equivalent", "equivalent"], "train", "validation"),
-    _spec("sick", "sick", None, ["sentence_A", "sentence_B"], "label",
+    _spec("sick", HubSource("RobZamp/sick", PARQUET_BRANCH, rows={"train": 4439, "validation": 495, "test": 4906}),
+          ["sentence_A", "sentence_B"], "label",
           {"entailment": "True", "neutral": "Not sure", "contradiction": "False"}, _PAIR_FORMAT, None,
           ["entailment", "neutral", "contradiction"], "train", "test"),
-    _spec("rte", "nyu-mll/glue", "rte", ["sentence1", "sentence2"], "label",
+    _spec("rte", HubSource("nyu-mll/glue", config="rte", rows={"train": 2490, "validation": 277, "test": 3000}),
+          ["sentence1", "sentence2"], "label",
           {"entailment": "True", "not_entailment": "False"}, _PAIR_FORMAT, None,
           ["entailment", "not_entailment"], "train", "validation"),
-    _spec("ag_news", "fancyzhx/ag_news", None, ["text"], "label",
+    _spec("ag_news", HubSource("fancyzhx/ag_news", rows={"train": 120000, "test": 7600}), ["text"], "label",
           {"World": "World", "Sports": "Sports", "Business": "Business", "Sci/Tech": "Science"},
           "Article: {text}\nAnswer: {label}.", None, ["World", "Sports", "Business", "Sci/Tech"],
           "train", "test"),
-    _spec("trec", "CogComp/trec", None, ["text"], "coarse_label", _TREC_WORDS,
+    _spec("trec", HubSource("CogComp/trec", PARQUET_BRANCH, rows={"train": 5452, "test": 500}), ["text"], "coarse_label", _TREC_WORDS,
           "Question: {text}\nAnswer Type: {label}.",
           "Classify the questions based on whether their answer type is a Number, Location, Person, "
           "Description, Entity, or Abbreviation.",
           ["ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM"], "train", "test"),
-    _spec("dbpedia_14", "fancyzhx/dbpedia_14", None, ["content"], "label", _DBPEDIA_WORDS,
+    _spec("dbpedia_14", HubSource("fancyzhx/dbpedia_14", rows={"train": 560000, "test": 70000}), ["content"], "label", _DBPEDIA_WORDS,
           "Article: {text}\nAnswer: {label}.",
           "Classify the documents based on whether they are about a Company, School, Artist, Athlete, "
           "Politician, Transportation, Building, Nature, Village, Animal, Plant, Album, Film, or Book.",
           list(_DBPEDIA_WORDS), "train", "test"),
-    _spec("unnatural", None, None, ["object"], "category",
+    _spec("unnatural", None, ["object"], "category",
           {name: name for name in UNNATURAL_OBJECTS}, "{text}: {label}.",
           "Consider the categories plant/vegetable, sport, and animal. Classify each object in its category.",
           list(UNNATURAL_OBJECTS), "all", "all", main=False),
-    _spec("sst2_ab", "stanfordnlp/sst2", None, ["sentence"], "label",
+    _spec("sst2_ab", _SST2, ["sentence"], "label",
           {"negative": "A", "positive": "B"}, "Review: {text}\nAnswer: {label}.", None,
           ["negative", "positive"], "train", "validation", main=False, data_key="sst2"),
 ]
@@ -212,14 +258,15 @@ def _normalise_name(name: str) -> str:
 
 
 def data_source(key: str) -> str:
-    """Where ``load_examples(key)`` reads from: 'builtin', 'hub:<id>' or the local folder path."""
+    """Where ``load_examples(key)`` reads from: 'builtin', the local folder path, or 'hub:<repo>@<revision>...'."""
     spec = get_spec(key)
-    if spec.hub_path is None:
+    if spec.hub is None:
         return "builtin"
     data_dir = os.environ.get(DATA_DIR_ENV)
     if data_dir:
         return str(Path(data_dir) / spec.local_folder_name)
-    return f"hub:{spec.hub_path}" + (f"/{spec.hub_config}" if spec.hub_config else "")
+    location = hub_location(spec.hub)
+    return f"hub:{describe_hub(spec.hub)}" + (f" mirror:{location}" if location != spec.hub.repo else "")
 
 
 def data_source_summary() -> dict:
@@ -227,65 +274,8 @@ def data_source_summary() -> dict:
     data_dir = os.environ.get(DATA_DIR_ENV)
     if data_dir:
         return {"kind": "local", "path": str(Path(data_dir).resolve())}
-    return {"kind": "hub"}
-
-
-def _read_local_split(spec: DatasetSpec, folder: Path, split: str) -> tuple[list[dict], tuple[str, ...]]:
-    path = folder / f"{split}.jsonl"
-    if not path.is_file():
-        present = sorted(p.stem for p in folder.glob("*.jsonl")) if folder.is_dir() else []
-        raise FalseDemoError(
-            f"dataset {spec.key!r}: split {split!r} not found in local folder {folder} "
-            f"(expected {path.name}; present: {', '.join(present) or 'none'}; "
-            f"folder from {DATA_DIR_ENV}={os.environ.get(DATA_DIR_ENV)!r})"
-        )
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise FalseDemoError(f"dataset {spec.key!r}: {path}:{line_number} is not JSON: {error}") from None
-    needed = (*spec.text_columns, spec.label_column)
-    for index, row in enumerate(rows):
-        missing = [column for column in needed if column not in row]
-        if missing:
-            raise FalseDemoError(
-                f"dataset {spec.key!r}: row {index} of {path} lacks column(s) {', '.join(missing)}; "
-                f"needed: {', '.join(needed)}"
-            )
-    return rows, spec.hub_label_names
-
-
-def _read_hub_split(spec: DatasetSpec, split: str) -> tuple[list[dict], tuple[str, ...]]:
-    import datasets as hf_datasets
-
-    source = data_source(spec.key)
-    try:
-        table = hf_datasets.load_dataset(spec.hub_path, spec.hub_config, split=split)
-    except Exception as error:
-        raise FalseDemoError(
-            f"could not load dataset {spec.key!r} from {source} (split {split!r}): {error}. "
-            f"To use a local copy, set {DATA_DIR_ENV} to a folder with {spec.key}/<split>.jsonl "
-            f"(currently {DATA_DIR_ENV}={os.environ.get(DATA_DIR_ENV)!r})"
-        ) from error
-    needed = (*spec.text_columns, spec.label_column)
-    missing = [column for column in needed if column not in table.column_names]
-    if missing:
-        raise FalseDemoError(
-            f"dataset {spec.key!r} from {source} split {split!r} lacks column(s) {', '.join(missing)}; "
-            f"present: {', '.join(table.column_names)}"
-        )
-    feature = table.features[spec.label_column]
-    hub_names = tuple(getattr(feature, "names", None) or spec.hub_label_names)
-    if sorted(map(_normalise_name, hub_names)) != sorted(map(_normalise_name, spec.hub_label_names)):
-        raise FalseDemoError(
-            f"dataset {spec.key!r} from {source}: label names {list(hub_names)} differ from the documented "
-            f"{list(spec.hub_label_names)}; refusing to match label words by position"
-        )
-    return list(table.select_columns(list(needed))), hub_names
+    mirror = os.environ.get(HUB_MIRROR_ENV)
+    return {"kind": "hub", **({"mirror": str(Path(mirror).resolve())} if mirror else {})}
 
 
 def _unnatural_rows() -> list[dict]:
@@ -293,48 +283,103 @@ def _unnatural_rows() -> list[dict]:
             for index, objects in enumerate(UNNATURAL_OBJECTS.values()) for obj in objects]
 
 
-def _to_examples(spec: DatasetSpec, split: str, rows: list[dict], hub_names: tuple[str, ...]) -> list[Example]:
+def check_hub_label_names(spec: DatasetSpec, names, where: str) -> tuple[str, ...]:
+    """The hub's ClassLabel names as documented names (explicit ``label_names`` table), or a clear refusal."""
+    if not names:  # a plain integer column: its ids are the documented ones, as in a local copy
+        return spec.hub_label_names
+    renamed = tuple(spec.hub.label_names.get(str(name), str(name)) for name in names)
+    if sorted(map(_normalise_name, renamed)) != sorted(map(_normalise_name, spec.hub_label_names)):
+        raise FalseDemoError(
+            f"dataset {spec.key!r} from {where}: label names {list(names)} differ from the documented "
+            f"{list(spec.hub_label_names)}; refusing to match label words by position"
+        )
+    return renamed
+
+
+def _to_examples(spec: DatasetSpec, split: str, rows: list[dict], names: tuple[str, ...], where) -> list[Example]:
+    """``where(row_index)`` names a row in errors (file:line, or repo@revision split row)."""
     our_index = {_normalise_name(name): i for i, name in enumerate(spec.class_names)}
-    id_to_ours = {hub_id: our_index.get(_normalise_name(name)) for hub_id, name in enumerate(hub_names)}
+    id_to_ours = {hub_id: our_index.get(_normalise_name(name)) for hub_id, name in enumerate(names)}
     examples = []
     for row_index, row in enumerate(rows):
         hub_label = row[spec.label_column]
-        if hub_label not in id_to_ours:
+        if isinstance(hub_label, bool) or hub_label not in id_to_ours:
+            unlabelled = " (-1 marks an unlabelled row: is this split unlabelled?)" if hub_label == -1 else ""
             raise FalseDemoError(
-                f"dataset {spec.key!r} split {split!r} row {row_index}: label {hub_label!r} is not one of the "
-                f"ids 0..{len(hub_names) - 1} ({', '.join(hub_names)}); is this split unlabelled?"
+                f"dataset {spec.key!r}: {where(row_index)}: {spec.label_column} {hub_label!r} is not one of the "
+                f"ids 0..{len(names) - 1} ({', '.join(f'{i} {name}' for i, name in enumerate(names))}){unlabelled}"
             )
         label = id_to_ours[hub_label]
         if label is None:  # a class the benchmark does not use
             continue
-        fields = tuple(str(row[column]).strip() for column in spec.text_columns)
+        for column in spec.text_columns:
+            if not isinstance(row[column], str):
+                raise FalseDemoError(
+                    f"dataset {spec.key!r}: {where(row_index)}: {column} is {row[column]!r}; allowed: text"
+                )
+        fields = tuple(row[column].strip() for column in spec.text_columns)
         examples.append(Example(uid=f"{split}:{row_index}", fields=fields, label=label))
     return examples
 
 
-def _load_split(spec: DatasetSpec, split: str) -> list[Example]:
-    if spec.hub_path is None:
-        return _to_examples(spec, split, _unnatural_rows(), spec.hub_label_names)
+def _read_splits(spec: DatasetSpec) -> tuple[dict[str, list[Example]], dict, dict[str, int]]:
+    """({split: examples}, source record, {split: rows read}) from the built-in list, a local copy or the hub."""
+    if spec.hub is None:
+        rows = _unnatural_rows()
+        examples = _to_examples(spec, "all", rows, spec.hub_label_names, lambda i: f"built-in row {i}")
+        return {"all": examples}, {"kind": "builtin"}, {"all": len(rows)}
     data_dir = os.environ.get(DATA_DIR_ENV)
+    by_split, sizes = {}, {}
     if data_dir:
-        rows, names = _read_local_split(spec, Path(data_dir) / spec.local_folder_name, split)
-    else:
-        rows, names = _read_hub_split(spec, split)
-    return _to_examples(spec, split, rows, names)
+        folder = Path(data_dir) / spec.local_folder_name
+        for split in spec.splits:
+            rows, path = read_local_split(spec, folder, split)
+            by_split[split] = _to_examples(spec, split, rows, spec.hub_label_names,
+                                           lambda i, path=path: f"{path}:{i + 1}")
+            sizes[split] = len(rows)
+        return by_split, {"kind": "local", "path": str(folder.resolve())}, sizes
+    hub = spec.hub
+    read = read_hub(spec, spec.splits)
+    where = describe_hub(hub) + (f" (mirror folder {read.location})" if read.location != hub.repo else "")
+    names = check_hub_label_names(spec, read.label_names, where)
+    for split, rows in read.splits.items():
+        by_split[split] = _to_examples(spec, split, rows, names,
+                                       lambda i, split=split: f"{where} split {split!r} row {i}")
+        sizes[split] = len(rows)
+    source = {"kind": "hub", "repo": hub.repo, "revision": hub.revision, "config": hub.config,
+              "data_dir": hub.data_dir, "resolved_commit": read.resolved_commit}
+    if read.location != hub.repo:
+        source["mirror"] = str(Path(read.location).resolve())
+    return by_split, source, sizes
 
 
-_CACHE: dict[tuple[str, str], tuple[list[Example], list[Example]]] = {}
+def fingerprint(pool: list[Example], queries: list[Example]) -> str:
+    """sha256 of the canonical JSON of the examples: equal whenever the same rows were read, wherever from."""
+    canonical = {name: [[e.uid, list(e.fields), e.label] for e in examples]
+                 for name, examples in (("pool", pool), ("queries", queries))}
+    text = json.dumps(canonical, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def load_examples(key: str) -> tuple[list[Example], list[Example]]:
-    """(demo pool, queries) for dataset ``key``; deterministic, cached per process and data source."""
+@dataclass
+class _Loaded:
+    pool: list[Example]
+    queries: list[Example]
+    provenance: dict
+
+
+_CACHE: dict[tuple[str, str], _Loaded] = {}
+
+
+def _load(key: str) -> _Loaded:
     spec = get_spec(key)
     cache_key = (key, data_source(key))
     if cache_key in _CACHE:
         return _CACHE[cache_key]
+    by_split, source, sizes = _read_splits(spec)
     if spec.single_split:
-        rows = _load_split(spec, spec.demo_split)
-        if spec.hub_path is None:
+        rows = by_split[spec.demo_split]
+        if spec.hub is None:
             pool, queries = rows, list(rows)
         else:
             order = list(range(len(rows)))
@@ -343,9 +388,32 @@ def load_examples(key: str) -> tuple[list[Example], list[Example]]:
             pool = [rows[i] for i in sorted(order[:cut])]
             queries = [rows[i] for i in order[cut:]]
     else:
-        pool = _load_split(spec, spec.demo_split)
-        queries = _load_split(spec, spec.query_split)
+        pool, queries = by_split[spec.demo_split], by_split[spec.query_split]
     queries = list(queries)
     random.Random(PARTITION_SEED).shuffle(queries)
-    _CACHE[cache_key] = (pool, queries)
-    return pool, queries
+    if not pool or not queries:
+        raise FalseDemoError(
+            f"dataset {key!r} from {data_source(key)}: {len(pool)} demonstration and {len(queries)} query rows of "
+            f"the classes {', '.join(spec.class_names)}; both must be non-empty"
+        )
+    provenance = {"source": source, "split_rows": sizes, "pool": len(pool), "queries": len(queries),
+                  "fingerprint": fingerprint(pool, queries)}
+    _CACHE[cache_key] = _Loaded(pool, queries, provenance)
+    return _CACHE[cache_key]
+
+
+def load_examples(key: str) -> tuple[list[Example], list[Example]]:
+    """(demo pool, queries) for dataset ``key``; deterministic, cached per process and data source."""
+    loaded = _load(key)
+    return loaded.pool, loaded.queries
+
+
+def data_provenance(key: str) -> dict:
+    """What ``load_examples(key)`` read, for results files: ``source`` ({kind: builtin|local|hub, path, or repo,
+    revision, config, data_dir, resolved_commit, mirror}), ``split_rows`` (rows per split read), ``pool`` and
+    ``queries`` (examples after dropping unused classes) and ``fingerprint`` (:func:`fingerprint`)."""
+    return json.loads(json.dumps(_load(key).provenance))  # a copy callers may change
+
+
+def data_provenance_for(keys) -> dict[str, dict]:
+    return {key: data_provenance(key) for key in dict.fromkeys(keys)}
