@@ -108,15 +108,60 @@ def test_local_folder_missing_column(tmp_path, monkeypatch):
     _write(tmp_path / "rte", "train", [{"sentence1": "a", "label": 0}])
     _write(tmp_path / "rte", "validation", [{"sentence1": "a", "sentence2": "b", "label": 0}])
     monkeypatch.setenv(fd.DATA_DIR_ENV, str(tmp_path))
-    with pytest.raises(FalseDemoError, match=r"'rte': row 0 of .*train.jsonl lacks column\(s\) sentence2"):
+    with pytest.raises(FalseDemoError, match=r"^dataset 'rte': .*/rte/train.jsonl:1 lacks column\(s\) sentence2; "
+                                             r"needed: sentence1, sentence2, label$"):
         fd.load_examples("rte")
+
+
+def test_local_folder_empty_file(tmp_path, monkeypatch):
+    _write(tmp_path / "rte", "train", [{"sentence1": "a", "sentence2": "b", "label": 0}])
+    _write(tmp_path / "rte", "validation", [])
+    monkeypatch.setenv(fd.DATA_DIR_ENV, str(tmp_path))
+    with pytest.raises(FalseDemoError, match=r"^dataset 'rte': .*/rte/validation.jsonl is empty; allowed: one JSON "
+                                             r"object per line with sentence1, sentence2, label$"):
+        fd.load_examples("rte")
+
+
+def test_local_folder_blank_line(tmp_path, monkeypatch):
+    _write(tmp_path / "sst2", "train", [{"sentence": "fine", "label": 1}])
+    (tmp_path / "sst2" / "validation.jsonl").write_text('{"sentence": "a", "label": 0}\n\n{"sentence": "b", "label": 1}\n')
+    monkeypatch.setenv(fd.DATA_DIR_ENV, str(tmp_path))
+    with pytest.raises(FalseDemoError, match=r"^dataset 'sst2': .*/sst2/validation.jsonl:2 is a blank line; allowed: "
+                                             r"one JSON object per line with sentence, label, no blank lines$"):
+        fd.load_examples("sst2")
+
+
+def test_local_folder_not_json(tmp_path, monkeypatch):
+    _write(tmp_path / "sst2", "train", [{"sentence": "fine", "label": 1}])
+    (tmp_path / "sst2" / "validation.jsonl").write_text('{"sentence": "a", "label": 0}\n{"sentence": "b",\n')
+    monkeypatch.setenv(fd.DATA_DIR_ENV, str(tmp_path))
+    with pytest.raises(FalseDemoError, match=r"^dataset 'sst2': .*/sst2/validation.jsonl:2 is not JSON "):
+        fd.load_examples("sst2")
+
+
+def test_label_id_out_of_range_names_file_line_and_allowed_ids(tmp_path, monkeypatch):
+    _write(tmp_path / "rte", "train", [{"sentence1": "a", "sentence2": "b", "label": 0},
+                                       {"sentence1": "a", "sentence2": "b", "label": 2}])
+    _write(tmp_path / "rte", "validation", [{"sentence1": "a", "sentence2": "b", "label": 0}])
+    monkeypatch.setenv(fd.DATA_DIR_ENV, str(tmp_path))
+    with pytest.raises(FalseDemoError, match=r"^dataset 'rte': .*/rte/train.jsonl:2: label 2 is not one of the ids "
+                                             r"0\.\.1 \(0 entailment, 1 not_entailment\)$"):
+        fd.load_examples("rte")
+
+
+def test_text_that_is_not_a_string(tmp_path, monkeypatch):
+    _write(tmp_path / "sst2", "train", [{"sentence": None, "label": 1}])
+    _write(tmp_path / "sst2", "validation", [{"sentence": "b", "label": 1}])
+    monkeypatch.setenv(fd.DATA_DIR_ENV, str(tmp_path))
+    with pytest.raises(FalseDemoError, match=r"^dataset 'sst2': .*/sst2/train.jsonl:1: sentence is None; allowed: text$"):
+        fd.load_examples("sst2")
 
 
 def test_unlabelled_split_is_an_error(tmp_path, monkeypatch):
     _write(tmp_path / "sst2", "train", [{"sentence": "fine", "label": 1}])
     _write(tmp_path / "sst2", "validation", [{"sentence": "fine", "label": -1}])
     monkeypatch.setenv(fd.DATA_DIR_ENV, str(tmp_path))
-    with pytest.raises(FalseDemoError, match="unlabelled"):
+    with pytest.raises(FalseDemoError, match=r"validation.jsonl:1: label -1 is not one of the ids 0\.\.1 .*unlabelled"):
         fd.load_examples("sst2")
 
 
@@ -126,4 +171,5 @@ def test_hub_failure_names_dataset_source_and_env(monkeypatch):
     with pytest.raises(FalseDemoError) as error:
         fd.load_examples("rte")
     message = str(error.value)
-    assert "'rte'" in message and "hub:nyu-mll/glue/rte" in message and "FALSEDEMO_DATA_DIR" in message
+    assert "'rte'" in message and "nyu-mll/glue@main config rte" in message and "FALSEDEMO_DATA_DIR" in message
+    assert "falsedemo data pull" in message

@@ -1,0 +1,138 @@
+"""The hub path, offline: folders laid out as the hub repos are at the pinned revisions, read by the loader users run.
+
+Only the repo location is redirected (``FALSEDEMO_HUB_MIRROR``); the loader calls ``datasets`` with the table's
+config / data_dir / revision exactly as for the hub.
+"""
+
+import json
+
+import datasets
+import pyarrow.parquet as pq
+import pytest
+
+from hub_layout import build_hub_mirror
+from lm_eval_false_demos import datasets as fd
+from lm_eval_false_demos.errors import FalseDemoError
+
+SCRIPT_ONLY = ("financial_phrasebank", "ethos", "sick", "trec")
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory, data_dir):
+    return build_hub_mirror(data_dir, tmp_path_factory.mktemp("hub_mirror"))
+
+
+@pytest.fixture
+def hub_env(monkeypatch, tmp_path):
+    """Hub mode (no local copy), a private datasets cache, an empty loader cache."""
+    monkeypatch.delenv(fd.DATA_DIR_ENV, raising=False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    fd._CACHE.clear()
+    yield monkeypatch
+    fd._CACHE.clear()
+
+
+def test_table_pins_namespaced_sources():
+    for key in fd.MAIN_DATASETS:
+        hub = fd.get_spec(key).hub
+        assert hub.repo.count("/") == 1, key
+        assert set(fd.get_spec(key).splits) <= set(hub.rows), key
+    for key in SCRIPT_ONLY:
+        assert fd.get_spec(key).hub.revision == "refs/convert/parquet"
+        assert fd.get_spec(key).hub.config is None
+    assert fd.get_spec("sick").hub.repo == "RobZamp/sick"
+    assert fd.get_spec("ethos").hub.data_dir == "binary"
+    assert fd.get_spec("financial_phrasebank").hub.data_dir == "sentences_allagree"
+    assert fd.get_spec("mrpc").hub.config == "mrpc" and fd.get_spec("mrpc").hub.revision == "main"
+
+
+def test_mirror_is_laid_out_as_the_hub(mirror):
+    assert (mirror / "nyu-mll/glue/mrpc/train-00000-of-00001.parquet").is_file()
+    assert (mirror / "fancyzhx/dbpedia_14/dbpedia_14/test-00000-of-00001.parquet").is_file()
+    assert (mirror / "takala/financial_phrasebank/sentences_allagree/train/0000.parquet").is_file()
+    assert (mirror / "CogComp/trec/default/test/0000.parquet").is_file()
+    assert not (mirror / "CogComp/trec/README.md").exists()
+    metadata = json.loads(pq.read_schema(mirror / "CogComp/trec/default/test/0000.parquet").metadata[b"huggingface"])
+    assert metadata["info"]["features"]["coarse_label"] == {
+        "names": ["ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM"], "_type": "ClassLabel"}
+    medical = mirror / "curaihealth/medical_questions_pairs/data/train-00000-of-00001.parquet"
+    assert json.loads(pq.read_schema(medical).metadata[b"huggingface"])["info"]["features"]["label"]["names"] == [
+        "0", "1"]
+
+
+def test_all_14_load_through_the_hub_path_with_the_local_fingerprint(mirror, hub_env, data_dir):
+    hub_env.setenv(fd.HUB_MIRROR_ENV, str(mirror))
+    from_hub = {key: fd.data_provenance(key) for key in fd.MAIN_DATASETS}
+    examples_hub = fd.load_examples("medical_questions_pairs")
+    hub_env.setenv(fd.DATA_DIR_ENV, str(data_dir))
+    for key in fd.MAIN_DATASETS:
+        local = fd.data_provenance(key)
+        hub = from_hub[key]
+        assert hub["source"]["kind"] == "hub" and local["source"]["kind"] == "local", key
+        assert hub["source"]["repo"] == fd.get_spec(key).hub.repo
+        assert hub["source"]["mirror"] == str((mirror / hub["source"]["repo"]).resolve())
+        assert hub["split_rows"] == local["split_rows"] and hub["queries"] == local["queries"] > 0, key
+        assert hub["fingerprint"] == local["fingerprint"], key
+    # The explicit "0"/"1" -> different/similar mapping gives the local copy's labels (1 = similar).
+    assert examples_hub == fd.load_examples("medical_questions_pairs")
+    assert len({from_hub[key]["fingerprint"] for key in fd.MAIN_DATASETS}) == 14
+
+
+def test_fingerprint_changes_with_one_row(data_dir, tmp_path, monkeypatch):
+    before = fd.data_provenance("rte")["fingerprint"]
+    (tmp_path / "rte").mkdir()
+    (tmp_path / "rte" / "train.jsonl").write_text((data_dir / "rte" / "train.jsonl").read_text())
+    lines = (data_dir / "rte" / "validation.jsonl").read_text().splitlines()
+    row = json.loads(lines[5])
+    row["label"] = 1 - row["label"]
+    lines[5] = json.dumps(row)
+    (tmp_path / "rte" / "validation.jsonl").write_text("\n".join(lines) + "\n")
+    monkeypatch.setenv(fd.DATA_DIR_ENV, str(tmp_path))
+    assert fd.data_provenance("rte")["fingerprint"] != before
+
+
+def test_script_only_layout_gives_one_clear_line(tmp_path, hub_env):
+    (tmp_path / "iamollas" / "ethos").mkdir(parents=True)
+    (tmp_path / "iamollas" / "ethos" / "ethos.py").write_text("# a loading script\n")
+    hub_env.setenv(fd.HUB_MIRROR_ENV, str(tmp_path))
+    with pytest.raises(FalseDemoError) as error:
+        fd.load_examples("ethos")
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("could not load dataset 'ethos' from the hub, iamollas/ethos@refs/convert/parquet "
+                              "data_dir binary")
+    assert "Dataset scripts are no longer supported, but found ethos.py" in message
+    assert "FALSEDEMO_DATA_DIR" in message and "falsedemo data pull --to DIR --datasets ethos" in message
+
+
+def test_hub_label_names_other_than_documented_are_refused(tmp_path, hub_env, data_dir):
+    import hub_layout
+
+    hub_env.setitem(hub_layout.REPOS, "nyu-mll/glue", (hub_layout.MAIN, {"rte": ("rte", ["yes", "no"])}))
+    build_hub_mirror(data_dir, tmp_path, keys=["rte"])
+    hub_env.setenv(fd.HUB_MIRROR_ENV, str(tmp_path))
+    with pytest.raises(FalseDemoError, match=r"^dataset 'rte' from nyu-mll/glue@main config rte \(mirror folder "
+                                             r".*\): label names \['yes', 'no'\] differ from the documented "
+                                             r"\['entailment', 'not_entailment'\]; refusing"):
+        fd.load_examples("rte")
+
+
+def test_missing_split_on_the_hub_names_repo_and_split(tmp_path, hub_env, data_dir):
+    build_hub_mirror(data_dir, tmp_path, keys=["trec"])
+    (tmp_path / "CogComp/trec/default/test/0000.parquet").unlink()
+    hub_env.setenv(fd.HUB_MIRROR_ENV, str(tmp_path))
+    with pytest.raises(FalseDemoError, match=r"^could not load dataset 'trec' from the hub, "
+                                             r"CogComp/trec@refs/convert/parquet .*Unknown split \"test\".*"
+                                             r"FALSEDEMO_DATA_DIR"):
+        fd.load_examples("trec")
+
+
+def test_unreachable_hub_names_dataset_repo_revision_and_ways_out(hub_env):
+    hub_env.delenv(fd.HUB_MIRROR_ENV, raising=False)
+    hub_env.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(FalseDemoError) as error:
+        fd.load_examples("trec")
+    message = str(error.value)
+    assert message.startswith("could not load dataset 'trec' from the hub, CogComp/trec@refs/convert/parquet: ")
+    assert "FALSEDEMO_DATA_DIR" in message and "falsedemo data pull --to DIR --datasets trec" in message
+    assert "\n" not in message
