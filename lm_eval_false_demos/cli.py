@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "sweep": ("lm_eval_false_demos.sweep", "per-layer and per-position curves from one forward pass per prompt"),
     "heads": ("lm_eval_false_demos.heads", "find false induction heads, score label promotion, ablate vs random"),
     "leaderboard": ("lm_eval_false_demos.leaderboard", "build leaderboard tables and page from results files"),
+    "data": ("lm_eval_false_demos.data_command", "write a local copy of the datasets from the hub, or check one"),
 }
 
 

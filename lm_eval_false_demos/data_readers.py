@@ -34,15 +34,15 @@ def _needed_columns(spec) -> tuple[str, ...]:
     return (*spec.text_columns, spec.label_column)
 
 
-def read_local_split(spec, folder: Path, split: str) -> tuple[list[dict], str]:
+def read_local_split(spec, folder: Path, split: str, from_env: bool = True) -> tuple[list[dict], str]:
     """Rows of ``folder/<split>.jsonl`` (one JSON object a line, no blank lines) and the file's path."""
     path = folder / f"{split}.jsonl"
     if not path.is_file():
         present = sorted(p.stem for p in folder.glob("*.jsonl")) if folder.is_dir() else []
+        origin = f"; folder from {DATA_DIR_ENV}={os.environ.get(DATA_DIR_ENV)!r}" if from_env else ""
         raise FalseDemoError(
             f"dataset {spec.key!r}: split {split!r} not found in local folder {folder} "
-            f"(expected {path.name}; present: {', '.join(present) or 'none'}; "
-            f"folder from {DATA_DIR_ENV}={os.environ.get(DATA_DIR_ENV)!r})"
+            f"(expected {path.name}; present: {', '.join(present) or 'none'}{origin})"
         )
     needed = _needed_columns(spec)
     rows = []
@@ -90,6 +90,10 @@ def describe_hub(hub) -> str:
     return f"{hub.repo}@{hub.revision}{selection}"
 
 
+def describe_read(hub, location: str) -> str:
+    return describe_hub(hub) + (f" (mirror folder {location})" if location != hub.repo else "")
+
+
 @dataclass
 class HubRead:
     splits: dict  # split -> list of row dicts (all hub columns, hub label ids)
@@ -105,7 +109,7 @@ def read_hub(spec, splits, all_columns: bool = False) -> HubRead:
 
     hub = spec.hub
     location = hub_location(hub)
-    described = describe_hub(hub) + (f" (mirror folder {location})" if location != hub.repo else "")
+    described = describe_read(hub, location)
     try:
         builder = hf_datasets.load_dataset_builder(location, hub.config, data_dir=hub.data_dir,
                                                    revision=hub.revision)

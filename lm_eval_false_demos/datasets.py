@@ -45,13 +45,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lm_eval_false_demos.data_readers import (
-    DATA_DIR_ENV, HUB_MIRROR_ENV, describe_hub, hub_location, read_hub, read_local_split,
+    DATA_DIR_ENV, HUB_MIRROR_ENV, describe_hub, describe_read, hub_location, read_hub, read_local_split,
 )
 from lm_eval_false_demos.errors import FalseDemoError
 
 __all__ = ["DATA_DIR_ENV", "HUB_MIRROR_ENV"]  # re-exported: the settings users know from this module
 
 PARQUET_BRANCH = "refs/convert/parquet"
+PULLED_FROM_FILE = "hub_source.json"  # in a pulled folder: the hub source it was written from
 PARTITION_SEED = 20240507
 QUERY_SHARE_SINGLE_SPLIT = 0.5
 
@@ -253,7 +254,7 @@ def get_spec(key: str) -> DatasetSpec:
         raise FalseDemoError(f"unknown dataset key {key!r}; allowed: {', '.join(DATASETS)}") from None
 
 
-def _normalise_name(name: str) -> str:
+def normalise_name(name: str) -> str:
     return str(name).strip().lower().replace("-", "_").replace(" ", "_")
 
 
@@ -288,7 +289,7 @@ def check_hub_label_names(spec: DatasetSpec, names, where: str) -> tuple[str, ..
     if not names:  # a plain integer column: its ids are the documented ones, as in a local copy
         return spec.hub_label_names
     renamed = tuple(spec.hub.label_names.get(str(name), str(name)) for name in names)
-    if sorted(map(_normalise_name, renamed)) != sorted(map(_normalise_name, spec.hub_label_names)):
+    if sorted(map(normalise_name, renamed)) != sorted(map(normalise_name, spec.hub_label_names)):
         raise FalseDemoError(
             f"dataset {spec.key!r} from {where}: label names {list(names)} differ from the documented "
             f"{list(spec.hub_label_names)}; refusing to match label words by position"
@@ -296,10 +297,10 @@ def check_hub_label_names(spec: DatasetSpec, names, where: str) -> tuple[str, ..
     return renamed
 
 
-def _to_examples(spec: DatasetSpec, split: str, rows: list[dict], names: tuple[str, ...], where) -> list[Example]:
+def to_examples(spec: DatasetSpec, split: str, rows: list[dict], names: tuple[str, ...], where) -> list[Example]:
     """``where(row_index)`` names a row in errors (file:line, or repo@revision split row)."""
-    our_index = {_normalise_name(name): i for i, name in enumerate(spec.class_names)}
-    id_to_ours = {hub_id: our_index.get(_normalise_name(name)) for hub_id, name in enumerate(names)}
+    our_index = {normalise_name(name): i for i, name in enumerate(spec.class_names)}
+    id_to_ours = {hub_id: our_index.get(normalise_name(name)) for hub_id, name in enumerate(names)}
     examples = []
     for row_index, row in enumerate(rows):
         hub_label = row[spec.label_column]
@@ -322,35 +323,48 @@ def _to_examples(spec: DatasetSpec, split: str, rows: list[dict], names: tuple[s
     return examples
 
 
+def read_local_examples(spec: DatasetSpec, folder: Path, split: str,
+                        from_env: bool = True) -> tuple[int, list[Example]]:
+    """(rows in ``folder/<split>.jsonl``, its examples): every problem is one line naming file:line."""
+    rows, path = read_local_split(spec, folder, split, from_env=from_env)
+    return len(rows), to_examples(spec, split, rows, spec.hub_label_names, lambda i: f"{path}:{i + 1}")
+
+
 def _read_splits(spec: DatasetSpec) -> tuple[dict[str, list[Example]], dict, dict[str, int]]:
     """({split: examples}, source record, {split: rows read}) from the built-in list, a local copy or the hub."""
     if spec.hub is None:
         rows = _unnatural_rows()
-        examples = _to_examples(spec, "all", rows, spec.hub_label_names, lambda i: f"built-in row {i}")
+        examples = to_examples(spec, "all", rows, spec.hub_label_names, lambda i: f"built-in row {i}")
         return {"all": examples}, {"kind": "builtin"}, {"all": len(rows)}
     data_dir = os.environ.get(DATA_DIR_ENV)
     by_split, sizes = {}, {}
     if data_dir:
         folder = Path(data_dir) / spec.local_folder_name
         for split in spec.splits:
-            rows, path = read_local_split(spec, folder, split)
-            by_split[split] = _to_examples(spec, split, rows, spec.hub_label_names,
-                                           lambda i, path=path: f"{path}:{i + 1}")
-            sizes[split] = len(rows)
-        return by_split, {"kind": "local", "path": str(folder.resolve())}, sizes
-    hub = spec.hub
-    read = read_hub(spec, spec.splits)
-    where = describe_hub(hub) + (f" (mirror folder {read.location})" if read.location != hub.repo else "")
-    names = check_hub_label_names(spec, read.label_names, where)
+            sizes[split], by_split[split] = read_local_examples(spec, folder, split)
+        source = {"kind": "local", "path": str(folder.resolve())}
+        if (folder / PULLED_FROM_FILE).is_file():  # written by `falsedemo data pull`
+            source["pulled_from"] = json.loads((folder / PULLED_FROM_FILE).read_text(encoding="utf-8"))
+        return by_split, source, sizes
+    read, names, source = read_hub_checked(spec)
+    where = describe_read(spec.hub, read.location)
     for split, rows in read.splits.items():
-        by_split[split] = _to_examples(spec, split, rows, names,
+        by_split[split] = to_examples(spec, split, rows, names,
                                        lambda i, split=split: f"{where} split {split!r} row {i}")
         sizes[split] = len(rows)
+    return by_split, source, sizes
+
+
+def read_hub_checked(spec: DatasetSpec, all_columns: bool = False):
+    """(the hub read, its label names as documented names, the source record for provenance)."""
+    hub = spec.hub
+    read = read_hub(spec, spec.splits, all_columns=all_columns)
+    names = check_hub_label_names(spec, read.label_names, describe_read(hub, read.location))
     source = {"kind": "hub", "repo": hub.repo, "revision": hub.revision, "config": hub.config,
               "data_dir": hub.data_dir, "resolved_commit": read.resolved_commit}
     if read.location != hub.repo:
         source["mirror"] = str(Path(read.location).resolve())
-    return by_split, source, sizes
+    return read, names, source
 
 
 def fingerprint(pool: list[Example], queries: list[Example]) -> str:
