@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 
 from . import results_io
 from .architectures import ModelModules, resolve_modules
-from .datasets import data_source_summary
+from .datasets import data_provenance_for, data_source_summary
 from .errors import FalseDemoError
 from .readout_attention import weights_capturing_attention
 
@@ -962,6 +962,9 @@ def run(args: argparse.Namespace) -> int:
                                     show_progress=not args.no_progress)
         timing["evaluation_seconds"] = round(time.time() - started, 3)
     critical = critical_layer_from_sweep(args.sweep, parse_task(args.task)[0]) if args.sweep else None
+    # What was read for the datasets used (scored task, evaluated datasets): source, sizes, fingerprint.
+    used = ([parse_task(args.task)[0]] if scores is not None else []) + datasets
+    config["data_provenance"] = data_provenance_for(used)
     name = Path(model_args["pretrained"]).name or "model"
     directory = results_io.new_run_directory(args.output_path, f"heads_{name}")
     timing["total_seconds"] = round(time.time() - run_started, 3)

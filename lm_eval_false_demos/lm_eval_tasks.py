@@ -24,7 +24,7 @@ from lm_eval.api.task import ConfigurableTask
 
 from lm_eval_false_demos.corruption import FOLLOW_SETTINGS, check_setting, check_wrong_share
 from lm_eval_false_demos import __version__
-from lm_eval_false_demos.datasets import data_source, get_spec, load_examples
+from lm_eval_false_demos.datasets import data_provenance, data_source, get_spec, load_examples
 from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.metrics import calibrated_accuracy, normalise
 from lm_eval_false_demos.prompts import build_prompt, label_token_ids, query_shift, render_query
@@ -135,10 +135,12 @@ class FalseDemoTask(ConfigurableTask):
         self.wrong_share = check_wrong_share(metadata.get("wrong_share"))
         self.fewshot_seed = DEFAULT_FEWSHOT_SEED
         super().__init__(config=config, **kwargs)
-        # Written into every results file (configs.<task>.metadata): where the data came from, and which code.
+        # Written into every results file (configs.<task>.metadata): where the data came from (and a fingerprint
+        # of the examples), and which code.
         self.config.metadata = {
             **(self.config.metadata or {}),
             "data_source": data_source(self.spec.key),
+            "data_provenance": data_provenance(self.spec.key),
             "plugin_version": __version__,
             "label_scoring": LABEL_SCORING_NOTE,
         }

@@ -34,7 +34,7 @@ import numpy as np
 
 from . import __version__, results_io
 from .errors import FalseDemoError
-from .datasets import data_source_summary
+from .datasets import data_provenance_for, data_source_summary
 
 logger = logging.getLogger(__name__)
 
@@ -951,6 +951,7 @@ def run_configuration(*, lm, model, model_args, tasks, task_names, infos, limit,
         "ablation": ablation.describe() if ablation is not None else None,
         "readout": "label-token logits through the model's final norm and head, softmax over the K labels",
         "data_source": data_source_summary(),
+        "data_provenance": data_provenance_for(info.dataset for info in infos.values()),
         "model_identity": model_identity(_resolve_embedded(model_args), lm),
         "versions": versions(),
         "analysis": {"bootstrap_iters": bootstrap_iters, "seed": analysis_seed, "confidence": confidence,

@@ -8,6 +8,7 @@ import pytest
 import torch
 import transformers
 
+from lm_eval_false_demos import datasets as fd
 from lm_eval_false_demos import heads
 from lm_eval_false_demos.architectures import resolve_modules
 from lm_eval_false_demos.errors import FalseDemoError
@@ -430,6 +431,12 @@ def test_heads_command_scores_evaluates_and_writes_a_complete_run(tiny_model_dir
     payload = json.loads(path.read_text())
     assert payload["kind"] == "falsedemo.heads"
     assert payload["config"]["num_prompts"] == 5 and payload["config"]["k"] == 4
+    provenance = payload["config"]["data_provenance"]
+    assert set(provenance) == {"unnatural", "sst2"}  # the scored task's dataset (unnatural) and the evaluated ones
+    assert provenance["sst2"]["source"] == {"kind": "local", "path": str((data_dir / "sst2").resolve())}
+    assert provenance["sst2"]["split_rows"] == {"train": 6920, "validation": 872}
+    assert provenance["sst2"]["fingerprint"] == fd.data_provenance("sst2")["fingerprint"]
+    assert provenance["unnatural"]["source"] == {"kind": "builtin"}
     assert len(payload["heads"]) == 16 and [row["rank"] for row in payload["heads"]] == list(range(1, 17))
     top = [(row["layer"], row["head"]) for row in payload["heads"][:2]]
     assert payload["top_k"] == heads.format_heads(top)

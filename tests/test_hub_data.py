@@ -5,6 +5,10 @@ config / data_dir / revision exactly as for the hub.
 """
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import datasets
 import pyarrow.parquet as pq
@@ -136,3 +140,27 @@ def test_unreachable_hub_names_dataset_repo_revision_and_ways_out(hub_env):
     assert message.startswith("could not load dataset 'trec' from the hub, CogComp/trec@refs/convert/parquet: ")
     assert "FALSEDEMO_DATA_DIR" in message and "falsedemo data pull --to DIR --datasets trec" in message
     assert "\n" not in message
+
+
+def test_lm_eval_results_file_records_the_hub_source_and_the_local_fingerprint(mirror, tiny_model_dir, tmp_path,
+                                                                                data_dir):
+    """The `lm_eval` command reads trec through the hub path (redirected to the mirror) and records it."""
+    lm_eval = Path(sys.executable).with_name("lm_eval")
+    env = {key: value for key, value in os.environ.items() if key != fd.DATA_DIR_ENV}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_DATASETS_CACHE=str(tmp_path / "hf_cache"),
+               **{fd.HUB_MIRROR_ENV: str(mirror)})
+    command = [str(lm_eval), "--model", "hf", "--model_args", f"pretrained={tiny_model_dir('llama')},dtype=float32",
+               "--tasks", "falsedemo_trec_permuted", "--num_fewshot", "2", "--limit", "4", "--device", "cpu",
+               "--batch_size", "4", "--output_path", str(tmp_path / "out")]
+    out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (results_file,) = (tmp_path / "out").rglob("results_*.json")
+    metadata = json.loads(results_file.read_text())["configs"]["falsedemo_trec_permuted"]["metadata"]
+    provenance = metadata["data_provenance"]
+    assert provenance["source"] == {"kind": "hub", "repo": "CogComp/trec", "revision": "refs/convert/parquet",
+                                    "config": None, "data_dir": None, "resolved_commit": None,
+                                    "mirror": str((mirror / "CogComp/trec").resolve())}
+    assert provenance["split_rows"] == {"train": 5452, "test": 500}
+    fd._CACHE.clear()
+    assert provenance["fingerprint"] == fd.data_provenance("trec")["fingerprint"]  # the local copy (conftest)
+    assert metadata["data_source"].startswith("hub:CogComp/trec@refs/convert/parquet mirror:")

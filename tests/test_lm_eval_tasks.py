@@ -9,7 +9,7 @@ from lm_eval.tasks import TaskManager
 
 from lm_eval_false_demos import task_yamls
 from lm_eval_false_demos.corruption import SETTINGS
-from lm_eval_false_demos.datasets import DATASETS, get_spec, load_examples
+from lm_eval_false_demos.datasets import DATASETS, data_provenance, get_spec, load_examples
 from lm_eval_false_demos.lm_eval_tasks import calibrated_accuracy_aggregation
 from lm_eval_false_demos.metrics import calibrated_accuracy, normalise
 from lm_eval_false_demos.prompts import build_prompt, query_shift
@@ -136,4 +136,11 @@ def test_results_record_data_source_plugin_version_and_label_scoring(evaluation,
     assert "first label token" in metadata["label_scoring"]
     monkeypatch.setenv("FALSEDEMO_DATA_DIR", str(data_dir))
     task = TaskManager(include_defaults=False).load(["falsedemo_sst2_correct"])["tasks"]["falsedemo_sst2_correct"]
-    assert task.dump_config()["metadata"]["data_source"] == str(data_dir / "sst2")
+    metadata = task.dump_config()["metadata"]
+    assert metadata["data_source"] == str(data_dir / "sst2")
+    assert metadata["data_provenance"] == {
+        "source": {"kind": "local", "path": str((data_dir / "sst2").resolve())},
+        "split_rows": {"train": 6920, "validation": 872}, "pool": 6920, "queries": 872,
+        "fingerprint": data_provenance("sst2")["fingerprint"]}
+    assert evaluation["configs"]["falsedemo_unnatural_permuted"]["metadata"]["data_provenance"]["source"] == {
+        "kind": "builtin"}

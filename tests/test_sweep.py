@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from lm_eval_false_demos import sweep
+from lm_eval_false_demos.datasets import data_provenance
 from lm_eval_false_demos.errors import FalseDemoError
 
 TASKS = ["falsedemo_unnatural_correct", "falsedemo_unnatural_permuted"]
@@ -212,6 +213,9 @@ def test_result_has_the_documented_shape(sweep_result):
     for key in ("model", "model_args", "seed", "k", "limit", "data_source", "versions", "model_identity"):
         assert key in config
     assert config["seed"]["fewshot"] == FEWSHOT_SEED and config["k"] == [NUM_FEWSHOT]
+    assert config["data_provenance"] == {"unnatural": {
+        "source": {"kind": "builtin"}, "split_rows": {"all": 90}, "pool": 90, "queries": 90,
+        "fingerprint": data_provenance("unnatural")["fingerprint"]}}
     assert config["model_identity"]["kind"] == "local_folder" and len(config["model_identity"]["sha256"]) == 64
     for package in ("lm_eval_false_demos", "lm_eval", "transformers", "torch"):
         assert package in config["versions"]
