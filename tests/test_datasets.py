@@ -124,7 +124,8 @@ def test_local_folder_empty_file(tmp_path, monkeypatch):
 
 def test_local_folder_blank_line(tmp_path, monkeypatch):
     _write(tmp_path / "sst2", "train", [{"sentence": "fine", "label": 1}])
-    (tmp_path / "sst2" / "validation.jsonl").write_text('{"sentence": "a", "label": 0}\n\n{"sentence": "b", "label": 1}\n')
+    lines = ['{"sentence": "a", "label": 0}', "", '{"sentence": "b", "label": 1}']
+    (tmp_path / "sst2" / "validation.jsonl").write_text("\n".join(lines) + "\n")
     monkeypatch.setenv(fd.DATA_DIR_ENV, str(tmp_path))
     with pytest.raises(FalseDemoError, match=r"^dataset 'sst2': .*/sst2/validation.jsonl:2 is a blank line; allowed: "
                                              r"one JSON object per line with sentence, label, no blank lines$"):
@@ -153,7 +154,8 @@ def test_text_that_is_not_a_string(tmp_path, monkeypatch):
     _write(tmp_path / "sst2", "train", [{"sentence": None, "label": 1}])
     _write(tmp_path / "sst2", "validation", [{"sentence": "b", "label": 1}])
     monkeypatch.setenv(fd.DATA_DIR_ENV, str(tmp_path))
-    with pytest.raises(FalseDemoError, match=r"^dataset 'sst2': .*/sst2/train.jsonl:1: sentence is None; allowed: text$"):
+    with pytest.raises(FalseDemoError,
+                       match=r"^dataset 'sst2': .*/sst2/train.jsonl:1: sentence is None; allowed: text$"):
         fd.load_examples("sst2")
 
 
