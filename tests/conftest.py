@@ -43,3 +43,17 @@ def tiny_model_dir(tmp_path_factory):
         return cache[arch]
 
     return make
+
+
+@pytest.fixture
+def hub_env(monkeypatch, tmp_path):
+    """Hub mode for the dataset loader: no local copy, a private ``datasets`` cache, an empty loader cache."""
+    import datasets
+
+    from lm_eval_false_demos import datasets as fd
+
+    monkeypatch.delenv(fd.DATA_DIR_ENV, raising=False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    fd._CACHE.clear()
+    yield monkeypatch
+    fd._CACHE.clear()

@@ -3,7 +3,6 @@
 import json
 import shutil
 
-import datasets
 import pytest
 
 from hub_layout import build_hub_mirror
@@ -11,15 +10,6 @@ from lm_eval_false_demos import datasets as fd
 from lm_eval_false_demos.cli import main
 
 PULLED = ["trec", "medical_questions_pairs", "mrpc", "ethos", "sst2_ab"]
-
-
-@pytest.fixture
-def hub_env(monkeypatch, tmp_path):
-    monkeypatch.delenv(fd.DATA_DIR_ENV, raising=False)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
-    fd._CACHE.clear()
-    yield monkeypatch
-    fd._CACHE.clear()
 
 
 def _rows(path):

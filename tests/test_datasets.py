@@ -165,13 +165,3 @@ def test_unlabelled_split_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setenv(fd.DATA_DIR_ENV, str(tmp_path))
     with pytest.raises(FalseDemoError, match=r"validation.jsonl:1: label -1 is not one of the ids 0\.\.1 .*unlabelled"):
         fd.load_examples("sst2")
-
-
-def test_hub_failure_names_dataset_source_and_env(monkeypatch):
-    monkeypatch.delenv(fd.DATA_DIR_ENV, raising=False)
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    with pytest.raises(FalseDemoError) as error:
-        fd.load_examples("rte")
-    message = str(error.value)
-    assert "'rte'" in message and "nyu-mll/glue@main config rte" in message and "FALSEDEMO_DATA_DIR" in message
-    assert "falsedemo data pull" in message

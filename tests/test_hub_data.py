@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import datasets
 import pyarrow.parquet as pq
 import pytest
 
@@ -24,16 +23,6 @@ SCRIPT_ONLY = ("financial_phrasebank", "ethos", "sick", "trec")
 @pytest.fixture(scope="module")
 def mirror(tmp_path_factory, data_dir):
     return build_hub_mirror(data_dir, tmp_path_factory.mktemp("hub_mirror"))
-
-
-@pytest.fixture
-def hub_env(monkeypatch, tmp_path):
-    """Hub mode (no local copy), a private datasets cache, an empty loader cache."""
-    monkeypatch.delenv(fd.DATA_DIR_ENV, raising=False)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
-    fd._CACHE.clear()
-    yield monkeypatch
-    fd._CACHE.clear()
 
 
 def test_table_pins_namespaced_sources():
