@@ -44,12 +44,11 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lm_eval_false_demos.data_readers import (
+# DATA_DIR_ENV and HUB_MIRROR_ENV are re-exported: the settings users know from this module.
+from lm_eval_false_demos.data_readers import (  # noqa: F401
     DATA_DIR_ENV, HUB_MIRROR_ENV, describe_hub, describe_read, hub_location, read_hub, read_local_split,
 )
 from lm_eval_false_demos.errors import FalseDemoError
-
-__all__ = ["DATA_DIR_ENV", "HUB_MIRROR_ENV"]  # re-exported: the settings users know from this module
 
 PARQUET_BRANCH = "refs/convert/parquet"
 PULLED_FROM_FILE = "hub_source.json"  # in a pulled folder: the hub source it was written from

@@ -153,3 +153,21 @@ def test_lm_eval_results_file_records_the_hub_source_and_the_local_fingerprint(m
     fd._CACHE.clear()
     assert provenance["fingerprint"] == fd.data_provenance("trec")["fingerprint"]  # the local copy (conftest)
     assert metadata["data_source"].startswith("hub:CogComp/trec@refs/convert/parquet mirror:")
+
+
+def test_lm_eval_command_reports_a_failed_hub_load_in_one_line(tiny_model_dir, tmp_path):
+    (tmp_path / "CogComp" / "trec").mkdir(parents=True)
+    (tmp_path / "CogComp" / "trec" / "trec.py").write_text("# a loading script\n")
+    lm_eval = Path(sys.executable).with_name("lm_eval")
+    env = {key: value for key, value in os.environ.items() if key != fd.DATA_DIR_ENV}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", **{fd.HUB_MIRROR_ENV: str(tmp_path)})
+    command = [str(lm_eval), "--model", "hf", "--model_args", f"pretrained={tiny_model_dir('llama')}",
+               "--tasks", "falsedemo_trec_permuted", "--limit", "2", "--device", "cpu"]
+    out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    (line,) = [line for line in out.stderr.splitlines() if line.startswith("lm_eval: error:")]
+    assert line.startswith("lm_eval: error: could not load dataset 'trec' from the hub, "
+                           "CogComp/trec@refs/convert/parquet (mirror folder ")
+    assert "Dataset scripts are no longer supported, but found trec.py" in line
+    assert line.endswith("`falsedemo data pull --to DIR --datasets trec`")
