@@ -131,13 +131,14 @@ def scoring_item(prompt, label_words: Sequence[str], label_ids: Sequence[int], t
         prompt.demo_readout_offsets, prompt.demo_true_labels, prompt.demo_shown_labels
     ):
         word = label_words[shown]
-        if prompt.context[offset:offset + 1 + len(word)] != " " + word:
+        start = offset + 1 if prompt.context[offset:offset + 1] == " " else offset  # a chat turn has no space
+        if prompt.context[start:start + len(word)] != word:
             raise FalseDemoError(
                 f"demo label offset {offset} does not point at ' {word}' in the prompt "
                 f"(found {prompt.context[offset:offset + 1 + len(word)]!r})"
             )
         # The word's own characters: a token holding only the separating space is not part of the label.
-        positions = label_token_positions(offsets, offset + 1, offset + 1 + len(word))
+        positions = label_token_positions(offsets, start, start + len(word))
         if not positions:
             raise FalseDemoError(f"no token covers the label ' {word}' at character {offset}")
         (same if true_class == prompt.query_label else other).extend(positions)
@@ -152,8 +153,10 @@ def scoring_item(prompt, label_words: Sequence[str], label_ids: Sequence[int], t
     )
 
 
-def build_task_prompts(task: str, num_prompts: int, seed: int, num_fewshot: int | None, tokenizer, max_tokens=None):
-    """(spec, setting, prompts) for the first ``num_prompts`` queries, built exactly as the lm-eval task builds them."""
+def build_task_prompts(task: str, num_prompts: int, seed: int, num_fewshot: int | None, tokenizer, max_tokens=None,
+                       chat_options=None):
+    """(spec, setting, prompts) for the first ``num_prompts`` queries, built exactly as the lm-eval task builds them
+    (with ``chat_options``, as ``lm_eval --apply_chat_template`` renders them)."""
     from . import prompts as prompts_module
     from .datasets import get_spec, load_examples
 
@@ -170,6 +173,11 @@ def build_task_prompts(task: str, num_prompts: int, seed: int, num_fewshot: int 
         )
         for query in queries
     ]
+    if chat_options is not None:
+        from .chat import render_prompt
+
+        name = str(getattr(tokenizer, "name_or_path", "") or "model")
+        built = [render_prompt(prompt, tokenizer, chat_options, name) for prompt in built]
     return spec, setting, built
 
 
@@ -470,12 +478,15 @@ def discover_default_heads(
     return format_heads(scores.top_k(k))
 
 
-def score_task(model, tokenizer, task, num_prompts, seed, num_fewshot=None, show_progress=False) -> HeadScores:
+def score_task(model, tokenizer, task, num_prompts, seed, num_fewshot=None, show_progress=False,
+               chat_options=None) -> HeadScores:
+    from .chat import label_lead
     from .prompts import label_token_ids
 
-    spec, _, prompts = build_task_prompts(task, num_prompts, seed, num_fewshot, tokenizer, _max_tokens(model, tokenizer))
+    spec, _, prompts = build_task_prompts(task, num_prompts, seed, num_fewshot, tokenizer, _max_tokens(model, tokenizer),
+                                          chat_options)
     words = list(spec.label_word_list)
-    ids = label_token_ids(tokenizer, words)
+    ids = label_token_ids(tokenizer, words, lead=label_lead(tokenizer, chat_options))
     bos = adds_bos(model, tokenizer)
     items = [scoring_item(prompt, words, ids, tokenizer, bos) for prompt in prompts]
     return score_heads(model, items, show_progress=show_progress)
@@ -576,8 +587,10 @@ def evaluate_heads(
     corrupted_setting: str = "permuted",
     log=print,
     show_progress: bool = False,
+    chat_options=None,
 ) -> dict:
     """Gap recovered by zeroing ``top_heads`` vs each random draw, per dataset and averaged over datasets."""
+    from .chat import label_lead
     from .interventions import make_ablation
     from .metrics import calibrated_accuracy, gap_recovered
     from .prompts import label_token_ids
@@ -593,9 +606,10 @@ def evaluate_heads(
         promotion = []
         for setting in ("correct", corrupted_setting):
             spec, _, prompts = build_task_prompts(
-                f"falsedemo_{dataset}_{setting}", limit, seed, num_fewshot, tokenizer, _max_tokens(model, tokenizer)
+                f"falsedemo_{dataset}_{setting}", limit, seed, num_fewshot, tokenizer, _max_tokens(model, tokenizer),
+                chat_options,
             )
-            ids = label_token_ids(tokenizer, list(spec.label_word_list))
+            ids = label_token_ids(tokenizer, list(spec.label_word_list), lead=label_lead(tokenizer, chat_options))
             rows, golds = [], []
             for prompt in tqdm(prompts, desc=f"{dataset} {setting}", unit="prompt", disable=not show_progress):
                 query = encode_query(prompt, ids, tokenizer, bos)
@@ -894,6 +908,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="e.g. cpu or cuda:0")
     parser.add_argument("--no_plots", action="store_true", help="skip the figures")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+    parser.add_argument("--apply_chat_template", action="store_true",
+                        help="render prompts with the model's chat template, as lm_eval --apply_chat_template")
+    parser.add_argument("--fewshot_as_multiturn", type=lambda x: x.lower() in ("true", "1", "yes"), nargs="?",
+                        const=True, default=None, metavar="<bool>",
+                        help="demos as user/assistant turns (default with --apply_chat_template); 'false': one user message")
+    parser.add_argument("--system_instruction", default=None, help="system message text (with --apply_chat_template)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -912,9 +932,11 @@ def run(args: argparse.Namespace) -> int:
     datasets = [key.strip() for key in (args.evaluate or "").split(",") if key.strip()]
     for key in datasets:
         parse_task(f"falsedemo_{key}_{args.corrupted_setting}")  # fail before loading the model
+    chat_options = _chat_options(args)
     started = run_started = time.time()
     timing = {}
     model, tokenizer = load_model(model_args, args.device)
+    prompt_format = _prompt_format(tokenizer, chat_options, model_args["pretrained"])
     modules = resolve_modules(model)
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     log(f"[heads] loaded {model_args['pretrained']} ({modules.num_layers} layers x {modules.num_heads} heads) "
@@ -924,7 +946,7 @@ def run(args: argparse.Namespace) -> int:
     if given is None:
         started = time.time()
         scores = score_task(model, tokenizer, args.task, args.num_prompts, args.seed, args.num_fewshot,
-                            show_progress=not args.no_progress)
+                            show_progress=not args.no_progress, chat_options=chat_options)
         top = scores.top_k(args.top_k)
         timing["scoring_seconds"] = round(time.time() - started, 3)
         log(f"[heads] scored {scores.num_prompts} prompts in {time.time() - started:.0f}s; top-{args.top_k}: "
@@ -949,6 +971,7 @@ def run(args: argparse.Namespace) -> int:
                                 "residual; output-head bias cancels; pre soft-cap",
         "data_source": data_source_summary(),
         "versions": _versions(),
+        **prompt_format,
         "command": "falsedemo heads " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["heads"] else sys.argv[1:]),
     }
     evaluation = None
@@ -959,7 +982,7 @@ def run(args: argparse.Namespace) -> int:
         started = time.time()
         evaluation = evaluate_heads(model, tokenizer, datasets, top, draws, args.limit, args.seed,
                                     args.num_fewshot, args.corrupted_setting, log=log,
-                                    show_progress=not args.no_progress)
+                                    show_progress=not args.no_progress, chat_options=chat_options)
         timing["evaluation_seconds"] = round(time.time() - started, 3)
     critical = critical_layer_from_sweep(args.sweep, parse_task(args.task)[0]) if args.sweep else None
     # What was read for the datasets used (scored task, evaluated datasets): source, sizes, fingerprint.
@@ -975,6 +998,29 @@ def run(args: argparse.Namespace) -> int:
     print(f"ablate them with: lm_eval --model hf-ablate --model_args pretrained={model_args['pretrained']},"
           f"heads=@{directory / 'heads.json'} ...")
     return 0
+
+
+def _chat_options(args):
+    """lm_eval's chat flags (``--apply_chat_template`` alone is multi-turn), checked before the model loads."""
+    from .chat import ChatOptions
+
+    multiturn = getattr(args, "fewshot_as_multiturn", None)
+    system_instruction = getattr(args, "system_instruction", None)
+    if not getattr(args, "apply_chat_template", False):
+        if multiturn or system_instruction:
+            raise FalseDemoError("--fewshot_as_multiturn and --system_instruction need --apply_chat_template")
+        return None
+    return ChatOptions(multiturn=True if multiturn is None else multiturn, system_instruction=system_instruction)
+
+
+def _prompt_format(tokenizer, chat_options, model_name: str) -> dict:
+    from .chat import check_has_template, template_sha256
+
+    if chat_options is None:
+        return {"prompt_mode": "raw", "chat_template_sha256": None}
+    template = check_has_template(tokenizer, model_name)
+    return {"prompt_mode": chat_options.mode, "chat_template_sha256": template_sha256(template),
+            "system_instruction": chat_options.system_instruction}
 
 
 def format_summary(payload: dict) -> str:

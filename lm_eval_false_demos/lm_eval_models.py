@@ -30,6 +30,7 @@ from lm_eval.models.huggingface import HFLM
 from . import embedded_models
 from . import heads as head_discovery
 from .architectures import PATH_OVERRIDES, resolve_modules
+from .chat import label_token_index
 from .errors import FalseDemoError
 from .interventions import HEAD_METHODS, POSITIONS, ablate, make_ablation, parse_heads, parse_layers
 from .lens import check_layer, early_exit_logits, lens_logits, residuals
@@ -248,8 +249,7 @@ class _FalseDemoHFLM(HFLM):
             hf_module.pad_and_concat = original
             self._max_continuation = None
 
-    @staticmethod
-    def _first_token_requests(requests, plan):
+    def _first_token_requests(self, requests, plan):
         first_tokens: dict = {}
         truncated = []
         for request, doc in zip(requests, plan):
@@ -257,7 +257,10 @@ class _FalseDemoHFLM(HFLM):
             if doc is None:
                 truncated.append(request)
                 continue
-            first = continuation_enc[0]
+            # After a chat header ending in a newline, lm-eval's continuation starts with that newline (the
+            # same token for every label): it joins the context and the label's own first token is scored.
+            index = label_token_index(self.tokenizer, key[0], continuation_enc)
+            first = continuation_enc[index]
             seen = first_tokens.setdefault(doc, {})
             if first in seen and seen[first] != key[1]:
                 raise FalseDemoError(
@@ -265,7 +268,7 @@ class _FalseDemoHFLM(HFLM):
                     f"{first}; first-token scoring cannot tell them apart (use label_scoring=full or other label words)"
                 )
             seen[first] = key[1]
-            truncated.append((key, context_enc, continuation_enc[:1]))
+            truncated.append((key, list(context_enc) + list(continuation_enc[:index]), continuation_enc[index:index + 1]))
         return truncated
 
     # ---- results ---------------------------------------------------------------------------------------

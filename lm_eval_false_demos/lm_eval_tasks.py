@@ -22,6 +22,7 @@ import os
 import numpy as np
 from lm_eval.api.task import ConfigurableTask
 
+from lm_eval_false_demos import chat
 from lm_eval_false_demos.corruption import FOLLOW_SETTINGS, check_setting, check_wrong_share
 from lm_eval_false_demos import __version__
 from lm_eval_false_demos.datasets import data_provenance, data_source, get_spec, load_examples
@@ -145,10 +146,12 @@ class FalseDemoTask(ConfigurableTask):
             "label_scoring": LABEL_SCORING_NOTE,
         }
         budget = _budget_from_metadata(metadata, config.get("task"))
+        self._chat_checked = None
         if budget is None:
-            self.token_counter, self.max_tokens = None, None
+            self.token_counter, self.max_tokens, self.tokenizer = None, None, None
         else:
             tokenizer, self.max_tokens = budget
+            self.tokenizer = tokenizer
             label_token_ids(tokenizer, self.spec.label_word_list)
             self.token_counter = functools.partial(_count_tokens, tokenizer)
 
@@ -176,13 +179,50 @@ class FalseDemoTask(ConfigurableTask):
 
     def fewshot_context(self, doc, num_fewshot, system_instruction=None, apply_chat_template=False,
                         fewshot_as_multiturn=False, chat_template=None, gen_prefix=None, **kwargs) -> str:
-        # fewshot_as_multiturn only matters with a chat template, which we refuse.
-        if apply_chat_template or system_instruction:
+        return self.render_for(doc, num_fewshot, system_instruction, apply_chat_template, fewshot_as_multiturn,
+                               chat_template)[0]
+
+    def render_for(self, doc, num_fewshot, system_instruction=None, apply_chat_template=False,
+                   fewshot_as_multiturn=False, chat_template=None):
+        """(context, demo readout offsets, Prompt) as ``fewshot_context`` renders them with these flags."""
+        prompt = self.build_prompt_for(doc, num_fewshot)
+        if not apply_chat_template:
+            if system_instruction:
+                raise FalseDemoError(
+                    f"task {self.config.task}: --system_instruction needs --apply_chat_template (it becomes the "
+                    "system message); raw few-shot prompts are the paper's text without one"
+                )
+            self._record_mode("raw", None)
+            return prompt.context, prompt.demo_readout_offsets, prompt
+        lm = getattr(chat_template, "__self__", None)
+        template = None
+        if lm is not None and getattr(lm, "tokenizer", None) is not None:
+            name = getattr(lm, "pretrained", None)
+            template = chat.check_has_template(lm.tokenizer, name if isinstance(name, str) else str(lm.tokenizer.name_or_path))
+        rendering = chat.render(prompt, chat_template, bool(fewshot_as_multiturn), system_instruction)
+        self._record_mode(rendering.mode, chat.template_sha256(template))
+        self._check_chat_prompt(rendering.context)
+        return rendering.context, rendering.demo_readout_offsets, prompt
+
+    def _record_mode(self, mode: str, sha256: str | None) -> None:
+        # Results files carry the rendering (configs.<task>.metadata), so modes never mix in one row.
+        self.config.metadata = {**(self.config.metadata or {}), "prompt_mode": mode, "chat_template_sha256": sha256}
+
+    def _check_chat_prompt(self, context: str) -> None:
+        """The query's label spelling after the assistant header must keep distinct first tokens, and the
+        templated prompt must fit the model (the demonstrations were drawn within the raw text's budget)."""
+        if self.tokenizer is None:
+            return
+        lead = " " if context.endswith(" ") else ""
+        if self._chat_checked != lead:
+            label_token_ids(self.tokenizer, self.spec.label_word_list, lead=lead)
+            self._chat_checked = lead
+        length = self.token_counter(context) + max(self.token_counter(lead + w) for w in self.spec.label_word_list)
+        if self.max_tokens is not None and length + 1 > self.max_tokens:
             raise FalseDemoError(
-                f"task {self.config.task}: falsedemo prompts are raw few-shot text as in the paper; "
-                "--apply_chat_template and --system_instruction are not supported"
+                f"task {self.config.task}: the chat-templated prompt takes {length} tokens, more than the model's "
+                f"{self.max_tokens}; use a smaller --num_fewshot"
             )
-        return self.build_prompt_for(doc, num_fewshot).context
 
     def process_results(self, doc, results):
         log_likelihoods = [float(result[0]) for result in results]

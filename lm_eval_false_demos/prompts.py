@@ -43,6 +43,12 @@ class Prompt:
     demo_readout_offsets: tuple[int, ...]
     demo_uids: tuple[str, ...] = ()
     num_classes: int = 0
+    # The pieces, for renderings other than raw text (chat.py): demo i is demo_questions[i] + " " +
+    # demo_label_words[i] (+ the format's tail, e.g. "."); the query is query_text.
+    instruction: str | None = None
+    demo_questions: tuple[str, ...] = ()
+    demo_label_words: tuple[str, ...] = ()
+    query_text: str = ""
 
     @property
     def follow_label(self) -> int:
@@ -185,15 +191,16 @@ def build_prompt(spec: DatasetSpec, query: Example, pool: Sequence[Example], k: 
     words = spec.label_word_list
     parts: list[str] = [spec.instruction] if spec.instruction else []
     offsets: list[int] = []
+    questions: list[str] = []
     position = sum(len(part) + len(SEPARATOR) for part in parts)
-    cut = spec.demo_format.index(" {label}")
     for demo, label in zip(demos, shown):
         text = render_demo(spec, demo, words[label])
-        prefix = spec.demo_format[:cut].format(**dict(zip(spec.format_fields, demo.fields)))
-        offsets.append(position + len(prefix))
+        questions.append(render_query(spec, demo))
+        offsets.append(position + len(questions[-1]))
         parts.append(text)
         position += len(text) + len(SEPARATOR)
-    parts.append(render_query(spec, query))
+    query_text = render_query(spec, query)
+    parts.append(query_text)
     return Prompt(
         context=SEPARATOR.join(parts),
         query_label=query.label,
@@ -203,24 +210,36 @@ def build_prompt(spec: DatasetSpec, query: Example, pool: Sequence[Example], k: 
         demo_readout_offsets=tuple(offsets),
         demo_uids=tuple(demo.uid for demo in demos),
         num_classes=spec.num_classes,
+        instruction=spec.instruction,
+        demo_questions=tuple(questions),
+        demo_label_words=tuple(words[label] for label in shown),
+        query_text=query_text,
     )
 
 
-def label_token_ids(tokenizer, label_words: Sequence[str]) -> list[int]:
-    """First token id of " " + word for each label word; colliding first tokens are an error."""
+def label_token_ids(tokenizer, label_words: Sequence[str], lead: str = " ", anchor: str = "") -> list[int]:
+    """First token id of ``lead + word`` for each label word, as tokenised right after ``anchor`` (the text
+    the label follows, e.g. a chat template's assistant header; "" for none). The raw prompts' spelling is
+    " " + word; after a header ending in a newline it is the bare word. Colliding first tokens are an error."""
+    base = list(tokenizer(anchor, add_special_tokens=False)["input_ids"]) if anchor else []
     ids = []
     for word in label_words:
-        encoded = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
-        if not encoded:
+        encoded = list(tokenizer(anchor + lead + word, add_special_tokens=False)["input_ids"])
+        if encoded[:len(base)] != base:
+            raise FalseDemoError(
+                f"this tokenizer merges the text before the label ({anchor[-20:]!r}) with the label "
+                f"{lead + word!r}; no token position reads the label alone"
+            )
+        if len(encoded) == len(base):
             raise FalseDemoError(f"label word {word!r} encodes to no tokens")
-        ids.append(int(encoded[0]))
+        ids.append(int(encoded[len(base)]))
     seen: dict[int, str] = {}
     for word, token in zip(label_words, ids):
         if token in seen:
             raise FalseDemoError(
                 f"label words {seen[token]!r} and {word!r} share their first token {token} "
-                f"({tokenizer.convert_ids_to_tokens(token)!r}) for this tokenizer; first-token scoring cannot "
-                f"tell them apart. Label words: {list(label_words)}"
+                f"({tokenizer.convert_ids_to_tokens(token)!r}) for this tokenizer when spelt {lead + word!r}; "
+                f"first-token scoring cannot tell them apart. Label words: {list(label_words)}"
             )
         seen[token] = word
     return ids

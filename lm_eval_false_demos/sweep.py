@@ -81,12 +81,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seed of the held-out split of queries and of the bootstrap resampling")
     parser.add_argument("--confidence", type=float, default=0.95, help="level of the bootstrap intervals")
     parser.add_argument("--no_plots", action="store_true", help="skip the PNG/SVG figures")
+    # lm_eval's chat flags, with its meaning: --apply_chat_template alone is multi-turn.
+    parser.add_argument("--apply_chat_template", type=str, nargs="?", const=True, default=False, metavar="<template>",
+                        help="render prompts with the model's chat template (as lm_eval; optional template name)")
+    parser.add_argument("--fewshot_as_multiturn", type=lambda x: x.lower() in ("true", "1", "yes"), nargs="?",
+                        const=True, default=None, metavar="<bool>",
+                        help="demonstrations as user/assistant turns (default with --apply_chat_template); "
+                             "'false': one user message")
+    parser.add_argument("--system_instruction", type=str, default=None, metavar="<text>",
+                        help="system message text (with --apply_chat_template), before the dataset's instruction")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.num_fewshot is not None and args.num_fewshot < 0:
         raise FalseDemoError(f"--num_fewshot={args.num_fewshot} is negative; give k >= 0")
     batch_size = _parse_batch_size(args.batch_size)
+    apply_chat_template = getattr(args, "apply_chat_template", False)
+    multiturn = getattr(args, "fewshot_as_multiturn", None)
+    if multiturn and not apply_chat_template:
+        raise FalseDemoError("--fewshot_as_multiturn needs --apply_chat_template (as in lm_eval)")
+    if getattr(args, "system_instruction", None) and not apply_chat_template:
+        raise FalseDemoError("--system_instruction needs --apply_chat_template (it becomes the system message)")
     result = run_sweep(
         model=args.model,
         model_args=args.model_args or {},
@@ -100,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
         bootstrap_iters=args.bootstrap_iters,
         analysis_seed=args.analysis_seed,
         confidence=args.confidence,
+        apply_chat_template=apply_chat_template,
+        fewshot_as_multiturn=bool(apply_chat_template) if multiturn is None else multiturn,
+        system_instruction=getattr(args, "system_instruction", None),
     )
     if result is None:  # not rank 0 under accelerate: rank 0 writes
         return 0
@@ -298,7 +316,8 @@ class PromptRecord:
     follow_target: int
     demo_true_labels: tuple[int, ...]
     demo_follow_targets: tuple[int, ...]
-    demo_offsets: tuple[int, ...]  # char offset in ``context`` where demo i's " {label}" starts
+    demo_offsets: tuple[int, ...]  # char offset in ``context`` where demo i's first label token starts
+    demo_shown_labels: tuple[int, ...] = ()
 
 
 def resolve_task_names(tasks: Sequence[str], task_manager) -> list[str]:
@@ -332,7 +351,8 @@ def load_tasks(task_names: Sequence[str], task_manager, num_fewshot: int | None,
     return tasks
 
 
-def build_records(name: str, task, limit: float | None) -> tuple[TaskInfo, list[PromptRecord]]:
+def build_records(name: str, task, limit: float | None, chat: Mapping[str, Any] | None = None
+                  ) -> tuple[TaskInfo, list[PromptRecord]]:
     """The task's requests (as lm-eval builds them on one process) turned into prompt records.
 
     The demonstration details (true labels, shift, readout offsets) come from the task's own
@@ -347,7 +367,8 @@ def build_records(name: str, task, limit: float | None) -> tuple[TaskInfo, list[
         )
     # Every rank builds every prompt (the demos of a query do not depend on the order or the rank) and the
     # sweep shards them itself, so one process and several see the same prompts.
-    task.build_all_requests(limit=get_sample_size(task, limit), rank=0, world_size=1)
+    chat = dict(chat or {})
+    task.build_all_requests(limit=get_sample_size(task, limit), rank=0, world_size=1, **chat)
     by_doc: dict[int, list] = {}
     for instance in task.instances:
         by_doc.setdefault(instance.doc_id, []).append(instance)
@@ -358,8 +379,10 @@ def build_records(name: str, task, limit: float | None) -> tuple[TaskInfo, list[
         instances = sorted(by_doc[doc_id], key=lambda instance: instance.idx)
         doc = instances[0].doc
         context = instances[0].args[0]
-        prompt = task.build_prompt_for(doc, num_fewshot)
-        if prompt.context != context or any(instance.args[0] != context for instance in instances):
+        rendered, demo_offsets, prompt = task.render_for(
+            doc, num_fewshot, chat.get("system_instruction"), chat.get("apply_chat_template", False),
+            chat.get("fewshot_as_multiturn", False), chat.get("chat_template"))
+        if rendered != context or any(instance.args[0] != context for instance in instances):
             raise FalseDemoError(f"task {name} doc {doc_id}: lm-eval's context differs from the rebuilt prompt")
         if len(instances) != num_classes:
             raise FalseDemoError(f"task {name} doc {doc_id}: {len(instances)} choices for {num_classes} classes")
@@ -374,7 +397,8 @@ def build_records(name: str, task, limit: float | None) -> tuple[TaskInfo, list[
                 follow_target=(prompt.query_label + prompt.shift) % num_classes,
                 demo_true_labels=tuple(prompt.demo_true_labels),
                 demo_follow_targets=tuple((label + prompt.shift) % num_classes for label in prompt.demo_true_labels),
-                demo_offsets=tuple(prompt.demo_readout_offsets),
+                demo_offsets=tuple(demo_offsets),
+                demo_shown_labels=tuple(prompt.demo_shown_labels),
             )
         )
     if not records:
@@ -409,6 +433,9 @@ class EncodedPrompt:
     input_ids: tuple[int, ...]
     positions: tuple[int, ...]  # readout token positions: demo 0..k-1, then the query (last)
     label_token_ids: tuple[int, ...]
+    # The labels' first tokens at the demo positions when spelt differently there (a chat's single user
+    # message shows " Positive" where the assistant turn starts with "Positive"); empty: the same ids.
+    demo_label_token_ids: tuple[int, ...] = ()
 
 
 def encode_record(lm, record: PromptRecord, index: int) -> EncodedPrompt:
@@ -417,17 +444,23 @@ def encode_record(lm, record: PromptRecord, index: int) -> EncodedPrompt:
     lm-eval feeds ``context_enc + continuation_enc`` minus the last token; the logits after the last context
     token score the continuation's first token, which is the label token we read.
     """
+    from .chat import label_token_index
+
     context_ids = None
     label_ids = []
+    moved = 0
     for continuation in record.continuations:
         context_enc, continuation_enc = lm._encode_pair(record.context, continuation)
-        if context_ids is None:
-            context_ids = list(context_enc)
-        elif list(context_enc) != context_ids:
-            raise FalseDemoError(f"task {record.task} doc {record.doc_id}: the context encodes differently per choice")
         if not continuation_enc:
             raise FalseDemoError(f"task {record.task} doc {record.doc_id}: continuation {continuation!r} has no tokens")
-        label_ids.append(int(continuation_enc[0]))
+        # A chat header's trailing newline, moved into the continuation by lm-eval, is read as context.
+        label_at = label_token_index(lm.tokenizer, record.context, continuation_enc)
+        context_enc, moved = list(context_enc) + list(continuation_enc[:label_at]), label_at
+        if context_ids is None:
+            context_ids = context_enc
+        elif context_enc != context_ids:
+            raise FalseDemoError(f"task {record.task} doc {record.doc_id}: the context encodes differently per choice")
+        label_ids.append(int(continuation_enc[label_at]))
     if len(set(label_ids)) != len(label_ids):
         raise FalseDemoError(
             f"task {record.task}: label continuations {record.continuations} share a first token {label_ids}; "
@@ -439,13 +472,36 @@ def encode_record(lm, record: PromptRecord, index: int) -> EncodedPrompt:
             f"task {record.task} doc {record.doc_id}: prompt of {len(context_ids)} tokens exceeds the model's "
             f"{max_length}; lm-eval would cut it from the left. Use a smaller --num_fewshot"
         )
-    demo_positions = _demo_token_positions(lm.tokenizer, record, context_ids)
+    demo_positions = _demo_token_positions(lm.tokenizer, record, context_ids[:len(context_ids) - moved])
+    demo_ids = _demo_label_ids(lm.tokenizer, record, context_ids, demo_positions, label_ids)
     return EncodedPrompt(
         index=index,
         input_ids=tuple(context_ids),
         positions=tuple(demo_positions) + (len(context_ids) - 1,),
         label_token_ids=tuple(label_ids),
+        demo_label_token_ids=() if demo_ids == label_ids else tuple(demo_ids),
     )
+
+
+def _demo_label_ids(tokenizer, record: PromptRecord, context_ids: list[int], positions: list[int],
+                    query_ids: list[int]) -> list[int]:
+    """The K labels' first tokens as spelt at the demo positions, checked against each demo's token in the prompt."""
+    from .prompts import label_token_ids
+
+    if not positions:
+        return query_ids
+    words = [continuation.strip() for continuation in record.continuations]
+    lead = record.context[record.demo_offsets[0]:].split(words[record.demo_shown_labels[0]], 1)[0] \
+        if record.demo_shown_labels else " "
+    anchor = tokenizer.decode([context_ids[positions[0]]])
+    ids = label_token_ids(tokenizer, words, lead=lead, anchor=anchor)
+    for demo, (position, shown) in enumerate(zip(positions, record.demo_shown_labels)):
+        if position + 1 >= len(context_ids) or context_ids[position + 1] != ids[shown]:
+            raise FalseDemoError(
+                f"task {record.task} doc {record.doc_id}: demo {demo}'s label {lead + words[shown]!r} does not start "
+                f"with the token {ids[shown]} the labels are read with; this tokenizer splits it differently in context"
+            )
+    return ids
 
 
 def _demo_token_positions(tokenizer, record: PromptRecord, context_ids: list[int]) -> list[int]:
@@ -507,7 +563,8 @@ def read_prompts(lm, encoded: Sequence[EncodedPrompt], batch_size: int, modules,
         pad_id = lm.tokenizer.eos_token_id or 0
     groups: dict[tuple[int, int], list[EncodedPrompt]] = {}
     for prompt in encoded:
-        groups.setdefault((len(prompt.label_token_ids), len(prompt.positions)), []).append(prompt)
+        key = (len(prompt.label_token_ids), len(prompt.demo_label_token_ids), len(prompt.positions))
+        groups.setdefault(key, []).append(prompt)
     outputs: dict[int, np.ndarray] = {}
     for group in groups.values():
         group = sorted(group, key=lambda prompt: len(prompt.input_ids), reverse=True)
@@ -520,7 +577,8 @@ def read_prompts(lm, encoded: Sequence[EncodedPrompt], batch_size: int, modules,
                 input_ids[row, : len(prompt.input_ids)] = torch.tensor(prompt.input_ids)
                 attention_mask[row, : len(prompt.input_ids)] = 1
             positions = torch.tensor([prompt.positions for prompt in batch], dtype=torch.long)
-            label_ids = torch.tensor([prompt.label_token_ids for prompt in batch], dtype=torch.long)
+            label_ids = torch.tensor([prompt.label_token_ids + prompt.demo_label_token_ids for prompt in batch],
+                                     dtype=torch.long)
             input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
             with _ablation_context(lm, model, modules, attention_mask):
                 logits = read_label_logits(
@@ -529,10 +587,20 @@ def read_prompts(lm, encoded: Sequence[EncodedPrompt], batch_size: int, modules,
                 )  # [L+1, B, P, K]
             logits = logits.float().cpu().numpy()
             for row, prompt in enumerate(batch):
-                outputs[prompt.index] = logits[:, row]
+                outputs[prompt.index] = _labels_by_position(logits[:, row], prompt)
             if progress is not None:
                 progress.update(len(batch))
     return outputs
+
+
+def _labels_by_position(logits: np.ndarray, prompt: EncodedPrompt) -> np.ndarray:
+    """[L+1, P, K] from logits read for the query's K ids and, if they differ, the demos' K ids after them."""
+    num_labels = len(prompt.label_token_ids)
+    if not prompt.demo_label_token_ids:
+        return logits
+    selected = logits[:, :, num_labels:].copy()
+    selected[:, -1] = logits[:, -1, :num_labels]
+    return selected
 
 
 # --------------------------------------------------------------------------------------------------
@@ -589,6 +657,9 @@ def run_sweep(
     task_manager=None,
     lm=None,
     show_progress: bool = True,
+    apply_chat_template: bool | str = False,
+    fewshot_as_multiturn: bool = False,
+    system_instruction: str | None = None,
 ) -> dict | None:
     """Run the sweep and return the ``sweep.json`` payload (None on ranks other than 0)."""
     import random
@@ -618,11 +689,13 @@ def run_sweep(
         task_manager = TaskManager(include_path=include_path, metadata=dict(model_args))
     task_names = resolve_task_names(tasks, task_manager)
     task_objects = load_tasks(task_names, task_manager, num_fewshot, fewshot_seed)
+    prompt_format, chat_args = _prompt_format(lm, model_args, apply_chat_template, fewshot_as_multiturn,
+                                              system_instruction)
 
     infos: dict[str, TaskInfo] = {}
     records: list[PromptRecord] = []
     for name in task_objects:
-        info, task_records = build_records(name, task_objects[name], limit)
+        info, task_records = build_records(name, task_objects[name], limit, chat_args)
         infos[name] = info
         records.extend(task_records)
 
@@ -659,6 +732,7 @@ def run_sweep(
         batch_size=batch_size, device=device, world_size=world_size, num_layers=num_layers, modules=modules,
         bootstrap_iters=bootstrap_iters, analysis_seed=analysis_seed, confidence=confidence,
     )
+    config.update(prompt_format)
     return {
         "kind": "falsedemo.sweep",
         "format_version": 1,
@@ -673,6 +747,21 @@ def run_sweep(
             "forward_passes": len(records),
         },
     }
+
+
+def _prompt_format(lm, model_args, apply_chat_template, fewshot_as_multiturn, system_instruction) -> tuple[dict, dict]:
+    """(what sweep.json records about the rendering, the chat arguments lm_eval's evaluate passes to tasks)."""
+    from .chat import check_has_template, prompt_mode, template_sha256
+
+    template = None
+    chat_args = {"system_instruction": system_instruction}
+    if apply_chat_template:
+        template = check_has_template(lm.tokenizer, str(model_args.get("pretrained") or lm.tokenizer.name_or_path))
+        chat_args.update(apply_chat_template=True, fewshot_as_multiturn=bool(fewshot_as_multiturn),
+                         chat_template=lm.apply_chat_template)
+    recorded = {"prompt_mode": prompt_mode(apply_chat_template, fewshot_as_multiturn),
+                "chat_template_sha256": template_sha256(template), "system_instruction": system_instruction}
+    return recorded, chat_args
 
 
 def process_rank_and_count(lm) -> tuple[int, int]:
