@@ -11,6 +11,12 @@ The token budget comes from what lm-eval merged into the task metadata (model_ar
 ``tokenizer``, ``gguf_file``, ``revision``, ``max_length``); the tokenizer is loaded once per process.
 Extra options in metadata (``--metadata '{"wrong_share": 40}'``): ``wrong_share`` grades the permuted
 setting (percent of demonstrations shown with the shifted label).
+
+``--apply_chat_template`` (``--fewshot_as_multiturn``, ``--system_instruction``) renders the same paired
+prompt through the model's chat template (chat.py); lm-eval then drops the target delimiter, so the
+choices are the bare label words after the assistant header. Every results file records the rendering
+under ``configs.<task>.metadata``: ``prompt_mode`` (raw | chat_single | chat_multiturn) and
+``chat_template_sha256``.
 """
 
 from __future__ import annotations

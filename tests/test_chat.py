@@ -126,6 +126,16 @@ def test_pairing_settings_differ_only_in_label_words(unnatural_prompts):
             assert text == b.context
 
 
+def test_zero_shot_chat_is_the_query_alone():
+    spec = get_spec("unnatural")
+    pool, queries = load_examples("unnatural")
+    prompt = build_prompt(spec, queries[0], pool, 0, "zeroshot", SEED)
+    for multiturn in (True, False):
+        rendering = chat.render(prompt, _template("space"), multiturn)
+        assert rendering.context == f"User: {INSTRUCTION}\n\n{prompt.query_text}\nAssistant: "
+        assert rendering.demo_readout_offsets == ()
+
+
 def test_prompt_modes_and_missing_template():
     assert [chat.prompt_mode(a, m) for a, m in ((False, True), (True, False), (True, True))] == list(chat.MODES)
     from tiny_models import tiny_tokenizer
@@ -284,3 +294,63 @@ def test_sweep_reads_demo_labels_where_the_template_puts_them(chat_model_dir, tm
         curve = result["tasks"][task]["per_position"]["acc"][-1]
         for demo in range(K):
             assert curve[demo] == pytest.approx(label_accuracy(probabilities[:, demo], targets[:, demo]))
+
+
+# ------------------------------------------------------------------------------- falsedemo heads
+
+
+@pytest.mark.parametrize("name", list(TEMPLATES))
+def test_heads_label_positions_follow_the_template(chat_model_dir, name):
+    """Prefix matching reads the shown label words' tokens in the templated prompt; the readout is the token
+    before the query's label, scored with the label's spelling after the assistant header."""
+    import transformers
+
+    from lm_eval_false_demos import heads
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(chat_model_dir(name))
+    options = chat.ChatOptions(multiturn=True)
+    spec, _, prompts = heads.build_task_prompts("falsedemo_unnatural_permuted", 3, SEED, K, tokenizer,
+                                                chat_options=options)
+    lead = chat.label_lead(tokenizer, options)
+    assert lead == ("" if name == "newline" else " ")
+    ids = label_token_ids(tokenizer, spec.label_word_list, lead=lead)
+    pool, queries = load_examples("unnatural")
+    for query, prompt in zip(queries, prompts):
+        raw = build_prompt(spec, query, pool, K, "permuted", SEED)
+        rendered = chat.render(raw, chat.tokenizer_template(tokenizer), True).context
+        assert prompt.context == (rendered[:-1] if name == "space" else rendered)
+        item = heads.scoring_item(prompt, spec.label_word_list, ids, tokenizer, add_bos=False)
+        positions = sorted(item.same_class_positions + item.other_class_positions)
+        read = "".join(tokenizer.decode([item.input_ids[p]]) for p in positions)
+        shown = [spec.label_word_list[s] for s in raw.demo_shown_labels]
+        assert read.replace(" ", "") == "".join(shown).replace(" ", "")  # exactly the shown words' tokens, in order
+        same = [w for w, t in zip(shown, raw.demo_true_labels) if t == raw.query_label]
+        assert "".join(tokenizer.decode([item.input_ids[p]]) for p in item.same_class_positions).replace(" ", "") \
+            == "".join(same).replace(" ", "")
+        assert tokenizer.decode([item.input_ids[-1]]) == ("\n" if name == "newline" else ":")
+        assert item.true_label_id == ids[raw.query_label]
+
+
+def test_heads_command_with_chat_template(chat_model_dir, tmp_path, data_dir, monkeypatch):
+    from lm_eval_false_demos import cli
+
+    monkeypatch.setenv("FALSEDEMO_DATA_DIR", str(data_dir))
+    model = f"pretrained={chat_model_dir('newline')},dtype=float32"
+    assert cli.main(["heads", "--model_args", model, "-o", str(tmp_path), "--no_progress", "--no_plots", "-n", "3",
+                     "-f", "3", "-k", "2", "--apply_chat_template", "--fewshot_as_multiturn", "false"]) == 0
+    payload = json.loads(next(tmp_path.glob("heads_*/heads.json")).read_text())
+    assert payload["config"]["prompt_mode"] == "chat_single"
+    assert payload["config"]["chat_template_sha256"] == chat.template_sha256(NEWLINE)
+
+
+def test_sweep_names_a_model_without_chat_template(tiny_model_dir, tmp_path):
+    command = [
+        str(FALSEDEMO), "sweep", "--model_args", f"pretrained={tiny_model_dir('llama')},dtype=float32",
+        "--tasks", TASKS[0], "--num_fewshot", "2", "--limit", "2", "--device", "cpu", "--output_path", str(tmp_path),
+        "--apply_chat_template",
+    ]
+    out = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=600, cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert f"model '{tiny_model_dir('llama')},dtype=float32'" not in out.stderr
+    assert f"model '{tiny_model_dir('llama')}': its tokenizer has no chat template" in out.stderr
+    assert not list(tmp_path.glob("sweep_*"))
