@@ -268,12 +268,11 @@ def test_sweep_reads_demo_labels_where_the_template_puts_them(chat_model_dir, tm
     spec = get_spec("unnatural")
     pool, queries = load_examples("unnatural")
     template = chat.tokenizer_template(tokenizer)
-    from lm_eval_false_demos.metrics import label_accuracy
+    from lm_eval_false_demos.metrics import calibrated_accuracy, label_accuracy
 
     for task in TASKS:
         setting = task.rsplit("_", 1)[1]
-        probabilities = []
-        targets = []
+        probabilities, targets, query_probabilities, gold = [], [], [], []
         for query in queries[:LIMIT]:
             prompt = build_prompt(spec, query, pool, K, setting, SEED)
             rendering = chat.render(prompt, template, mode == "chat_multiturn")
@@ -290,10 +289,19 @@ def test_sweep_reads_demo_labels_where_the_template_puts_them(chat_model_dir, tm
                 row.append(logits[position, ids].softmax(-1).numpy())
             probabilities.append(row)
             targets.append(prompt.demo_true_labels)
+            # The query: the label right after the open assistant turn (a header's trailing space joins the label).
+            context = rendering.context[:-1] if rendering.context.endswith(" ") else rendering.context
+            query_ids = label_token_ids(tokenizer, spec.label_word_list, lead=chat.label_lead(tokenizer, chat.ChatOptions()))
+            with torch.no_grad():
+                last = model(torch.tensor([tokenizer(context, add_special_tokens=False)["input_ids"]])).logits[0, -1]
+            query_probabilities.append(last[query_ids].softmax(-1).numpy())
+            gold.append(prompt.query_label)
         probabilities, targets = np.array(probabilities), np.array(targets)
         curve = result["tasks"][task]["per_position"]["acc"][-1]
         for demo in range(K):
             assert curve[demo] == pytest.approx(label_accuracy(probabilities[:, demo], targets[:, demo]))
+        assert result["tasks"][task]["per_layer"]["calibrated_acc"][-1] == pytest.approx(
+            calibrated_accuracy(np.array(query_probabilities), np.array(gold)))
 
 
 # ------------------------------------------------------------------------------- falsedemo heads
