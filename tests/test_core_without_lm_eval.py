@@ -1,4 +1,4 @@
-"""The core (data, prompts, corruption, metrics, lens, interventions, head scoring) works without lm-eval:
+"""The core (data, prompts, chat rendering, corruption, metrics, lens, interventions, head scoring) works without lm-eval:
 the lm-eval wrappers are thin adapters over it, not the other way round."""
 
 import os
@@ -42,6 +42,10 @@ SCRIPT = textwrap.dedent(
     items = [heads.scoring_item(p, spec.label_word_list, ids, tokenizer, add_bos) for p in prompts]
     scores = heads.score_heads(model, items)
     assert scores.prefix_matching.shape == (6, 4, 4)
+    from lm_eval_false_demos import chat
+    tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\\n{% endfor %}<assistant>"
+    rendering = chat.render(prompts[0], chat.tokenizer_template(tokenizer), multiturn=True)
+    assert rendering.context.endswith(prompts[0].query_text + "\\n<assistant>")
     assert "lm_eval" not in {name.split(".")[0] for name, mod in sys.modules.items() if mod is not None}
     print("core ok")
     """
