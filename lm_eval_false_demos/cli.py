@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "heads": ("lm_eval_false_demos.heads", "find false induction heads, score label promotion, ablate vs random"),
     "leaderboard": ("lm_eval_false_demos.leaderboard", "build leaderboard tables and page from results files"),
     "data": ("lm_eval_false_demos.data_command", "write a local copy of the datasets from the hub, or check one"),
+    "lens": ("lm_eval_false_demos.lens_training", "train a tuned lens (tuned-lens layout) on demonstration text"),
 }
 
 

@@ -1,5 +1,9 @@
 """Logit lens: the residual stream after block l read through the model's own final norm and output head.
 
+A tuned lens (tuned_lens.py) plugs in as ``translator``: its ``translate(hidden, layer)`` runs before the
+norm and head, and is the identity at layer L, so the last layer stays exactly the model's logits.
+lens_parity.py proves that last identity on every run's own first batch.
+
 Layer l runs over 0..L: l = 0 is the input to block 0 (embeddings, incl. position embeddings or Gemma's
 scaling), l = L the last block's output, where the lens equals the model's logits. Residuals are captured
 with hooks on the blocks themselves, never from ``output_hidden_states``: transformers 5 replaces
@@ -68,7 +72,9 @@ def _softcap(modules: ModelModules, logits: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def lens_logits(model, hidden: torch.Tensor, layer: int, modules: ModelModules | None = None) -> torch.Tensor:
+def lens_logits(
+    model, hidden: torch.Tensor, layer: int, modules: ModelModules | None = None, translator=None
+) -> torch.Tensor:
     """Full-vocabulary lens logits of the raw residual ``hidden`` [..., d] taken after block ``layer``.
 
     ``hidden`` must be un-normed: a hook-captured residual (see :func:`residuals`) or
@@ -79,6 +85,8 @@ def lens_logits(model, hidden: torch.Tensor, layer: int, modules: ModelModules |
     check_layer(layer, modules.num_layers)
     head = modules.output_head
     hidden = hidden.to(_head_weight(head).device)
+    if translator is not None:
+        hidden = translator.translate(hidden, layer % (modules.num_layers + 1))
     return _softcap(modules, head(_final_transform(modules, hidden)))
 
 
@@ -204,6 +212,7 @@ def read_label_logits(
     layers: Sequence[int] | None = None,
     attention_mask: torch.Tensor | None = None,
     modules: ModelModules | None = None,
+    translator=None,
     **forward_kwargs,
 ) -> torch.Tensor:
     """Lens logits of the K label tokens at the given positions and layers from one forward pass.
@@ -214,6 +223,9 @@ def read_label_logits(
     modules = modules or resolve_modules(model)
     rows = residuals(model, input_ids, layers, positions, attention_mask, modules, **forward_kwargs)
     with torch.no_grad():
+        if translator is not None:
+            layer_list = _normalise_layers(layers, modules.num_layers)
+            rows = torch.stack([translator.translate(row, layer) for row, layer in zip(rows, layer_list)])
         return lens_label_logits(model, rows, label_token_ids, modules)
 
 
@@ -223,6 +235,7 @@ def early_exit_logits(
     layer: int,
     attention_mask: torch.Tensor | None = None,
     modules: ModelModules | None = None,
+    translator=None,
     **forward_kwargs,
 ) -> torch.Tensor:
     """Full [B, T, V] lens logits at ``layer``; blocks after it are never run."""
@@ -230,4 +243,4 @@ def early_exit_logits(
     layer = check_layer(layer, modules.num_layers)
     hidden = residuals(model, input_ids, [layer], None, attention_mask, modules, **forward_kwargs)[0]
     with torch.no_grad():
-        return lens_logits(model, hidden, layer, modules)
+        return lens_logits(model, hidden, layer, modules, translator)

@@ -14,6 +14,7 @@ Model args (all comma- and dot-free, so lm-eval's parsers cannot corrupt them):
   positions=last|all     where ablations act: the last input position of each row (the label readout) or all
   head_method=zero|qkv   true zero of the head's write (default) or the paper's q/k/v zeroing
   label_scoring=first|full  ``falsedemo_*`` tasks: score the continuation by its first token (default) or fully
+  lens=logit|tuned:<dir or hub id>  read layers < L with the logit lens (default) or a tuned lens (tuned_lens.py)
   layers_path=, norm_path=, head_path=, attn_path=, attn_out_path=, mlp_path=  module paths for other models
 ``pretrained=gemma-3-270m`` / ``smollm2-135m`` resolve to the packaged GGUF models (embedded_models.py).
 """
@@ -34,14 +35,16 @@ from .chat import label_token_index
 from .errors import FalseDemoError
 from .interventions import HEAD_METHODS, POSITIONS, ablate, make_ablation, parse_heads, parse_layers
 from .lens import check_layer, early_exit_logits, lens_logits, residuals
+from .lens_parity import check_parity
+from .tuned_lens import build_lens, describe, parse_lens
 
 LABEL_SCORING = ("first", "full")
 TASK_PREFIX = "falsedemo_"
 OWN_ARGS = (
-    "exit_layer", "heads", "attn_layers", "mlp_layers", "positions", "head_method", "label_scoring",
+    "exit_layer", "heads", "attn_layers", "mlp_layers", "positions", "head_method", "label_scoring", "lens",
 ) + PATH_OVERRIDES
 # Spellings from other tools that would otherwise be forwarded silently to from_pretrained.
-_FOREIGN_SPELLINGS = ("ablate_heads", "ablate_attn", "ablate_mlp", "layer", "lens", "head_ablation", "early_exit")
+_FOREIGN_SPELLINGS = ("ablate_heads", "ablate_attn", "ablate_mlp", "layer", "head_ablation", "early_exit")
 
 
 def _hflm_arg_names() -> set[str]:
@@ -80,6 +83,7 @@ class _FalseDemoHFLM(HFLM):
         positions=None,
         head_method=None,
         label_scoring=None,
+        lens=None,
         layers_path=None,
         norm_path=None,
         head_path=None,
@@ -93,6 +97,7 @@ class _FalseDemoHFLM(HFLM):
         if exit_layer is not None:
             check_layer(exit_layer, 10**9, "exit_layer")
         self._label_scoring = _choice("label_scoring", label_scoring, LABEL_SCORING) or "first"
+        self._lens_spec = parse_lens(lens)
         _choice("positions", positions, POSITIONS)
         _choice("head_method", head_method, HEAD_METHODS)
         parsed_heads = parse_heads(heads)
@@ -113,7 +118,7 @@ class _FalseDemoHFLM(HFLM):
             key: value
             for key, value in dict(
                 exit_layer=exit_layer, heads=heads, attn_layers=attn_layers, mlp_layers=mlp_layers,
-                positions=positions, head_method=head_method, label_scoring=label_scoring,
+                positions=positions, head_method=head_method, label_scoring=label_scoring, lens=lens,
             ).items()
             if value is not None
         }
@@ -129,6 +134,8 @@ class _FalseDemoHFLM(HFLM):
         self._falsedemo_modules = resolve_modules(self.model, **overrides)
         num_layers = self._falsedemo_modules.num_layers
         self._exit_layer = None if exit_layer is None else check_layer(exit_layer, num_layers, "exit_layer")
+        self._translator = build_lens(self._lens_spec, self.model, num_layers)
+        self._lens_parity = None  # filled on the first batch (lens_parity.py)
         self._ablation = None
         if ablating:
             if parse_heads(heads) == "auto":
@@ -164,6 +171,8 @@ class _FalseDemoHFLM(HFLM):
         row_lengths, self._row_lengths = self._row_lengths, None
         num_layers = self._falsedemo_modules.num_layers
         layer = num_layers if self._exit_layer is None else self._exit_layer
+        if self._lens_parity is None:
+            self._lens_parity = self._check_parity(inps, row_lengths)
         # Knowing which rows HFLM reads, the head runs on those positions only (the vocabulary projection
         # of every position is most of a small model's cost); otherwise early exit or the plain call.
         targeted = (
@@ -184,8 +193,19 @@ class _FalseDemoHFLM(HFLM):
                 enabled=self.mixed_precision_dtype is not None,
             ):
                 if not targeted:
-                    return early_exit_logits(self.model, inps, layer, modules=self._falsedemo_modules)
+                    return early_exit_logits(
+                        self.model, inps, layer, modules=self._falsedemo_modules, translator=self._translator
+                    )
                 return self._scored_lens_logits(inps, row_lengths, layer)
+
+    def _check_parity(self, inps, row_lengths):
+        """The lens at layer L against the model's logits at the positions this run scores (first batch)."""
+        width = min(self._max_continuation or 1, inps.shape[1])
+        if row_lengths is None or len(row_lengths) != inps.shape[0]:
+            row_lengths = [inps.shape[1]] * inps.shape[0]
+        lengths = torch.tensor(row_lengths, device=inps.device)
+        positions = (lengths[:, None] - width + torch.arange(width, device=inps.device)).clamp(min=0)
+        return check_parity(self.model, inps, positions, modules=self._falsedemo_modules)
 
     def _scored_lens_logits(self, inps, row_lengths, layer):
         """[B, T, V] lens logits at ``layer``, computed only at the positions HFLM reads (each row's last
@@ -197,7 +217,7 @@ class _FalseDemoHFLM(HFLM):
         lengths = torch.tensor(row_lengths, device=hidden.device)
         positions = (lengths[:, None] - width + torch.arange(width, device=hidden.device)).clamp(min=0)
         rows = torch.gather(hidden, 1, positions[:, :, None].expand(-1, -1, hidden.shape[-1]))
-        logits = lens_logits(self.model, rows, layer, modules)
+        logits = lens_logits(self.model, rows, layer, modules, self._translator)
         full = logits.new_zeros(inps.shape[0], inps.shape[1], logits.shape[-1])
         full.scatter_(1, positions[:, :, None].expand(-1, -1, logits.shape[-1]).to(full.device), logits)
         return full
@@ -285,6 +305,8 @@ class _FalseDemoHFLM(HFLM):
             "label_scoring": self._label_scoring,
             "ablation": self._ablation.describe() if self._ablation is not None else None,
             "path_overrides": self._path_overrides,
+            "lens": describe(self._lens_spec, self._translator),
+            "lens_parity": self._lens_parity,
             "pretrained": self._pretrained_name,
             "resolved_pretrained": str(self.pretrained) if isinstance(self.pretrained, str) else None,
             "model_identity": embedded_models.model_identity(self.pretrained)

@@ -546,8 +546,12 @@ def _ablation_context(lm, model, modules, attention_mask):
     return ablate(model, ablation, attention_mask=attention_mask, modules=modules)
 
 
-def read_prompts(lm, encoded: Sequence[EncodedPrompt], batch_size: int, modules, progress=None) -> dict[int, np.ndarray]:
+def read_prompts(lm, encoded: Sequence[EncodedPrompt], batch_size: int, modules, progress=None, translator=None,
+                 on_first_batch=None) -> dict[int, np.ndarray]:
     """{index: label logits [L+1, P, K] float32} from one forward per prompt, batched by similar length.
+
+    ``translator`` is a tuned lens (None: the logit lens); ``on_first_batch(input_ids, attention_mask,
+    positions)`` runs once, before the first readout (the lens parity check).
 
     Sequences are right-padded: in a causal model padding after a position cannot change it, so every readout
     equals the unpadded one. Prompts with different K or readout counts never share a batch.
@@ -580,10 +584,13 @@ def read_prompts(lm, encoded: Sequence[EncodedPrompt], batch_size: int, modules,
             label_ids = torch.tensor([prompt.label_token_ids + prompt.demo_label_token_ids for prompt in batch],
                                      dtype=torch.long)
             input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+            if on_first_batch is not None:
+                on_first_batch(input_ids, attention_mask, positions.to(device))
+                on_first_batch = None
             with _ablation_context(lm, model, modules, attention_mask):
                 logits = read_label_logits(
                     model, input_ids, positions.to(device), label_ids.to(device),
-                    attention_mask=attention_mask, modules=modules,
+                    attention_mask=attention_mask, modules=modules, translator=translator,
                 )  # [L+1, B, P, K]
             logits = logits.float().cpu().numpy()
             for row, prompt in enumerate(batch):
@@ -679,8 +686,13 @@ def run_sweep(
     if torch_seed is not None:
         torch.manual_seed(torch_seed)
 
+    from . import tuned_lens
+
+    # lens= is read here (every model type; plain hf would hand it to from_pretrained), checked before loading.
+    lens_spec = tuned_lens.parse_lens(model_args.get("lens"))
     if lm is None:
-        lm = create_model(model, _resolve_embedded(model_args), batch_size, device)
+        model_only_args = {key: value for key, value in model_args.items() if key != "lens"}
+        lm = create_model(model, _resolve_embedded(model_only_args), batch_size, device)
     rank, world_size = process_rank_and_count(lm)
     if task_manager is None:
         from lm_eval.tasks import TaskManager
@@ -707,6 +719,13 @@ def run_sweep(
         overrides = {key: model_args[key] for key in PATH_OVERRIDE_KEYS if key in model_args}
         modules = resolve_modules(lm.model, **overrides)
     num_layers = modules.num_layers
+    translator = tuned_lens.build_lens(lens_spec, lm.model, num_layers)
+    parity: dict = {}
+
+    def check_lens_parity(input_ids, attention_mask, positions):
+        from .lens_parity import check_parity
+
+        parity.update(check_parity(lm.model, input_ids, positions, attention_mask, modules))
 
     forward_started = time.perf_counter()
     encoded = [encode_record(lm, record, index) for index, record in enumerate(records)]
@@ -715,7 +734,7 @@ def run_sweep(
     mine = [encoded[index] for index in by_length[rank::world_size]]
     progress = tqdm(total=len(mine), desc="sweep prompts", unit="prompt", disable=not show_progress or rank != 0)
     with torch.no_grad():
-        outputs = read_prompts(lm, mine, batch_size, modules, progress)
+        outputs = read_prompts(lm, mine, batch_size, modules, progress, translator, check_lens_parity)
     progress.close()
     outputs = _gather_to_rank0(outputs, world_size)
     forward_seconds = time.perf_counter() - forward_started
@@ -733,6 +752,8 @@ def run_sweep(
         bootstrap_iters=bootstrap_iters, analysis_seed=analysis_seed, confidence=confidence,
     )
     config.update(prompt_format)
+    config["lens"] = tuned_lens.describe(lens_spec, translator)
+    config["lens_parity"] = parity or None
     return {
         "kind": "falsedemo.sweep",
         "format_version": 1,

@@ -21,7 +21,10 @@ SCRIPT = textwrap.dedent(
     from lm_eval_false_demos.datasets import get_spec, load_examples
     from lm_eval_false_demos.interventions import ablate, make_ablation
     from lm_eval_false_demos.lens import read_label_logits
+    from lm_eval_false_demos.lens_parity import check_parity
+    from lm_eval_false_demos.lens_training import demonstration_documents
     from lm_eval_false_demos.prompts import build_prompt, label_token_ids
+    from lm_eval_false_demos.tuned_lens import TunedLens
 
     spec = get_spec("unnatural")
     pool, queries = load_examples("unnatural")
@@ -37,6 +40,10 @@ SCRIPT = textwrap.dedent(
         assert not torch.allclose(plain, ablated)
         rows.append(torch.softmax(plain, -1).numpy())
     accuracy = metrics.calibrated_accuracy(np.stack(rows), [p.query_label for p in prompts])
+    assert check_parity(model, tokens, [-1])["max_abs_diff"] < 1e-4
+    lens = TunedLens.for_model(model, 4)
+    assert torch.equal(read_label_logits(model, tokens, [-1], ids, translator=lens), read_label_logits(model, tokens, [-1], ids))
+    assert demonstration_documents(["unnatural"], 0)
     assert 0.0 <= accuracy <= 1.0
     add_bos = heads.adds_bos(model, tokenizer)
     items = [heads.scoring_item(p, spec.label_word_list, ids, tokenizer, add_bos) for p in prompts]

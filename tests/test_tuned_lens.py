@@ -1,0 +1,305 @@
+"""Tuned lens and lens parity on tiny random models: identities, the tuned-lens file layout, training, refusals."""
+
+import json
+import pickle
+
+import pytest
+import torch
+import transformers
+
+from lm_eval_false_demos import cli
+from lm_eval_false_demos.architectures import resolve_modules
+from lm_eval_false_demos.errors import FalseDemoError
+from lm_eval_false_demos.lens import early_exit_logits, lens_logits, read_label_logits, residuals
+from lm_eval_false_demos.lens_parity import check_parity
+from lm_eval_false_demos.tuned_lens import TunedLens, load_tuned_lens, parse_lens
+
+TEXT = "Review: golf Answer: Positive\nReview: onions Answer:"
+LABELS = [5, 17, 42]
+
+
+def _inputs(tokenizer):
+    ids = tokenizer(TEXT, return_tensors="pt").input_ids
+    return torch.cat([ids, ids.flip(1)], dim=0)
+
+
+def _random_lens(model, num_layers, seed=0, scale=0.05):
+    lens = TunedLens.for_model(model, num_layers)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in lens.parameters():
+            parameter.copy_(scale * torch.randn(parameter.shape, generator=generator))
+    return lens
+
+
+def _write_like_tuned_lens(lens: TunedLens, folder, model_name="tiny"):
+    """What tuned-lens's ``TunedLens.save`` writes: its config dataclass as JSON and the translators' state dict."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        "base_model_name_or_path": model_name, "d_model": lens.config["d_model"],
+        "num_hidden_layers": lens.num_layers, "bias": True, "base_model_revision": None,
+        "unembed_hash": "0" * 64, "lens_type": "linear_tuned_lens",
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    torch.save(lens.layer_translators.state_dict(), folder / "params.pt")
+    return folder
+
+
+def test_zero_translators_equal_the_logit_lens_exactly(tiny_model):
+    arch, model, tokenizer = tiny_model
+    input_ids = _inputs(tokenizer)
+    modules = resolve_modules(model)
+    lens = TunedLens.for_model(model, modules.num_layers)
+    plain = read_label_logits(model, input_ids, [[-1, 3], [2, -2]], LABELS)
+    tuned = read_label_logits(model, input_ids, [[-1, 3], [2, -2]], LABELS, translator=lens)
+    assert torch.equal(plain, tuned), arch
+    for layer in (0, 2):
+        assert torch.equal(early_exit_logits(model, input_ids, layer), early_exit_logits(model, input_ids, layer,
+                                                                                          translator=lens)), arch
+
+
+def test_tuned_readout_is_norm_and_head_of_the_translated_residual_and_last_layer_is_untouched(tiny_model):
+    arch, model, tokenizer = tiny_model
+    input_ids = _inputs(tokenizer)
+    modules = resolve_modules(model)
+    lens = _random_lens(model, modules.num_layers)
+    rows = residuals(model, input_ids)
+    got = read_label_logits(model, input_ids, None, LABELS, translator=lens)  # every position
+    for layer in range(modules.num_layers + 1):
+        translator = lens.layer_translators[layer] if layer < modules.num_layers else None
+        hidden = rows[layer] + translator(rows[layer]) if translator is not None else rows[layer]
+        expected = lens_logits(model, hidden, layer, modules)[..., LABELS]
+        assert (got[layer] - expected).abs().max().item() < 1e-4, (arch, layer)
+    plain = read_label_logits(model, input_ids, None, LABELS, layers=[modules.num_layers])
+    assert torch.equal(got[-1], plain[0]), arch  # layer L: the model's own logits, no translator
+    assert (got[1] - read_label_logits(model, input_ids, None, LABELS, layers=[1])[0]).abs().max() > 1e-3
+
+
+def test_checkpoint_in_tuned_lens_layout_loads_and_gives_the_same_readout(tmp_path):
+    from tiny_models import build_tiny_model
+
+    model, tokenizer = build_tiny_model("gpt_neox")
+    modules = resolve_modules(model)
+    lens = _random_lens(model, modules.num_layers, seed=3)
+    folder = _write_like_tuned_lens(lens, tmp_path / "lens")
+    loaded = load_tuned_lens(folder, model, modules.num_layers)
+    assert loaded.source["file"] == "params.pt" and len(loaded.source["sha256"]) == 64
+    input_ids = _inputs(tokenizer)
+    expected = read_label_logits(model, input_ids, [-1], LABELS, translator=lens)
+    assert torch.equal(read_label_logits(model, input_ids, [-1], LABELS, translator=loaded), expected)
+    # Our own save writes the same layout (and the same keys) back.
+    ours = tmp_path / "ours"
+    loaded.save(ours)
+    assert set(torch.load(ours / "params.pt", weights_only=True)) == set(torch.load(folder / "params.pt",
+                                                                                  weights_only=True))
+    assert json.loads((ours / "config.json").read_text())["num_hidden_layers"] == modules.num_layers
+    # safetensors with the same keys reads the same.
+    from safetensors.torch import save_file
+
+    st_folder = tmp_path / "st"
+    st_folder.mkdir()
+    (st_folder / "config.json").write_text((folder / "config.json").read_text())
+    save_file(lens.layer_translators.state_dict(), str(st_folder / "params.safetensors"))
+    assert torch.equal(read_label_logits(model, input_ids, [-1], LABELS,
+                                         translator=load_tuned_lens(st_folder, model, 4)), expected)
+
+
+def test_lens_for_another_model_is_refused(tmp_path):
+    from tiny_models import build_tiny_model
+
+    model, _ = build_tiny_model("llama")
+    folder = _write_like_tuned_lens(TunedLens(64, 7), tmp_path / "lens")
+    with pytest.raises(FalseDemoError, match="7 translators but the model has 4 layers"):
+        load_tuned_lens(folder, model, 4)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("this pickle runs code",))
+
+
+def test_a_pickle_with_code_is_refused(tmp_path, capsys):
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"d_model": 64, "num_hidden_layers": 4}))
+    with open(folder / "params.pt", "wb") as stream:
+        pickle.dump({"0.weight": _RunsCode()}, stream)
+    with pytest.raises(FalseDemoError, match=r"refusing to load .*params.pt: it is not a tensors-only checkpoint"):
+        load_tuned_lens(folder)
+    assert "runs code" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value, message", [
+    ("tuned", "is not allowed; allowed: logit, tuned:"),
+    ("probe:x", "is not allowed"),
+    ("tuned:./no/such/folder", "no such folder"),
+])
+def test_bad_lens_values_fail_in_one_line(value, message):
+    with pytest.raises(FalseDemoError, match=message):
+        parse_lens(value)
+
+
+def test_half_written_lens_folder_fails_before_loading(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(FalseDemoError, match="needs config.json and one of params.safetensors, params.pt"):
+        parse_lens(f"tuned:{tmp_path}")
+
+
+# ------------------------------------------------------------------------------- parity
+
+
+def test_parity_passes_on_every_architecture(tiny_model):
+    arch, model, tokenizer = tiny_model
+    record = check_parity(model, _inputs(tokenizer), [[-1, 3], [2, -2]])
+    assert record["max_abs_diff"] < 1e-4 and record["positions"] == 4 and record["dtype"] == "float32", arch
+
+
+def test_parity_fails_naming_architecture_and_paths_on_a_wrong_norm_override():
+    from tiny_models import build_tiny_model
+
+    model, tokenizer = build_tiny_model("llama")
+    modules = resolve_modules(model, norm_path="model.layers.0.input_layernorm")
+    with pytest.raises(FalseDemoError, match=(
+        r"lens parity check failed: .* by [0-9.e-]+ \(tolerance .* float32\); architecture 'llama' "
+        r"\(layers='model.layers', norm='model.layers.0.input_layernorm'"
+    )):
+        check_parity(model, _inputs(tokenizer), [-1], modules=modules)
+
+
+def test_hf_earlyexit_checks_parity_on_its_first_batch_and_records_lens(tiny_model_dir, tmp_path):
+    from lm_eval.api.instance import Instance
+
+    from lm_eval_false_demos.lm_eval_models import EarlyExitHFLM
+
+    path = tiny_model_dir("llama")
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    lens = _random_lens(model, 4, seed=1)
+    folder = _write_like_tuned_lens(lens, tmp_path / "lens")
+    requests = [Instance("loglikelihood", {}, ("Review: kale Answer:", word), idx=i,
+                         metadata=("falsedemo_sst2_correct", 0, 1)) for i, word in enumerate([" Positive", " Negative"])]
+    common = dict(device="cpu", dtype="float32", batch_size=2)
+    results = {}
+    for kind in ("logit", f"tuned:{folder}"):
+        lm = EarlyExitHFLM(pretrained=str(path), exit_layer=2, lens=kind, **common)
+        results[kind] = [value for value, _ in lm.loglikelihood(requests)]
+        info = lm.get_model_info()["falsedemo"]
+        assert info["lens_parity"]["max_abs_diff"] < 1e-4
+    assert info["lens"]["kind"] == "tuned" and info["lens"]["key"].startswith("tuned:")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    ids = tokenizer("Review: kale Answer:", return_tensors="pt").input_ids
+    first = [tokenizer("Review: kale Answer:" + word).input_ids[ids.shape[1]] for word in [" Positive", " Negative"]]
+    expected = early_exit_logits(model, ids, 2, translator=lens)[0, -1].log_softmax(-1)[first]
+    assert results[f"tuned:{folder}"] == pytest.approx(expected.tolist(), abs=1e-4)
+    assert results["logit"] != pytest.approx(results[f"tuned:{folder}"], abs=1e-4)
+
+    wrong = EarlyExitHFLM(pretrained=str(path), exit_layer=2, norm_path="model.layers.0.input_layernorm", **common)
+    with pytest.raises(FalseDemoError, match="lens parity check failed"):
+        wrong.loglikelihood(requests)
+
+
+# ------------------------------------------------------------------------------- training
+
+
+def test_training_lowers_held_out_kl_at_every_layer_and_resumes(tiny_model_dir, tmp_path, capsys):
+    path = tiny_model_dir("llama")
+    output = tmp_path / "lens"
+    argv = ["lens", "train", "--model_args", f"pretrained={path},dtype=float32", "--output", str(output),
+            "--datasets", "unnatural,sst2", "--tokens", "6144", "--seq_len", "32", "--batch_size", "8",
+            "--positions", "0", "--held_out_sequences", "8", "--checkpoint_every", "10", "--seed", "1"]
+    assert cli.main(argv) == 0
+    summary = json.loads((output / "training.json").read_text())
+    before, after = summary["held_out"]["kl_logit_lens"], summary["held_out"]["kl_tuned_lens"]
+    assert len(before) == 4 and all(a < 0.9 * b for a, b in zip(after, before)), (before, after)
+    assert summary["tokens"] == 24 * 8 * 32 and summary["params_sha256"]
+    assert "cost estimate: 24 steps" in capsys.readouterr().out
+    loaded = load_tuned_lens(output)
+    assert loaded.source["sha256"] == summary["params_sha256"]
+    assert not (output / "checkpoint.pt").exists()
+    with pytest.raises(SystemExit):
+        cli.main(argv)  # a finished lens is never overwritten
+
+    # Interrupted after a checkpoint: rerunning the command resumes there and ends with the same lens.
+    resumed = tmp_path / "resumed"
+    import lm_eval_false_demos.lens_training as training
+
+    original = training._save_checkpoint
+
+    def save_then_stop(*args, **kwargs):
+        original(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    training._save_checkpoint = save_then_stop
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            cli.main(argv[:5] + [str(resumed)] + argv[6:])
+    finally:
+        training._save_checkpoint = original
+    assert (resumed / "checkpoint.pt").exists() and not (resumed / "params.pt").exists()
+    assert cli.main(argv[:5] + [str(resumed)] + argv[6:]) == 0
+    assert "resuming from" in capsys.readouterr().out
+    first = torch.load(output / "params.pt", weights_only=True)
+    second = torch.load(resumed / "params.pt", weights_only=True)
+    assert all(torch.allclose(first[key], second[key], atol=1e-6) for key in first)
+
+
+def test_vocabulary_subset_training_runs_and_helps(tiny_model_dir, tmp_path):
+    path = tiny_model_dir("gemma2")
+    output = tmp_path / "lens"
+    argv = ["lens", "train", "--model_args", f"pretrained={path}", "--output", str(output), "--datasets", "unnatural",
+            "--tokens", "4096", "--seq_len", "32", "--batch_size", "8", "--positions", "8", "--vocab", "128",
+            "--held_out_sequences", "4"]
+    assert cli.main(argv) == 0
+    summary = json.loads((output / "training.json").read_text())
+    assert sum(summary["held_out"]["kl_tuned_lens"]) < sum(summary["held_out"]["kl_logit_lens"])
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--vocab", "some", "--vocab='some' is not allowed"),
+    ("--datasets", "nope", "nope"),
+    ("--tokens", "0", "--tokens=0 must be >= 1"),
+])
+def test_bad_training_arguments_fail_before_loading(flag, value, message, tmp_path):
+    args = cli.build_parser(["lens"]).parse_args(
+        ["lens", "train", "--model_args", "pretrained=/does/not/exist", "--output", str(tmp_path), flag, value]
+    )
+    from lm_eval_false_demos.lens_training import train
+
+    with pytest.raises(FalseDemoError, match=message):
+        train(args)
+
+
+# ------------------------------------------------------------------------------- sweep
+
+
+def test_sweep_reads_through_the_tuned_lens_records_it_and_checks_parity(tiny_model_dir, tmp_path):
+    from lm_eval.tasks import TaskManager
+
+    from lm_eval_false_demos import sweep
+
+    path = tiny_model_dir("llama")
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    folder = _write_like_tuned_lens(_random_lens(model, 4, seed=2, scale=1.0), tmp_path / "lens")
+    tasks, manager = ["falsedemo_unnatural_correct", "falsedemo_unnatural_permuted"], TaskManager()
+
+    def run(model_type="hf", **extra):
+        return sweep.run_sweep(
+            model=model_type, model_args={"pretrained": str(path), "dtype": "float32", **extra}, tasks=tasks,
+            limit=6, num_fewshot=3, batch_size=4, bootstrap_iters=0, task_manager=manager, show_progress=False,
+        )
+
+    logit, tuned = run(), run(lens=f"tuned:{folder}")
+    assert logit["config"]["lens"]["kind"] == "logit" and tuned["config"]["lens"]["kind"] == "tuned"
+    assert tuned["config"]["lens"]["sha256"] == load_tuned_lens(folder).source["sha256"]
+    for result in (logit, tuned):
+        assert result["config"]["lens_parity"]["max_abs_diff"] < 1e-4
+        assert result["config"]["lens_parity"]["positions"] == 4 * 4  # 4 prompts x (3 demos + the query)
+    for task in tasks:
+        ours, theirs = tuned["tasks"][task]["per_position"]["acc"], logit["tasks"][task]["per_position"]["acc"]
+        assert ours[-1] == theirs[-1]  # layer L is the model's own readout under either lens
+    raw = {}
+    for name, result in (("logit", logit), ("tuned", tuned)):
+        raw[name] = [result["tasks"][task]["per_position"][metric][1:-1] for task in tasks for metric in ("acc",
+                                                                                                          "calibrated_acc")]
+    assert raw["logit"] != raw["tuned"]
+    with pytest.raises(FalseDemoError, match="lens parity check failed.*'llama'"):
+        run("hf-earlyexit", norm_path="model.layers.0.input_layernorm")
