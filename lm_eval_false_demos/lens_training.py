@@ -63,6 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="sequences kept out of training to measure the per-layer KL")
     train.add_argument("--checkpoint_every", type=int, default=25, help="steps between checkpoints")
     train.add_argument("--device", default=None, help="cpu or cuda:0 (default: cuda if available)")
+    train.add_argument("--estimate_only", action="store_true",
+                       help="print the cost estimate (one timed probe step) and stop without training")
 
 
 def parse_model_args(text: str) -> dict:
@@ -335,6 +337,8 @@ def train(args) -> dict:
         f"in the lens); about {seconds_per_step * (steps - start_step) / 60:.1f} minutes at {seconds_per_step:.2f} s/step"
     )
 
+    if args.estimate_only:
+        return {"estimate_only": True, "seconds_per_step": seconds_per_step, "steps": steps}
     before = held_out_kl(objective, held_out, args.positions, args.seed, args.batch_size, device)
     order = list(range(len(training)))
     random.Random(args.seed).shuffle(order)
@@ -396,6 +400,8 @@ def train(args) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     summary = train(args)
+    if summary.get("estimate_only"):
+        return 0
     before, after = summary["held_out"]["kl_logit_lens"], summary["held_out"]["kl_tuned_lens"]
     print(f"trained on {summary['tokens']:,} tokens in {summary['training_seconds'] / 60:.1f} minutes; "
           f"held-out KL (nats) logit lens -> tuned lens, per layer:")

@@ -303,3 +303,12 @@ def test_sweep_reads_through_the_tuned_lens_records_it_and_checks_parity(tiny_mo
     assert raw["logit"] != raw["tuned"]
     with pytest.raises(FalseDemoError, match="lens parity check failed.*'llama'"):
         run("hf-earlyexit", norm_path="model.layers.0.input_layernorm")
+
+
+def test_estimate_only_prints_the_cost_and_writes_nothing(tiny_model_dir, tmp_path, capsys):
+    output = tmp_path / "lens"
+    argv = ["lens", "train", "--model_args", f"pretrained={tiny_model_dir('llama')}", "--output", str(output),
+            "--datasets", "unnatural", "--tokens", "2048", "--seq_len", "32", "--batch_size", "8", "--estimate_only"]
+    assert cli.main(argv) == 0
+    assert "cost estimate: 8 steps x 8 x 32 = 2,048 tokens" in capsys.readouterr().out
+    assert not output.exists()
