@@ -20,7 +20,8 @@ position and grows with the vocabulary. Two knobs trade fidelity for cost:
                (the sampled part limits that). For Gemma's 262k vocabulary ``--vocab 8192`` cuts the lens
                cost 32x; the held-out KL is always measured on the full vocabulary, so the cost shows.
 Checkpoints (``checkpoint.pt``: translators, optimiser, step; tensors only) are written atomically every
-``--checkpoint_every`` steps; rerunning the same command resumes from the last one.
+``--checkpoint_every`` steps; rerunning the same command resumes from the last one (with another
+``--tokens`` it trains to that budget instead, or stops at once if the checkpoint already reached it).
 """
 
 from __future__ import annotations
@@ -254,7 +255,9 @@ def _load_checkpoint(path: Path, fingerprint: dict):
     import torch
 
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("fingerprint") != json.dumps(fingerprint, sort_keys=True):
+    stored = json.loads(state.get("fingerprint") or "{}")
+    stored.pop("tokens", None)  # the budget may change on resume
+    if stored != json.loads(json.dumps(fingerprint)):
         raise FalseDemoError(
             f"{path} was written by a different training setup; resume with the same arguments or remove it"
         )
@@ -307,8 +310,9 @@ def train(args) -> dict:
                                 nesterov=True, weight_decay=args.weight_decay)
     objective = _Objective(model, modules, lens, settings["vocab"])
 
+    # --tokens may change on resume (extend or cut the budget; the learning-rate decay follows the new total).
     fingerprint = {key: getattr(args, key) for key in (
-        "model_args", "tokens", "datasets", "seq_len", "batch_size", "positions", "vocab", "lr", "momentum",
+        "model_args", "datasets", "seq_len", "batch_size", "positions", "vocab", "lr", "momentum",
         "weight_decay", "seed", "held_out_sequences")}
     checkpoint_path = output / CHECKPOINT
     start_step, spent = 0, 0.0
@@ -317,7 +321,9 @@ def train(args) -> dict:
         lens.layer_translators.load_state_dict(state["translators"])
         optimizer.load_state_dict(state["optimizer"])
         start_step, spent = int(state["step"]), float(state["seconds"])
+        steps = max(steps, start_step)  # a budget below the checkpoint's keeps what was trained
         print(f"resuming from {checkpoint_path} at step {start_step}/{steps}")
+    epochs = steps * args.batch_size / len(training)
 
     scored = steps * args.batch_size * (args.positions or args.seq_len)
     vocab = settings["vocab"] or objective.vocab_size

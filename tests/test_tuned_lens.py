@@ -169,7 +169,7 @@ def test_parity_fails_naming_architecture_and_paths_on_a_wrong_norm_override():
 def test_hf_earlyexit_checks_parity_on_its_first_batch_and_records_lens(tiny_model_dir, tmp_path):
     from lm_eval.api.instance import Instance
 
-    from lm_eval_false_demos.lm_eval_models import EarlyExitHFLM
+    from lm_eval_false_demos.lm_eval_models import AblatedHFLM, EarlyExitHFLM
 
     path = tiny_model_dir("llama")
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
@@ -192,9 +192,16 @@ def test_hf_earlyexit_checks_parity_on_its_first_batch_and_records_lens(tiny_mod
     assert results[f"tuned:{folder}"] == pytest.approx(expected.tolist(), abs=1e-4)
     assert results["logit"] != pytest.approx(results[f"tuned:{folder}"], abs=1e-4)
 
-    wrong = EarlyExitHFLM(pretrained=str(path), exit_layer=2, norm_path="model.layers.0.input_layernorm", **common)
-    with pytest.raises(FalseDemoError, match="lens parity check failed"):
-        wrong.loglikelihood(requests)
+    ablated = AblatedHFLM(pretrained=str(path), heads="0:1", exit_layer=3, lens=f"tuned:{folder}", **common)
+    ablated.loglikelihood(requests)
+    info = ablated.get_model_info()["falsedemo"]
+    assert info["lens"]["sha256"] == load_tuned_lens(folder).source["sha256"]
+    assert info["lens_parity"]["max_abs_diff"] < 1e-4 and info["lens_parity"]["positions"] >= 1
+
+    for model_class, extra in ((EarlyExitHFLM, {"exit_layer": 2}), (AblatedHFLM, {"heads": "0:1"})):
+        wrong = model_class(pretrained=str(path), norm_path="model.layers.0.input_layernorm", **extra, **common)
+        with pytest.raises(FalseDemoError, match="lens parity check failed.*'llama'.*norm='model.layers.0.input_layernorm'"):
+            wrong.loglikelihood(requests)
 
 
 # ------------------------------------------------------------------------------- training
@@ -230,10 +237,17 @@ def test_training_lowers_held_out_kl_at_every_layer_and_resumes(tiny_model_dir, 
 
     training._save_checkpoint = save_then_stop
     try:
-        with pytest.raises(KeyboardInterrupt):
-            cli.main(argv[:5] + [str(resumed)] + argv[6:])
+        for folder in (resumed, tmp_path / "cut"):
+            with pytest.raises(KeyboardInterrupt):
+                cli.main(argv[:5] + [str(folder)] + argv[6:])
     finally:
         training._save_checkpoint = original
+    # Another budget on resume: here one that the checkpoint (step 10) already reached, so training stops there.
+    cut = argv[:5] + [str(tmp_path / "cut")] + argv[6:]
+    cut[cut.index("--tokens") + 1] = str(10 * 8 * 32)
+    assert cli.main(cut) == 0
+    assert "resuming from" in capsys.readouterr().out
+    assert json.loads((tmp_path / "cut" / "training.json").read_text())["steps"] == 10
     assert (resumed / "checkpoint.pt").exists() and not (resumed / "params.pt").exists()
     assert cli.main(argv[:5] + [str(resumed)] + argv[6:]) == 0
     assert "resuming from" in capsys.readouterr().out
