@@ -326,3 +326,19 @@ def test_estimate_only_prints_the_cost_and_writes_nothing(tiny_model_dir, tmp_pa
     assert cli.main(argv) == 0
     assert "cost estimate: 8 steps x 8 x 32 = 2,048 tokens" in capsys.readouterr().out
     assert not output.exists()
+
+
+def test_vocabulary_subset_keeps_the_most_probable_tokens_and_samples_the_rest():
+    from types import SimpleNamespace
+
+    from lm_eval_false_demos.lens_training import _Objective
+
+    head = torch.nn.Linear(4, 1000, bias=False)
+    objective = _Objective(None, SimpleNamespace(output_head=head), None, vocab_subset=100)
+    probs = torch.full((3, 5, 1000), 1e-6)
+    probs[..., 900:950] = 0.02  # the 50 most probable tokens sit at high ids
+    subset = objective._subset(probs, torch.Generator().manual_seed(0))
+    assert subset.numel() == 100 and subset.unique().numel() == 100
+    assert set(range(900, 950)) <= set(subset.tolist())
+    other = objective._subset(probs, torch.Generator().manual_seed(1))
+    assert set(subset.tolist()) != set(other.tolist())  # the uniform half is re-drawn
