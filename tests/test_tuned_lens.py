@@ -342,3 +342,35 @@ def test_vocabulary_subset_keeps_the_most_probable_tokens_and_samples_the_rest()
     assert set(range(900, 950)) <= set(subset.tolist())
     other = objective._subset(probs, torch.Generator().manual_seed(1))
     assert set(subset.tolist()) != set(other.tolist())  # the uniform half is re-drawn
+
+
+def test_hub_ids_resolve_like_tuned_lens_and_fail_in_one_line_offline(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from tiny_models import build_tiny_model
+
+    model, _ = build_tiny_model("gpt2")
+    folder = _write_like_tuned_lens(_random_lens(model, 4), tmp_path / "cache")
+    calls = []
+
+    def fake_download(repo_id, filename, subfolder=None, repo_type=None, **kwargs):
+        calls.append((repo_id, filename, subfolder, repo_type))
+        return str(folder / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    assert parse_lens("tuned:gpt2-tiny").source == "gpt2-tiny"  # not a folder: a hub id, checked at load
+    lens = load_tuned_lens("gpt2-tiny", model, 4)
+    assert lens.source["sha256"] == load_tuned_lens(folder).source["sha256"]
+    assert calls == [("AlignmentResearch/tuned-lens", "config.json", "lens/gpt2-tiny", "space"),
+                     ("AlignmentResearch/tuned-lens", "params.pt", "lens/gpt2-tiny", "space")]
+    monkeypatch.setenv("TUNED_LENS_REPO_ID", "me/lenses")
+    monkeypatch.setenv("TUNED_LENS_REPO_TYPE", "model")
+    load_tuned_lens("gpt2-tiny", model, 4)
+    assert calls[-1] == ("me/lenses", "params.pt", "lens/gpt2-tiny", "model")
+
+    def offline(*args, **kwargs):
+        raise huggingface_hub.errors.LocalEntryNotFoundError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(FalseDemoError, match="lens=tuned:gpt2-tiny: not a local folder and not found as model me/lenses"):
+        load_tuned_lens("gpt2-tiny", model, 4)
