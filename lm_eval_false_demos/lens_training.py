@@ -35,7 +35,8 @@ from pathlib import Path
 
 from .errors import FalseDemoError
 
-DEFAULT_DATASETS = ("unnatural", "sst2", "trec", "ag_news", "poem_sentiment", "financial_phrasebank", "rte", "mrpc")
+# unnatural is absent: its demonstrations and queries are the same 90 objects, so it has no query-free text.
+DEFAULT_DATASETS = ("sst2", "trec", "ag_news", "poem_sentiment", "financial_phrasebank", "rte", "mrpc", "sick")
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "training.json"
 
@@ -107,7 +108,11 @@ def _check_arguments(args) -> dict:
 
 
 def demonstration_documents(keys, seed: int) -> list[str]:
-    """Documents of correctly labelled demonstrations (instruction + demos), from demo pools only."""
+    """Documents of correctly labelled demonstrations (instruction + demos) from demo pools, minus any query.
+
+    A dataset whose pool is its query set (``unnatural``) contributes nothing; if that leaves no text at all,
+    FalseDemoError.
+    """
     from .datasets import get_spec, load_examples
     from .prompts import SEPARATOR, render_demo
 
@@ -115,13 +120,19 @@ def demonstration_documents(keys, seed: int) -> list[str]:
     documents = []
     for key in keys:
         spec = get_spec(key)
-        pool, _queries = load_examples(key)  # never the queries
-        pool = list(pool)
+        pool, queries = load_examples(key)
+        evaluated = {query.uid for query in queries} | {query.fields for query in queries}
+        pool = [example for example in pool if example.uid not in evaluated and example.fields not in evaluated]
         rng.shuffle(pool)
         words = spec.label_word_list
         for start in range(0, len(pool), 16):
             demos = [render_demo(spec, example, words[example.label]) for example in pool[start:start + 16]]
             documents.append(SEPARATOR.join(([spec.instruction] if spec.instruction else []) + demos))
+    if not documents:
+        raise FalseDemoError(
+            f"--datasets {','.join(keys)}: no demonstration text that is not also an evaluated query "
+            "(unnatural's demonstrations are its queries); add another dataset"
+        )
     rng.shuffle(documents)
     return documents
 

@@ -43,7 +43,7 @@ SCRIPT = textwrap.dedent(
     assert check_parity(model, tokens, [-1])["max_abs_diff"] < 1e-4
     lens = TunedLens.for_model(model, 4)
     assert torch.equal(read_label_logits(model, tokens, [-1], ids, translator=lens), read_label_logits(model, tokens, [-1], ids))
-    assert demonstration_documents(["unnatural"], 0)
+    assert demonstration_documents(["sst2"], 0)
     assert 0.0 <= accuracy <= 1.0
     add_bos = heads.adds_bos(model, tokenizer)
     items = [heads.scoring_item(p, spec.label_word_list, ids, tokenizer, add_bos) for p in prompts]

@@ -211,12 +211,13 @@ def test_training_lowers_held_out_kl_at_every_layer_and_resumes(tiny_model_dir, 
     path = tiny_model_dir("llama")
     output = tmp_path / "lens"
     argv = ["lens", "train", "--model_args", f"pretrained={path},dtype=float32", "--output", str(output),
-            "--datasets", "unnatural,sst2", "--tokens", "6144", "--seq_len", "32", "--batch_size", "8",
-            "--positions", "0", "--held_out_sequences", "8", "--checkpoint_every", "10", "--seed", "1"]
+            "--datasets", "trec,sst2", "--tokens", "6144", "--seq_len", "32", "--batch_size", "8",
+            "--positions", "0", "--held_out_sequences", "8", "--checkpoint_every", "10", "--seed", "1", "--lr", "5"]
     assert cli.main(argv) == 0
     summary = json.loads((output / "training.json").read_text())
     before, after = summary["held_out"]["kl_logit_lens"], summary["held_out"]["kl_tuned_lens"]
-    assert len(before) == 4 and all(a < 0.9 * b for a, b in zip(after, before)), (before, after)
+    assert len(before) == 4 and all(a < b for a, b in zip(after, before)), (before, after)
+    assert sum(after) < 0.97 * sum(before), (before, after)
     assert summary["tokens"] == 24 * 8 * 32 and summary["params_sha256"]
     assert "cost estimate: 24 steps" in capsys.readouterr().out
     loaded = load_tuned_lens(output)
@@ -259,7 +260,7 @@ def test_training_lowers_held_out_kl_at_every_layer_and_resumes(tiny_model_dir, 
 def test_vocabulary_subset_training_runs_and_helps(tiny_model_dir, tmp_path):
     path = tiny_model_dir("gemma2")
     output = tmp_path / "lens"
-    argv = ["lens", "train", "--model_args", f"pretrained={path}", "--output", str(output), "--datasets", "unnatural",
+    argv = ["lens", "train", "--model_args", f"pretrained={path}", "--output", str(output), "--datasets", "trec",
             "--tokens", "4096", "--seq_len", "32", "--batch_size", "8", "--positions", "8", "--vocab", "128",
             "--held_out_sequences", "4"]
     assert cli.main(argv) == 0
@@ -322,7 +323,7 @@ def test_sweep_reads_through_the_tuned_lens_records_it_and_checks_parity(tiny_mo
 def test_estimate_only_prints_the_cost_and_writes_nothing(tiny_model_dir, tmp_path, capsys):
     output = tmp_path / "lens"
     argv = ["lens", "train", "--model_args", f"pretrained={tiny_model_dir('llama')}", "--output", str(output),
-            "--datasets", "unnatural", "--tokens", "2048", "--seq_len", "32", "--batch_size", "8", "--estimate_only"]
+            "--datasets", "trec", "--tokens", "2048", "--seq_len", "32", "--batch_size", "8", "--estimate_only"]
     assert cli.main(argv) == 0
     assert "cost estimate: 8 steps x 8 x 32 = 2,048 tokens" in capsys.readouterr().out
     assert not output.exists()
@@ -374,3 +375,16 @@ def test_hub_ids_resolve_like_tuned_lens_and_fail_in_one_line_offline(tmp_path, 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     with pytest.raises(FalseDemoError, match="lens=tuned:gpt2-tiny: not a local folder and not found as model me/lenses"):
         load_tuned_lens("gpt2-tiny", model, 4)
+
+
+def test_training_text_never_contains_an_evaluated_query():
+    from lm_eval_false_demos.datasets import load_examples
+    from lm_eval_false_demos.lens_training import DEFAULT_DATASETS, demonstration_documents
+
+    assert "unnatural" not in DEFAULT_DATASETS
+    text = "\n".join(demonstration_documents(["trec"], seed=0))
+    _, queries = load_examples("trec")
+    assert len(text) > 10_000
+    assert not [query for query in queries if query.fields[0] in text]
+    with pytest.raises(FalseDemoError, match="unnatural's demonstrations are its queries"):
+        demonstration_documents(["unnatural"], seed=0)
