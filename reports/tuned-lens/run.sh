@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates this report: trains the tuned lens for SmolLM2-135M-Instruct (unless lens/params.pt exists),
 # then one `falsedemo sweep` per lens (logit, tuned) on unnatural and trec, correct and permuted
-# demonstrations, k = 24, all 90 unnatural queries and the first $LIMIT (default 40) of trec, local dataset copies,
+# demonstrations, k = 24, all 90 unnatural queries and the first $LIMIT (default 80) of trec, local dataset copies,
 # lm-eval's default seeds, 1000 seeded paired-bootstrap resamples; then README.md from the results files.
 # One thread per process keeps float reductions identical run to run (and lets the runs share the cores).
 set -euo pipefail
@@ -18,7 +18,7 @@ if [ ! -f lens/params.pt ]; then
 fi
 for lens in logit tuned:lens; do
   for dataset in unnatural trec; do
-    limit=$([ "$dataset" = unnatural ] && echo 90 || echo "${LIMIT:-40}")  # unnatural: all 90 queries
+    limit=$([ "$dataset" = unnatural ] && echo 90 || echo "${LIMIT:-80}")  # unnatural: all 90 queries
     falsedemo sweep --model hf --model_args "$MODEL_ARGS,lens=$lens" \
       --tasks "falsedemo_${dataset}_correct,falsedemo_${dataset}_permuted" --num_fewshot 24 \
       --limit "$limit" --batch_size 4 --device cpu --seed 0,1234,1234,1234 --bootstrap_iters 1000 \
