@@ -170,7 +170,7 @@ def main() -> None:
             *gemma.read_text().strip().splitlines(),
             "```",
             "",
-            "Minutes are wall-clock on this shared 2-core machine while other jobs ran (load about 8 per core); "
+            "Minutes are wall-clock on this shared 2-core machine while other jobs ran; "
             "the TFLOP figures do not depend on load. The subset (half the tokens carrying the most final probability in the batch, half a fresh uniform "
             "sample; both distributions renormalised over it) cuts the lens's share of the work from most of it "
             "to about a fifth. What it costs in fidelity: the KL no longer sees probability a layer puts outside "
