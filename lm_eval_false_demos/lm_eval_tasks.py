@@ -10,7 +10,10 @@ the K per-choice scores are only renormalised over the K labels.
 The token budget comes from what lm-eval merged into the task metadata (model_args: ``pretrained``,
 ``tokenizer``, ``gguf_file``, ``revision``, ``max_length``); the tokenizer is loaded once per process.
 Extra options in metadata (``--metadata '{"wrong_share": 40}'``): ``wrong_share`` grades the permuted
-setting (percent of demonstrations shown with the shifted label).
+setting (percent of demonstrations shown with the shifted label); ``sst2_format`` picks one of SST-2's 15
+prompt formats for the ``falsedemo_sst2_<setting>`` tasks (``sst2_formats``). The
+``falsedemo_sst2_formats_<setting>`` tasks hold all 15 formats of each query as 15 documents; their
+calibrated accuracy is the mean of the 15 per-format calibrated accuracies (the paper's SST-2 figure).
 
 ``--apply_chat_template`` (``--fewshot_as_multiturn``, ``--system_instruction``) renders the same paired
 prompt through the model's chat template (chat.py); lm-eval then drops the target delimiter, so the
@@ -35,6 +38,7 @@ from lm_eval_false_demos.datasets import data_provenance, data_source, get_spec,
 from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.metrics import calibrated_accuracy, normalise
 from lm_eval_false_demos.prompts import build_prompt, label_token_ids, query_shift, render_query
+from lm_eval_false_demos.sst2_formats import check_format, format_spec, variant_key
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +52,20 @@ _warned_no_budget = False
 
 
 def calibrated_accuracy_aggregation(items) -> float:
-    """lm-eval aggregation over the per-query ``(gold, normalised scores)`` items of all ranks."""
-    items = list(items)
-    gold = [int(g) for g, _ in items]
-    scores = np.array([list(s) for _, s in items], dtype=np.float64)
-    return calibrated_accuracy(scores, gold)
+    """lm-eval aggregation over the per-query ``(gold, normalised scores[, prompt format])`` items of all ranks.
+
+    Thresholds are per prompt format (a format is its own dataset-level statistic); with several formats
+    the result is the mean of the per-format calibrated accuracies, as the paper averages SST-2's formats.
+    """
+    by_format: dict[int, list] = {}
+    for item in items:
+        by_format.setdefault(int(item[2]) if len(item) > 2 else 0, []).append(item)
+    values = []
+    for _, format_items in sorted(by_format.items()):
+        gold = [int(item[0]) for item in format_items]
+        scores = np.array([list(item[1]) for item in format_items], dtype=np.float64)
+        values.append(calibrated_accuracy(scores, gold))
+    return float(np.mean(values))
 
 
 def _resolve_short_name(pretrained: str) -> dict:
@@ -139,6 +152,18 @@ class FalseDemoTask(ConfigurableTask):
         self.spec = get_spec(options["falsedemo_dataset"])
         self.setting = check_setting(options["falsedemo_setting"])
         metadata = dict(config.get("metadata") or {})
+        # Prompt formats (SST-2 only): the YAML's, or --metadata sst2_format for the format-0 tasks.
+        self.formats = tuple(check_format(index) for index in options.get("falsedemo_formats", [0]))
+        if metadata.get("sst2_format") is not None and self.spec.key == "sst2" and self.formats == (0,):
+            self.formats = (check_format(metadata["sst2_format"]),)
+        self.format_specs = {index: format_spec(index, self.spec) for index in self.formats}
+        budget = _budget_from_metadata(metadata, config.get("task"))
+        if budget is not None and len(self.formats) > 1:
+            self._drop_unscorable_formats(budget[0], config.get("task"))
+        if len(self.formats) == 1:
+            self.spec = self.format_specs[self.formats[0]]
+        # The name results use for this dataset: sst2_f3 for one SST-2 format, sst2_formats for all of them.
+        self.dataset_key = variant_key(self.formats[0]) if len(self.formats) == 1 else "sst2_formats"
         self.wrong_share = check_wrong_share(metadata.get("wrong_share"))
         self.fewshot_seed = DEFAULT_FEWSHOT_SEED
         super().__init__(config=config, **kwargs)
@@ -150,23 +175,44 @@ class FalseDemoTask(ConfigurableTask):
             "data_provenance": data_provenance(self.spec.key),
             "plugin_version": __version__,
             "label_scoring": LABEL_SCORING_NOTE,
+            **({"sst2_format": list(self.formats) if len(self.formats) > 1 else self.formats[0]}
+               if self.spec.key == "sst2" else {}),
         }
-        budget = _budget_from_metadata(metadata, config.get("task"))
         self._chat_checked = None
         if budget is None:
             self.token_counter, self.max_tokens, self.tokenizer = None, None, None
         else:
             tokenizer, self.max_tokens = budget
             self.tokenizer = tokenizer
-            label_token_ids(tokenizer, self.spec.label_word_list)
+            for spec in self.format_specs.values():
+                label_token_ids(tokenizer, spec.label_word_list)
             self.token_counter = functools.partial(_count_tokens, tokenizer)
+
+    def _drop_unscorable_formats(self, tokenizer, task_name) -> None:
+        """The all-formats task leaves out formats whose label words share a first token for this tokenizer
+        (" 0" / " 5" split off the space in Gemma's and SmolLM2's): the mean is over the rest, as recorded."""
+        usable = []
+        for index, spec in self.format_specs.items():
+            try:
+                label_token_ids(tokenizer, spec.label_word_list)
+            except FalseDemoError as error:
+                logger.warning("task %s: SST-2 prompt format %d left out: %s", task_name, index, error)
+            else:
+                usable.append(index)
+        if not usable:
+            raise FalseDemoError(f"task {task_name}: no SST-2 prompt format can be scored by its first label token")
+        self.formats = tuple(usable)
+        self.format_specs = {index: self.format_specs[index] for index in usable}
 
     def download(self, dataset_kwargs=None, **kwargs) -> None:
         import datasets as hf_datasets
 
         self.pool, queries = load_examples(self.spec.key)
         self.queries = {query.uid: query for query in queries}
-        docs = [{"uid": q.uid, "query": render_query(self.spec, q), "label": q.label} for q in queries]
+        # Query-major: one document per query and format, each with its format's label words as choices.
+        docs = [{"uid": q.uid, "format": index, "query": render_query(spec, q), "label": q.label,
+                 "choices": spec.label_word_list}
+                for q in queries for index, spec in self.format_specs.items()]
         self.dataset = hf_datasets.DatasetDict({"queries": hf_datasets.Dataset.from_list(docs)})
 
     def fewshot_docs(self):
@@ -178,7 +224,7 @@ class FalseDemoTask(ConfigurableTask):
 
     def build_prompt_for(self, doc: dict, num_fewshot: int):
         return build_prompt(
-            self.spec, self.queries[doc["uid"]], self.pool, int(num_fewshot), self.setting, self.fewshot_seed,
+            self.format_specs[int(doc.get("format", self.formats[0]))], self.queries[doc["uid"]], self.pool, int(num_fewshot), self.setting, self.fewshot_seed,
             wrong_share=self.wrong_share if self.setting == "permuted" else None,
             token_counter=self.token_counter, max_tokens=self.max_tokens,
         )
@@ -221,9 +267,11 @@ class FalseDemoTask(ConfigurableTask):
             return
         lead = " " if context.endswith(" ") else ""
         if self._chat_checked != lead:
-            label_token_ids(self.tokenizer, self.spec.label_word_list, lead=lead)
+            for spec in self.format_specs.values():
+                label_token_ids(self.tokenizer, spec.label_word_list, lead=lead)
             self._chat_checked = lead
-        length = self.token_counter(context) + max(self.token_counter(lead + w) for w in self.spec.label_word_list)
+        words = [word for spec in self.format_specs.values() for word in spec.label_word_list]
+        length = self.token_counter(context) + max(self.token_counter(lead + word) for word in words)
         if self.max_tokens is not None and length + 1 > self.max_tokens:
             raise FalseDemoError(
                 f"task {self.config.task}: the chat-templated prompt takes {length} tokens, more than the model's "
@@ -235,7 +283,8 @@ class FalseDemoTask(ConfigurableTask):
         scores = normalise(log_likelihoods)
         gold = int(doc["label"])
         predicted = int(np.argmax(scores))
-        outcome = {"calibrated_acc": (gold, scores.tolist()), "acc": float(predicted == gold)}
+        item = (gold, scores.tolist()) if len(self.formats) == 1 else (gold, scores.tolist(), int(doc["format"]))
+        outcome = {"calibrated_acc": item, "acc": float(predicted == gold)}
         if self.setting in FOLLOW_SETTINGS:
             follow = (gold + query_shift(self.spec, doc["uid"], self.fewshot_seed)) % self.spec.num_classes
             outcome["follow_acc"] = float(predicted == follow)

@@ -1,4 +1,12 @@
-"""Generate ``task_configs/falsedemo_<key>_<setting>.yaml`` from the DATASETS table x SETTINGS.
+"""Generate ``task_configs/`` from the DATASETS table x SETTINGS: the tasks, SST-2's prompt formats, the groups.
+
+* ``falsedemo_<key>_<setting>``: one dataset, one setting (SST-2 in its format 0);
+* ``falsedemo_sst2_f<i>_<setting>``: SST-2 in prompt format i (1..14), one task per format (the sweep's unit);
+* ``falsedemo_sst2_formats_<setting>``: all 15 formats of each query in one task, scored as the paper's SST-2
+  figure (the mean of the per-format calibrated accuracies);
+* groups ``falsedemo_main_<setting>``: the 14 main datasets (SST-2 as its 15-format task) with lm-eval's
+  unweighted mean of ``calibrated_acc`` and ``acc`` (those two only: ``follow_acc`` exists only on
+  corrupted settings, and lm-eval's group mean needs every child to have the metric).
 
 Run ``python -m lm_eval_false_demos.task_yamls`` after changing the table; ``--check`` exits non-zero
 when the folder is out of date (the tests run the same check).
@@ -12,7 +20,8 @@ import sys
 from pathlib import Path
 
 from lm_eval_false_demos.corruption import FOLLOW_SETTINGS, SETTINGS
-from lm_eval_false_demos.datasets import DATASETS, DatasetSpec
+from lm_eval_false_demos.datasets import DATASETS, MAIN_DATASETS, DatasetSpec
+from lm_eval_false_demos.sst2_formats import ALL_FORMATS, BASE_KEY, variant_key
 
 TASK_CONFIG_DIR = Path(__file__).resolve().parents[1] / "task_configs"
 DEFAULT_NUM_FEWSHOT = 40
@@ -24,12 +33,28 @@ def task_name(key: str, setting: str) -> str:
     return f"falsedemo_{key}_{setting}"
 
 
+FORMATS_KEY = f"{BASE_KEY}_formats"
+GROUP_METRICS = ("calibrated_acc", "acc")
+
+
+def group_name(setting: str) -> str:
+    return f"falsedemo_main_{setting}"
+
+
 def task_names() -> list[str]:
+    """The per-dataset tasks (the ``falsedemo`` tag); the SST-2 format tasks and the groups come on top."""
     return [task_name(key, setting) for key in DATASETS for setting in SETTINGS]
 
 
-def render_task_yaml(spec: DatasetSpec, setting: str) -> str:
-    tags = ["falsedemo"] + (["falsedemo_main"] if spec.main else []) + [f"falsedemo_{setting}", f"falsedemo_{spec.key}"]
+def render_task_yaml(spec: DatasetSpec, setting: str, formats: tuple[int, ...] = (0,)) -> str:
+    if formats == (0,):
+        tags = ["falsedemo"] + (["falsedemo_main"] if spec.main else []) + [f"falsedemo_{setting}", f"falsedemo_{spec.key}"]
+        key, choices = spec.key, f"[{', '.join(json.dumps(word) for word in spec.label_word_list)}]"
+    else:
+        # Kept out of the falsedemo / falsedemo_<setting> tags: those stay one task per dataset.
+        key = variant_key(formats[0]) if len(formats) == 1 else FORMATS_KEY
+        tags = [f"falsedemo_{key}"]
+        choices = "choices"  # each document carries its format's label words
     metrics = [("calibrated_acc", "!function lm_eval_false_demos.lm_eval_tasks.calibrated_accuracy_aggregation"),
                ("acc", "mean")]
     if setting in FOLLOW_SETTINGS:
@@ -37,18 +62,19 @@ def render_task_yaml(spec: DatasetSpec, setting: str) -> str:
     quoted = json.dumps
     lines = [
         _HEADER.rstrip("\n"),
-        f"task: {task_name(spec.key, setting)}",
+        f"task: {task_name(key, setting)}",
         f"tag: [{', '.join(tags)}]",
         "class: !function lm_eval_false_demos.lm_eval_tasks.FalseDemoTask",
         f"dataset_path: {quoted('falsedemo/' + spec.key)}",
         "dataset_kwargs:",
         f"  falsedemo_dataset: {spec.key}",
         f"  falsedemo_setting: {setting}",
+        *([f"  falsedemo_formats: [{', '.join(map(str, formats))}]"] if formats != (0,) else []),
         "output_type: multiple_choice",
         "test_split: queries",
         "doc_to_text: query",
         "doc_to_target: label",
-        f"doc_to_choice: [{', '.join(quoted(word) for word in spec.label_word_list)}]",
+        f"doc_to_choice: {choices}",
         'target_delimiter: " "',
         f"fewshot_delimiter: {quoted(chr(10) * 2)}",
         f"num_fewshot: {0 if setting == 'zeroshot' else DEFAULT_NUM_FEWSHOT}",
@@ -61,9 +87,28 @@ def render_task_yaml(spec: DatasetSpec, setting: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_group_yaml(setting: str) -> str:
+    children = [task_name(FORMATS_KEY if key == BASE_KEY else key, setting) for key in MAIN_DATASETS]
+    lines = [_HEADER.rstrip("\n"), f"group: {group_name(setting)}", "task:"]
+    lines += [f"  - {child}" for child in children]
+    lines.append("aggregate_metric_list:")
+    for metric in GROUP_METRICS:
+        # Unweighted: the paper's headline is the plain mean over datasets, whatever their sizes.
+        lines += [f"  - metric: {metric}", "    aggregation: mean", "    weight_by_size: false"]
+    lines += ["metadata:", f"  version: {TASK_VERSION}"]
+    return "\n".join(lines) + "\n"
+
+
 def expected_files() -> dict[str, str]:
-    return {f"{task_name(key, setting)}.yaml": render_task_yaml(spec, setting)
-            for key, spec in DATASETS.items() for setting in SETTINGS}
+    files = {f"{task_name(key, setting)}.yaml": render_task_yaml(spec, setting)
+             for key, spec in DATASETS.items() for setting in SETTINGS}
+    sst2 = DATASETS[BASE_KEY]
+    for setting in SETTINGS:
+        for index in ALL_FORMATS[1:]:
+            files[f"{task_name(variant_key(index), setting)}.yaml"] = render_task_yaml(sst2, setting, (index,))
+        files[f"{task_name(FORMATS_KEY, setting)}.yaml"] = render_task_yaml(sst2, setting, ALL_FORMATS)
+        files[f"{group_name(setting)}.yaml"] = render_group_yaml(setting)
+    return files
 
 
 def stale_files(folder: Path = TASK_CONFIG_DIR) -> list[str]:
