@@ -43,11 +43,31 @@ def label_thresholds(scores) -> np.ndarray:
 
 def _above_and_tied(scores, gold) -> tuple[np.ndarray, np.ndarray, int]:
     scores, gold = _as_scores(scores, gold)
-    thresholds = label_thresholds(scores)
-    own = scores[np.arange(len(gold)), gold]
-    limit = thresholds[gold]
+    above, tie = _above_and_tied_by_layer(scores[:, None, :], gold)
+    return above[:, 0], tie[:, 0], scores.shape[1]
+
+
+def _above_and_tied_by_layer(scores: np.ndarray, gold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[N, L, K] scores: per query and layer, is the gold score above / tied with its label's threshold."""
+    num_classes = scores.shape[2]
+    thresholds = np.quantile(scores, (num_classes - 1) / num_classes, axis=0, method="linear")  # [L, K]
+    own = np.take_along_axis(scores, gold[:, None, None], axis=2)[:, :, 0]
+    limit = thresholds[:, gold].T
     tie = np.abs(own - limit) <= TIE_TOLERANCE
-    return (own > limit) & ~tie, tie, scores.shape[1]
+    return (own > limit) & ~tie, tie
+
+
+def calibrated_accuracy_by_layer(scores, gold) -> np.ndarray:
+    """``calibrated_accuracy(scores[:, l, :], gold)`` for every l of [N, L, K] scores, in one pass
+    (a bootstrap over queries recomputes every layer's thresholds thousands of times)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    gold = np.asarray(gold, dtype=np.int64)
+    if scores.ndim != 3 or scores.shape[0] != gold.shape[0] or scores.shape[0] == 0:
+        raise ValueError(f"need scores [N, L, K] and gold [N] with N > 0, got {scores.shape} and {gold.shape}")
+    _as_scores(scores[:, 0, :], gold)  # label range check
+    above, tie = _above_and_tied_by_layer(scores, gold)
+    num_classes = scores.shape[2]
+    return (above.sum(axis=0) * num_classes + tie.sum(axis=0)) / (num_classes * len(gold))
 
 
 def calibrated_credit(scores, gold) -> np.ndarray:

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from . import __version__, results_io
+from . import __version__, query_scores, results_io
 from .errors import FalseDemoError
 from .datasets import data_provenance_for, data_source_summary
 
@@ -90,6 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "'false': one user message")
     parser.add_argument("--system_instruction", type=str, default=None, metavar="<text>",
                         help="system message text (with --apply_chat_template), before the dataset's instruction")
+    parser.add_argument("--sst2_format", default=None, metavar="<formats>",
+                        help="SST-2 prompt formats (paper: 15, 0-14) for the SST-2 tasks requested: all, 3, 0,5 or "
+                             "0-14; each format is scored as its own task (falsedemo_sst2_f<i>_<setting>)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
         raise FalseDemoError("--fewshot_as_multiturn needs --apply_chat_template (as in lm_eval)")
     if getattr(args, "system_instruction", None) and not apply_chat_template:
         raise FalseDemoError("--system_instruction needs --apply_chat_template (it becomes the system message)")
+    from .sst2_formats import parse_formats
+
+    sst2_formats = None if args.sst2_format is None else parse_formats(args.sst2_format)
     result = run_sweep(
         model=args.model,
         model_args=args.model_args or {},
@@ -118,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         apply_chat_template=apply_chat_template,
         fewshot_as_multiturn=bool(apply_chat_template) if multiturn is None else multiturn,
         system_instruction=getattr(args, "system_instruction", None),
+        sst2_formats=sst2_formats,
     )
     if result is None:  # not rank 0 under accelerate: rank 0 writes
         return 0
@@ -365,6 +372,8 @@ def build_records(name: str, task, limit: float | None, chat: Mapping[str, Any] 
             f"task {name} is not a falsedemo task; the sweep needs demonstrations it can read out "
             "(tasks falsedemo_<dataset>_<setting>, tags falsedemo_<dataset> / falsedemo_<setting>)"
         )
+    if len(getattr(task, "formats", ())) > 1:
+        raise FalseDemoError(f"task {name} holds several SST-2 prompt formats; the sweep scores one task per format")
     # Every rank builds every prompt (the demos of a query do not depend on the order or the rank) and the
     # sweep shards them itself, so one process and several see the same prompts.
     chat = dict(chat or {})
@@ -405,7 +414,7 @@ def build_records(name: str, task, limit: float | None, chat: Mapping[str, Any] 
         raise FalseDemoError(f"task {name} produced no prompts (check --limit)")
     info = TaskInfo(
         name=name,
-        dataset=task.spec.key,
+        dataset=getattr(task, "dataset_key", task.spec.key),  # sst2_f3: SST-2 in prompt format 3
         setting=task.setting,
         num_fewshot=num_fewshot,
         num_classes=num_classes,
@@ -667,6 +676,7 @@ def run_sweep(
     apply_chat_template: bool | str = False,
     fewshot_as_multiturn: bool = False,
     system_instruction: str | None = None,
+    sst2_formats: Sequence[int] | None = None,
 ) -> dict | None:
     """Run the sweep and return the ``sweep.json`` payload (None on ranks other than 0)."""
     import random
@@ -699,10 +709,19 @@ def run_sweep(
 
         # Model args reach task metadata as in lm_eval's CLI (custom_dataset callables receive them).
         task_manager = TaskManager(include_path=include_path, metadata=dict(model_args))
+    from .sst2_formats import expand_task_names
+
     task_names = resolve_task_names(tasks, task_manager)
     task_objects = load_tasks(task_names, task_manager, num_fewshot, fewshot_seed)
     prompt_format, chat_args = _prompt_format(lm, model_args, apply_chat_template, fewshot_as_multiturn,
                                               system_instruction)
+    # Each SST-2 prompt format is its own task here (calibrated thresholds are per format); groups such as
+    # falsedemo_main_permuted hold the all-formats task, so the expansion works on the loaded leaves.
+    leaves = list(task_objects)
+    kept = {name: task.formats for name, task in task_objects.items() if len(getattr(task, "formats", ())) > 1}
+    if expand_task_names(leaves, sst2_formats, kept) != leaves:
+        task_objects = load_tasks(expand_task_names(leaves, sst2_formats, kept), task_manager, num_fewshot,
+                                  fewshot_seed)
 
     infos: dict[str, TaskInfo] = {}
     records: list[PromptRecord] = []
@@ -754,6 +773,8 @@ def run_sweep(
     config.update(prompt_format)
     config["lens"] = tuned_lens.describe(lens_spec, translator)
     config["lens_parity"] = parity or None
+    config["sst2_formats"] = sorted({getattr(task, "formats", (0,))[0] for task in task_objects.values()
+                                     if getattr(getattr(task, "spec", None), "key", None) == "sst2"})
     return {
         "kind": "falsedemo.sweep",
         "format_version": 1,
@@ -761,6 +782,9 @@ def run_sweep(
         "tasks": task_results,
         "datasets": datasets,
         "summary": summarise_run(datasets, task_results),
+        # arrays, not JSON: write_outputs saves them as query_scores.npz for pooled intervals
+        "query_scores": {name: {key: arrays[name][key] for key in ("query_keys", "query_scores", "gold")}
+                         for name in arrays},
         "timing": {
             "total_seconds": time.perf_counter() - started,
             "forward_seconds": forward_seconds,
@@ -1136,7 +1160,11 @@ def write_outputs(result: Mapping, output_path: str | Path, plots: bool = True) 
     results_io.write_csv_atomic(run_directory / "derived.csv", DERIVED_HEADER, derived_rows(result))
     figures = write_figures(result, run_directory) if plots else []
     payload = dict(result)
-    payload["files"] = ["curves.csv", "derived.csv"] + [path.name for path in figures]
+    written = ["curves.csv", "derived.csv"] + [path.name for path in figures]
+    if payload.get("query_scores"):
+        written.append(query_scores.write(run_directory, payload.pop("query_scores")).name)
+    payload.pop("query_scores", None)
+    payload["files"] = written
     # sweep.json last: its presence means the folder is complete.
     results_io.write_json_atomic(run_directory / "sweep.json", payload)
     return run_directory
