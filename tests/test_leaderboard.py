@@ -30,8 +30,9 @@ GEMMA_BASE = {
     "correct_acc": 0.644, "correct_datasets": 5, "permuted_acc": 0.4125, "permuted_datasets": 4,
     "random_acc": 0.525, "random_datasets": 2, "half_acc": 0.575, "half_datasets": 2,
     "gap_permuted": 0.1925, "gap_random": 0.125, "gap_half": 0.075,
-    "critical_layer": 8, "early_exit_layer": 12, "early_exit_gain": (0.58 + 0.53 + 0.56 - 0.41 - 0.44 - 0.50) / 3,
-    "heads_gap_recovered": 0.39, "random_heads_gap_recovered": 0.04, "random_heads_gap_recovered_sd": 0.05,
+    "critical_layer_index": 8, "early_exit_layer": 12,
+    "early_exit_gain": (0.58 + 0.53 + 0.56 - 0.41 - 0.44 - 0.50) / 3,
+    "heads_gap_recovered": 0.39, "random_heads_gap_recovered": 0.04,
     # pooled over sst2, rte, trec: mean correct .6, permuted .4667, top heads zeroed .5307 -> 1 - .0693/.1333;
     # the 5 random draws zeroed: .4767, .47, .4683, .4647, .4803 -> .075, .025, .0125, -.015, .1025
     "heads_pooled_gap_recovered": 0.48, "random_heads_pooled_gap_recovered": 0.04,
@@ -49,13 +50,13 @@ BROKEN = [
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    output = tmp_path_factory.mktemp("leaderboard")
+    output = tmp_path_factory.mktemp("leaderboard") / "out"
     board, paths = leaderboard.build([FIXTURES], output)
     return board, paths
 
 
-def rows_by_config(summaries):
-    return {(s["model"], s["config"]): s for s in summaries}
+def summaries_by_config(board):
+    return {(s["model"], s["config"]): s for s in (leaderboard.summarise(row) for row in board.ordered_rows())}
 
 
 def csv_rows(path):
@@ -65,8 +66,7 @@ def csv_rows(path):
 
 def test_rows_are_one_per_configuration(built):
     board, _ = built
-    keys = set(rows_by_config(board.table()))
-    assert keys == {
+    assert set(summaries_by_config(board)) == {
         ("gemma-3-270m", "dtype=float32"),
         ("gemma-3-270m", "dtype=float32,exit_layer=9"),
         ("HuggingFaceTB/SmolLM2-135M", "revision=93efa2f097d58c2a74874c7e644dbc9b0cee75a2"),
@@ -81,31 +81,32 @@ def test_rows_are_one_per_configuration(built):
 ])
 def test_numbers_agree_in_every_format(built, config, expected):
     board, paths = built
-    summary = rows_by_config(board.table())[config]
+    summary = summaries_by_config(board)[config]
     from_csv = csv_rows(paths["csv"])[config]
-    markdown = paths["markdown"].read_text(encoding="utf-8")
-    md_line = next(line for line in markdown.splitlines()
-                   if line.startswith(f"| {config[0]} ") and f"| {html.escape(config[1])} " in line)
+    md_line = next(line for line in paths["markdown"].read_text(encoding="utf-8").splitlines()
+                   if line.startswith(f"| {config[0]} [{html.escape(config[1], quote=False)}] "))
     md_cells = [cell.strip() for cell in md_line.strip("|").split("|")]
-    md_headers = [c.header for c in leaderboard.COLUMNS if c.key not in leaderboard.MARKDOWN_SKIP]
+    md_keys = [c.key for c in leaderboard.MARKDOWN_COLUMNS]
     page_rows = parse_page_rows(paths["html"])
     page_row = next(row for row in page_rows if (row["model"], row["config"]) == config)
-    page_data = page_json(paths["html"])[page_rows.index(page_row)]
+    page_data = page_json(paths["html"])[page_row["index"]]
     columns = {c.key: c for c in leaderboard.COLUMNS}
     for key, value in expected.items():
-        column = columns[key]
         assert summary[key] == pytest.approx(value, abs=1e-9), key
         assert float(from_csv[key]) == pytest.approx(value, abs=1e-6), key
         assert page_data[key] == pytest.approx(value, abs=1e-9), key
         # cells show 3 decimals: equal to the input up to rounding
-        tolerance = 0.0005 + 1e-9 if column.kind in ("acc", "signed") else 0
+        tolerance = 0.0005 + 1e-9 if columns[key].kind in ("acc", "signed") else 0
         if key in page_row:
-            assert float(page_row[key].split(" (")[0]) == pytest.approx(value, abs=tolerance), key
-        if key not in leaderboard.MARKDOWN_SKIP:
-            cell = md_cells[md_headers.index(column.header)]
-            assert float(cell.split(" (")[0]) == pytest.approx(value, abs=tolerance), key
-            if key.endswith("_acc") and key[:-4] in leaderboard.SETTINGS_SHOWN:
-                assert cell.endswith(f"({summary[key[:-4] + '_datasets']}/14)")
+            assert float(page_row[key].split(" ")[0]) == pytest.approx(value, abs=tolerance), key
+        if key in md_keys:
+            cell = md_cells[md_keys.index(key)]
+            assert float(cell.split(" ")[0]) == pytest.approx(value, abs=tolerance), key
+            if key.endswith("_acc"):
+                assert cell.endswith(f"({summary[key[:-4] + '_datasets']}/14)")  # fewer than 14 datasets run
+    if config == ("gemma-3-270m", "dtype=float32"):
+        assert summary["critical_layer"] == "8 (0.44)"  # layer 8 of 18
+        assert "8 (0.44)" in page_row["critical_layer"] and "8 (0.44)" in md_cells[md_keys.index("critical_layer")]
 
 
 def test_identity_versions_and_sources(built):
@@ -117,7 +118,7 @@ def test_identity_versions_and_sources(built):
     assert (base["plugin_version"], base["lm_eval_version"], base["transformers_version"]) == ("0.1.0", "0.4.13", "4.57.1")
     assert base["date"] == "2025-01-04"  # the sweep is the newest of the row's four files
     assert base["files"] == "4"  # two lm-eval files, the sweep and the heads file
-    assert base["false_heads"] == "14:2;16:1"
+    assert base["false_heads"] == "14:2;16:1" and base["seed"] == "1234"
     smol = csv_rows(paths["csv"])[("HuggingFaceTB/SmolLM2-135M", "revision=93efa2f097d58c2a74874c7e644dbc9b0cee75a2")]
     assert smol["identity"] == "sha:93efa2f097d58c2a74874c7e644dbc9b0cee75a2"  # the commit, said once
     assert smol["layers"] == ""  # plain hf records no layer count
@@ -131,7 +132,7 @@ def test_broken_files_are_skipped_with_a_warning_naming_them(built):
     duplicate = [message for message in board.warnings if message.startswith("duplicate")]
     assert len(duplicate) == 1
     assert "trec/permuted" in duplicate[0] and "results_2025-01-03" in duplicate[0]
-    assert not any("partial-model" in str(s) or "nan-model" in str(s) for s in rows_by_config(board.table()))
+    assert not any("partial-model" in str(key) or "nan-model" in str(key) for key in summaries_by_config(board))
 
 
 def test_hostile_strings_stay_text(built):
@@ -144,55 +145,50 @@ def test_hostile_strings_stay_text(built):
     rows = parse_page_rows(paths["html"])
     hostile = next(row for row in rows if row["model"] == HOSTILE_MODEL)
     assert hostile["config"] == HOSTILE_CONFIG
-    assert page_json(paths["html"])[rows.index(hostile)]["model"] == HOSTILE_MODEL
+    assert page_json(paths["html"])[hostile["index"]]["model"] == HOSTILE_MODEL
     embedded = page.split('id="leaderboard-data">', 1)[1].split("</script>", 1)[0]
     assert "<" not in embedded and ">" not in embedded and "&" not in embedded
     # spreadsheets would run a cell starting with "=": the CSV quotes it as text
     assert csv_rows(paths["csv"])[(HOSTILE_MODEL, HOSTILE_CONFIG)]["transformers_version"].startswith("'=HYPERLINK")
     markdown = paths["markdown"].read_text(encoding="utf-8")
     assert "<script>" not in markdown and "&lt;script&gt;" in markdown
+    json.loads(paths["json"].read_text(encoding="utf-8"))  # strict JSON
 
 
-def test_page_is_self_contained(built):
+def test_page_is_self_contained_and_small_by_default(built):
     _, paths = built
     page = paths["html"].read_text(encoding="utf-8")
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     assert "Content-Security-Policy" in page
-    assert page.count("<figure") == 1  # only the base gemma row has a sweep
-    figure = page.split("<figure", 1)[1]
-    assert len(re.findall(r'<polyline class="curve"', figure)) == 3  # correct, permuted, half
+    head = page.split("<thead>", 1)[1].split("</thead>", 1)[0]
+    assert re.findall(r'data-key="([a-z_]+)"', head) == list(leaderboard.columns.DEFAULT_KEYS)
+    assert page.count('<details class="detail"') == 4  # one detail per row
+    assert page.count('<figure class="curves"') == 1  # only the base gemma row has a sweep
+    figure = page.split('<figure class="curves"', 1)[1]
+    assert len(re.findall(r'<polyline class="curve"', figure)) == 2  # correct, permuted
     points = re.search(r'data-setting="correct"[^>]*points="([^"]+)"', figure).group(1).split()
     assert len(points) == 19
-    assert figure.count('class="chance"') == 1
+    # rows sorted by the gap, largest first
+    gaps = [row["gap_permuted"] for row in parse_page_rows(paths["html"])]
+    assert [float(gap) for gap in gaps] == sorted((float(gap) for gap in gaps), reverse=True)
 
 
-def test_messy_folder_never_crashes_and_outputs_are_replaced(tmp_path):
-    messy = tmp_path / "messy"
-    shutil.copytree(FIXTURES / "broken", messy)
-    (messy / "sub").mkdir()
-    (messy / "sub" / "results_x.json").write_text(json.dumps({"results": {"falsedemo_sst2_correct": 5}, "config": {}}))
-    (messy / "dir.json").mkdir()  # a folder named like a file
-    output = tmp_path / "out"
-    assert cli.main(["leaderboard", "--results", str(messy), str(tmp_path / "missing"), "--output", str(output)]) == 0
-    assert cli.main(["leaderboard", "--results", str(messy), "--output", str(output)]) == 0  # rebuild replaces
-    with open(output / "leaderboard.csv", newline="") as stream:
-        assert len(list(csv.reader(stream))) == 1  # header only: nothing usable
-    assert cli.main(["leaderboard", "--results", str(messy), "--output", str(output), "--strict"]) == 1
+def test_sweep_numbers_follow_the_paper_with_the_sweeps_own_functions():
+    from lm_eval_false_demos import sweep
+    from lm_eval_false_demos.leaderboard.headline import layer_statistics
 
-
-def test_sweep_numbers_without_a_stated_summary_follow_the_paper():
-    sweep = json.loads((FIXTURES / "sweeps" / "sweep_gemma-3-270m_2025-01-04T09-00-00.000000" / "sweep.json").read_text())
-    curves = {(t["dataset"], t["setting"]): t["per_layer"]["calibrated_acc"] for t in sweep["tasks"].values()}
-    computed = leaderboard.sweep_summary({"curves": curves, "summary": {}})
-    assert computed["critical_layer"] == GEMMA_BASE["critical_layer"]
+    payload = json.loads((FIXTURES / "sweeps" / "sweep_gemma-3-270m_2025-01-04T09-00-00.000000" / "sweep.json").read_text())
+    curves = {(t["dataset"], t["setting"]): t["per_layer"]["calibrated_acc"] for t in payload["tasks"].values()}
+    datasets = sorted({d for d, s in curves if s == "permuted"})
+    correct = [statistics.fmean(curves[(d, "correct")][i] for d in datasets) for i in range(19)]
+    permuted = [statistics.fmean(curves[(d, "permuted")][i] for d in datasets) for i in range(19)]
+    computed = layer_statistics(correct, permuted)
+    assert computed["critical_layer"] == GEMMA_BASE["critical_layer_index"]
     assert computed["early_exit_layer"] == GEMMA_BASE["early_exit_layer"]
     assert computed["early_exit_gain"] == pytest.approx(GEMMA_BASE["early_exit_gain"])
-
-
-def test_critical_layer_follows_the_paper():
-    # gap reaches half of its final value (.2 -> .1) first at layer 2
-    assert leaderboard.critical_layer([0.5, 0.55, 0.65, 0.7], [0.5, 0.5, 0.55, 0.5]) == 2
-    assert leaderboard.critical_layer([0.5, 0.6], [0.5, 0.7]) is None  # no final gap, no critical layer
+    # one definition: a gap equal to half the final one up to rounding counts (the sweep's tolerance)
+    tie = layer_statistics([0.5, 0.5 + 0.3 - 0.2, 0.9, 0.5 + 0.5 - 0.3], [0.5, 0.5, 0.5, 0.5])
+    assert tie["critical_layer"] == sweep.critical_layer([0.0, 0.3 - 0.2, 0.4, 0.5 - 0.3]) == 1
 
 
 def test_task_and_model_args_parsing():
@@ -209,38 +205,44 @@ def test_task_and_model_args_parsing():
 
 
 class _TableParser(HTMLParser):
-    """Cell texts of the page's table, as a browser's textContent would give them."""
+    """The page table's rows: {column key: cell text as a browser shows it}, the model cell split into its
+    link (model), config and note, and the row's index into the embedded data."""
 
     def __init__(self):
         super().__init__(convert_charrefs=True)
         self.in_body = False
-        self.rows, self.cell = [], None
+        self.rows, self.key, self.part = [], None, None
 
     def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
         if tag == "tbody":
             self.in_body = True
         elif self.in_body and tag == "tr":
-            self.rows.append([])
+            self.rows.append({"index": int(attrs["data-row"])})
         elif self.in_body and tag == "td":
-            self.cell = ""
+            self.key, self.part = attrs["data-key"], attrs["data-key"]
+            self.rows[-1][self.key] = ""
+        elif self.key == "model" and tag in ("a", "span"):
+            self.part = {"a": "model", "span": (attrs.get("class") or "note")}[tag]
+            self.rows[-1].setdefault(self.part, "")
 
     def handle_endtag(self, tag):
         if tag == "tbody":
             self.in_body = False
-        elif tag == "td" and self.cell is not None:
-            self.rows[-1].append(self.cell)
-            self.cell = None
+        elif tag == "td":
+            self.key = self.part = None
+        elif tag in ("a", "span") and self.key == "model":
+            self.part = "model_cell"
 
     def handle_data(self, data):
-        if self.cell is not None:
-            self.cell += data
+        if self.part and self.part != "model_cell":
+            self.rows[-1][self.part] += data
 
 
 def parse_page_rows(path):
     parser = _TableParser()
     parser.feed(Path(path).read_text(encoding="utf-8"))
-    keys = [column.key for column in leaderboard.PAGE_COLUMNS]
-    return [dict(zip(keys, cells)) for cells in parser.rows]
+    return parser.rows
 
 
 def page_json(path):
@@ -262,3 +264,277 @@ def test_k_of_a_heads_experiment_does_not_join_the_accuracy_k(tmp_path):
     _, paths = leaderboard.build([tmp_path], tmp_path / "out")
     row = csv_rows(paths["csv"])[("gemma-3-270m", "dtype=float32")]
     assert row["k"] == "40" and row["false_heads"] == "14:2;16:1"
+
+
+# ------------------------------------------------------------------------- inputs and outputs
+
+
+def run_cli(*argv):
+    return cli.main(["leaderboard", *map(str, argv)])
+
+
+def test_missing_or_empty_inputs_write_nothing(tmp_path, capsys):
+    output = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("--results", FIXTURES / "results", tmp_path / "typo", "--output", output)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "no such file or folder" in error and "typo" in error
+    assert not output.exists()
+    with pytest.raises(SystemExit) as exit_info:  # a folder of broken files only: no row, nothing written
+        run_cli("--results", FIXTURES / "broken", "--output", output)
+    assert exit_info.value.code == 2 and "no usable results file" in capsys.readouterr().err
+    assert not output.exists()
+
+
+def test_an_existing_leaderboard_is_replaced_only_with_force(tmp_path, capsys):
+    output = tmp_path / "out"
+    assert run_cli("--results", FIXTURES / "results", "--output", output, "--bootstrap_iters", "0") == 0
+    before = (output / "leaderboard.csv").read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("--results", FIXTURES / "sweeps", "--output", output)
+    assert exit_info.value.code == 2 and "--force" in capsys.readouterr().err
+    assert (output / "leaderboard.csv").read_bytes() == before
+    assert run_cli("--results", FIXTURES / "sweeps", "--output", output, "--force") == 0
+    assert (output / "leaderboard.csv").read_bytes() != before
+    file_output = tmp_path / "a_file"
+    file_output.write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("--results", FIXTURES / "results", "--output", file_output)
+    assert exit_info.value.code == 2 and "is a file" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(hasattr(__import__("os"), "geteuid") and __import__("os").geteuid() == 0,
+                    reason="root ignores folder permissions")
+def test_read_only_output_is_one_line(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli("--results", FIXTURES / "results", "--output", locked / "out")
+        assert exit_info.value.code == 2 and "writable" in capsys.readouterr().err
+    finally:
+        locked.chmod(0o700)
+
+
+def test_read_only_output_check_without_permissions(tmp_path, monkeypatch):
+    """The same check where the suite runs as root: os.access decides, before anything is read."""
+    import os
+
+    from lm_eval_false_demos.errors import FalseDemoError
+    from lm_eval_false_demos.leaderboard import command
+
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(FalseDemoError, match="cannot be created: .* is not a writable folder"):
+        command.check_output(tmp_path / "new", force=False)
+    (tmp_path / "old").mkdir()
+    with pytest.raises(FalseDemoError, match="is not writable"):
+        command.check_output(tmp_path / "old", force=True)
+
+
+def lm_eval_file(folder, name, model_args, scores, num_layers=18, groups=None, metadata=None):
+    payload = {
+        "results": {task: {"alias": task, "calibrated_acc,none": value} for task, value in scores.items()},
+        "groups": groups or {},
+        "configs": {task: {"metadata": dict(metadata or {})} for task in scores},
+        "n-samples": {task: {"effective": 30} for task in scores},
+        "config": {"model": "hf-earlyexit", "model_args": model_args, "fewshot_seed": 1234,
+                   "falsedemo": {"num_layers": num_layers, "label_scoring": "first"}},
+        "date": 1_700_000_000.0,
+    }
+    path = folder / name
+    path.write_text(json.dumps(payload))
+    return path
+
+
+def test_exit_layer_minus_one_and_L_are_one_row(tmp_path):
+    lm_eval_file(tmp_path, "results_a.json", "pretrained=m,exit_layer=-1.0", {"falsedemo_trec_correct": 0.6})
+    lm_eval_file(tmp_path, "results_b.json", {"pretrained": "m", "exit_layer": 18}, {"falsedemo_trec_permuted": 0.4})
+    board, _ = leaderboard.build([tmp_path], tmp_path / "out", bootstrap_iters=0)
+    (row,) = board.ordered_rows()
+    assert row.config_text == "exit_layer=18"
+    assert leaderboard.summarise(row)["gap_permuted"] == pytest.approx(0.2)
+
+
+def test_readout_fields_outside_model_args_split_rows(tmp_path):
+    """A chat template hash (lm-eval's top-level field) is part of the row key: one home, READOUT_FIELDS."""
+    plain = lm_eval_file(tmp_path, "results_a.json", "pretrained=m", {"falsedemo_trec_correct": 0.6})
+    chat = lm_eval_file(tmp_path, "results_b.json", "pretrained=m", {"falsedemo_trec_correct": 0.7})
+    payload = json.loads(chat.read_text())
+    payload["chat_template_sha"] = "abc123"
+    chat.write_text(json.dumps(payload))
+    board, _ = leaderboard.build([plain, chat], tmp_path / "out", bootstrap_iters=0)
+    assert sorted(row.config_text for row in board.ordered_rows()) == ["(default)", "chat_template_sha=abc123"]
+
+
+def test_lm_eval_groups_and_the_sst2_formats_task_feed_the_row(tmp_path):
+    """Plain lm-eval results of `--tasks falsedemo_main_correct,falsedemo_main_permuted`: SST-2 is its all-formats
+    task; the group rows are read without warnings."""
+    from lm_eval_false_demos.datasets import MAIN_DATASETS
+
+    correct = {f"falsedemo_{d}_correct": 0.7 for d in MAIN_DATASETS if d != "sst2"}
+    permuted = {f"falsedemo_{d}_permuted": 0.5 for d in MAIN_DATASETS if d != "sst2"}
+    correct["falsedemo_sst2_formats_correct"], permuted["falsedemo_sst2_formats_permuted"] = 0.84, 0.28
+    groups = {"falsedemo_main_correct": {"calibrated_acc,none": (0.7 * 13 + 0.84) / 14},
+              "falsedemo_main_permuted": {"calibrated_acc,none": (0.5 * 13 + 0.28) / 14}}
+    lm_eval_file(tmp_path, "results_x.json", "pretrained=m", {**correct, **permuted}, groups=groups)
+    board, _ = leaderboard.build([tmp_path], tmp_path / "out", bootstrap_iters=0)
+    summary = leaderboard.summarise(board.ordered_rows()[0])
+    assert summary["correct_acc"] == pytest.approx(groups["falsedemo_main_correct"]["calibrated_acc,none"])
+    assert summary["gap_permuted"] == pytest.approx((0.2 * 13 + 0.56) / 14)
+    assert summary["correct_datasets"] == 14 and summary["per_dataset"]["sst2"]["permuted"] == 0.28
+    assert not board.warnings
+
+
+def test_a_row_with_only_unnatural_shows_what_ran(tmp_path):
+    lm_eval_file(tmp_path, "results_u.json", "pretrained=quick",
+                 {"falsedemo_unnatural_correct": 0.978, "falsedemo_unnatural_permuted": 0.4})
+    _, paths = leaderboard.build([tmp_path], tmp_path / "out", bootstrap_iters=0)
+    (row,) = parse_page_rows(paths["html"])
+    assert row["ran"] == "no main dataset; ran unnatural: correct 0.978, permuted 0.400"
+    assert "ran unnatural: correct 0.978, permuted 0.400" in paths["markdown"].read_text()
+
+
+# ------------------------------------------------------------------ intervals from per-query scores
+
+
+def write_sweep(folder, tasks, model="m", layers=3):
+    """A sweep folder as `falsedemo sweep` writes it: sweep.json plus query_scores.npz.
+    ``tasks``: {task name: (dataset, setting, scores [N, layers+1, K], gold [N])}."""
+    import numpy as np
+
+    from lm_eval_false_demos import query_scores
+    from lm_eval_false_demos.metrics import calibrated_accuracy_by_layer
+
+    folder.mkdir(parents=True)
+    entries, arrays = {}, {}
+    for name, (dataset, setting, scores, gold) in tasks.items():
+        entries[name] = {"dataset": dataset, "setting": setting, "n": len(gold), "k": 4,
+                         "chance": 1 / scores.shape[2],
+                         "per_layer": {"calibrated_acc": calibrated_accuracy_by_layer(scores, gold).tolist()}}
+        arrays[name] = {"query_keys": [f"q{i}" for i in range(len(gold))], "query_scores": scores,
+                        "gold": np.asarray(gold)}
+    config = {"model": "hf", "model_args": {"pretrained": model}, "num_layers": layers, "k": [4],
+              "seed": {"fewshot": 1234}, "command": f"falsedemo sweep --model_args pretrained={model}"}
+    (folder / "sweep.json").write_text(json.dumps({"kind": "falsedemo.sweep", "format_version": 1, "config": config,
+                                                   "tasks": entries}))
+    query_scores.write(folder, arrays)
+
+
+def random_scores(rng, n, layers, k, signal):
+    import numpy as np
+
+    from lm_eval_false_demos.metrics import normalise
+
+    gold = rng.integers(0, k, n)
+    logits = rng.standard_normal((n, layers + 1, k))
+    logits[np.arange(n), :, gold] += signal
+    return normalise(logits), gold
+
+
+def test_interval_of_the_mean_gap_is_a_paired_bootstrap_over_each_datasets_queries(tmp_path):
+    import numpy as np
+
+    from lm_eval_false_demos.datasets import MAIN_DATASETS
+    from lm_eval_false_demos.metrics import calibrated_accuracy
+
+    rng = np.random.default_rng(3)
+    tasks, truth = {}, {}
+    for dataset in MAIN_DATASETS:
+        keys = ["sst2", "sst2_f10"] if dataset == "sst2" else [dataset]
+        correct, gold = random_scores(rng, 12, 3, 2, 2.0)
+        for key in keys:
+            permuted = correct.copy()
+            permuted[:, 2:] = random_scores(rng, 12, 1, 2, 0.0)[0][:, :1].repeat(2, axis=1)  # last layers lose
+            tasks[f"falsedemo_{key}_correct"] = (key, "correct", correct, gold)
+            tasks[f"falsedemo_{key}_permuted"] = (key, "permuted", permuted, gold)
+            truth.setdefault(dataset, []).append((correct, permuted, gold))
+    write_sweep(tmp_path / "chunk_a", {n: t for n, t in tasks.items() if "_s" in n or "_a" in n})
+    write_sweep(tmp_path / "chunk_b", {n: t for n, t in tasks.items() if not ("_s" in n or "_a" in n)})
+    board, _ = leaderboard.build([tmp_path], tmp_path / "out", bootstrap_iters=200)
+    (row,) = board.ordered_rows()
+    summary = leaderboard.summarise(row, iterations=200, seed=0)
+    assert summary["interval_datasets"] == 14 and summary["sst2_formats"] == "2"
+    # the oracle: the same resamples, one dataset at a time, with the scalar metric
+    draws = np.random.default_rng(0)
+    gaps = []
+    for _ in range(200):
+        per_dataset = []
+        for dataset in MAIN_DATASETS:
+            index = draws.integers(0, 12, 12)
+            per_dataset.append(np.mean([calibrated_accuracy(c[index, -1], g[index])
+                                        - calibrated_accuracy(w[index, -1], g[index]) for c, w, g in truth[dataset]]))
+        gaps.append(np.mean(per_dataset))
+    low, high = np.percentile(gaps, [2.5, 97.5])
+    assert (summary["gap_permuted_low"], summary["gap_permuted_high"]) == (pytest.approx(low), pytest.approx(high))
+    assert summary["gap_permuted_low"] <= summary["gap_permuted"] <= summary["gap_permuted_high"]
+    sst2 = np.mean([calibrated_accuracy(c[:, -1], g) - calibrated_accuracy(w[:, -1], g) for c, w, g in truth["sst2"]])
+    assert summary["per_dataset"]["sst2"]["correct"] - summary["per_dataset"]["sst2"]["permuted"] == pytest.approx(sst2)
+    assert len(summary["bands"]["correct"]) == 4  # a band per layer 0..3
+
+
+def test_no_interval_is_claimed_without_scores_for_every_dataset(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    correct, gold = random_scores(rng, 10, 3, 3, 1.0)
+    write_sweep(tmp_path / "s", {"falsedemo_trec_correct": ("trec", "correct", correct, gold),
+                                 "falsedemo_trec_permuted": ("trec", "permuted", correct, gold)})
+    lm_eval_file(tmp_path, "results_r.json", {"pretrained": "m"},
+                 {"falsedemo_rte_correct": 0.7, "falsedemo_rte_permuted": 0.5})
+    board, paths = leaderboard.build([tmp_path], tmp_path / "out")
+    summary = leaderboard.summarise(board.ordered_rows()[0])
+    assert summary["gap_permuted"] == pytest.approx(0.1)  # (0 + 0.2) / 2
+    assert summary["gap_permuted_low"] is None and summary["interval_datasets"] == 0
+    assert csv_rows(paths["csv"])[("m", "(default)")]["gap_permuted_low"] == ""
+
+
+# ----------------------------------------------------------------------------------- hub export
+
+
+# The published format (huggingface/hub-docs eval_results.yaml and docs/hub/eval-results.md), as a checker.
+EVAL_RESULTS_FIELDS = {"dataset", "value", "verifyToken", "date", "source", "evaluation_framework", "notes"}
+
+
+def check_eval_results_entry(entry):
+    assert set(entry) <= EVAL_RESULTS_FIELDS and {"dataset", "value"} <= set(entry)
+    assert set(entry["dataset"]) <= {"id", "task_id", "config", "split", "revision"}
+    assert isinstance(entry["dataset"]["id"], str) and re.fullmatch(r"[\w.-]+/[\w.-]+", entry["dataset"]["id"])
+    assert isinstance(entry["dataset"]["task_id"], str) and entry["dataset"]["task_id"]
+    assert isinstance(entry["value"], (int, float))
+    if "source" in entry:
+        assert "url" in entry["source"]
+    if "date" in entry:
+        from datetime import date
+
+        date.fromisoformat(entry["date"])
+    assert isinstance(entry.get("notes", ""), str)
+
+
+def test_export_is_the_hubs_eval_results_format(built):
+    import yaml
+    from huggingface_hub import EvalResultEntry, eval_result_entries_to_yaml, parse_eval_result_entries
+
+    _, paths = built
+    files = sorted(paths["eval_results"].glob("*/.eval_results/falsedemo.yaml"))
+    assert len(files) == 4
+    base = next(path for path in files if path.parent.parent.name.startswith("gemma-3-270m_dtype_float32-"))
+    entries = yaml.safe_load(base.read_text(encoding="utf-8"))
+    for entry in entries:
+        check_eval_results_entry(entry)
+    # huggingface_hub's own reader and writer give back exactly our entries
+    parsed = parse_eval_result_entries(entries)
+    assert all(isinstance(entry, EvalResultEntry) for entry in parsed)
+    assert eval_result_entries_to_yaml(parsed) == entries
+    by_task = {entry["dataset"]["task_id"]: entry for entry in entries}
+    assert sorted(by_task) == ["falsedemo_main_correct", "falsedemo_main_half", "falsedemo_main_half_gap",
+                               "falsedemo_main_permuted", "falsedemo_main_permuted_gap", "falsedemo_main_random",
+                               "falsedemo_main_random_gap"]
+    assert by_task["falsedemo_main_permuted_gap"]["value"] == 0.1925
+    notes = by_task["falsedemo_main_permuted"]["notes"]
+    for needle in ("k=40", "N=200", "few-shot seed 1234", "readout: final layer", "label scoring: first label token",
+                   "sweep.json", "results_2025-01-01"):
+        assert needle in notes, needle
+    script = (base.parent.parent / "reproduce.sh").read_text()
+    assert script.startswith("#!/usr/bin/env bash") and "lm_eval --model hf-earlyexit" in script

@@ -7,12 +7,17 @@ fails. The screenshot is written to this test's pytest tmp dir (printed, and rec
 
 import io
 import os
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 
+import numpy as np
+
 from lm_eval_false_demos import leaderboard
+from lm_eval_false_demos.datasets import MAIN_DATASETS
+from test_leaderboard import random_scores, write_sweep
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "leaderboard"
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser")
@@ -39,7 +44,17 @@ def page(tmp_path_factory):
     from selenium.webdriver.chrome.service import Service
 
     output = tmp_path_factory.mktemp("leaderboard_page")
-    _, paths = leaderboard.build([FIXTURES], output)
+    banded = output / "banded"  # a row with per-query scores: intervals and layer bands
+    rng = np.random.default_rng(1)
+    tasks = {}
+    for dataset in MAIN_DATASETS:
+        correct, gold = random_scores(rng, 16, 6, 3, 2.0)
+        permuted = correct.copy()
+        permuted[:, 4:] = random_scores(rng, 16, 1, 3, 0.0)[0][:, :1].repeat(3, axis=1)
+        tasks[f"falsedemo_{dataset}_correct"] = (dataset, "correct", correct, gold)
+        tasks[f"falsedemo_{dataset}_permuted"] = (dataset, "permuted", permuted, gold)
+    write_sweep(banded / "sweep_banded", tasks, model="banded-model", layers=6)
+    _, paths = leaderboard.build([FIXTURES, banded], output / "site", bootstrap_iters=100)
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -76,12 +91,23 @@ def test_page_loads_without_console_errors(page):
     assert driver.title == "Overthinking leaderboard"
     messages = [entry for entry in driver.get_log("browser") if entry["level"] in ("SEVERE", "WARNING")]
     assert messages == []
-    assert len(column_texts(driver, "model")) == 4
+    assert len(column_texts(driver, "model")) == 5
+
+
+def test_default_view_is_small_and_sorted_by_the_gap(page):
+    driver, _ = page
+    headers = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#leaderboard th')).map(function (h) { return h.dataset.key; });")
+    assert headers == list(leaderboard.columns.DEFAULT_KEYS)
+    gaps = [float(text.split()[0]) for text in column_texts(driver, "gap_permuted")]
+    assert gaps == sorted(gaps, reverse=True)
+    banded = next(text for text in column_texts(driver, "gap_permuted") if "[" in text)
+    assert re.fullmatch(r"[+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]", banded)  # the gap with its interval
 
 
 def test_hostile_model_name_is_text(page):
     driver, _ = page
-    assert HOSTILE_MODEL in column_texts(driver, "model")
+    assert any(HOSTILE_MODEL in text for text in column_texts(driver, "model"))
     counts = driver.execute_script(
         "return [document.scripts.length, document.images.length, window.__pwned === undefined];")
     assert counts == [2, 0, True]
@@ -89,41 +115,64 @@ def test_hostile_model_name_is_text(page):
 
 def test_clicking_a_header_sorts_rows(page):
     driver, _ = page
-    click_header(driver, "correct_acc")  # numbers: largest first
-    assert column_texts(driver, "correct_acc") == ["0.680 (1/14)", "0.644 (5/14)", "0.550 (1/14)", "0.330 (1/14)"]
-    assert column_texts(driver, "config")[0] == "dtype=float32,exit_layer=9"
-    click_header(driver, "correct_acc")  # second click reverses
-    assert [text.split()[0] for text in column_texts(driver, "correct_acc")] == ["0.330", "0.550", "0.644", "0.680"]
-    click_header(driver, "critical_layer")  # blanks stay last
-    assert column_texts(driver, "critical_layer") == ["8", "", "", ""]
-    click_header(driver, "model")  # text: A to Z, in the browser's collation (case-insensitive)
-    assert column_texts(driver, "model") == [
-        HOSTILE_MODEL, "gemma-3-270m", "gemma-3-270m", "HuggingFaceTB/SmolLM2-135M"]
+    click_header(driver, "permuted_acc")  # numbers: largest first
+    firsts = [text.split()[0] for text in column_texts(driver, "permuted_acc")]
+    assert [float(value) for value in firsts] == sorted((float(value) for value in firsts), reverse=True)
+    click_header(driver, "permuted_acc")  # second click reverses
+    assert [text.split()[0] for text in column_texts(driver, "permuted_acc")] == sorted(firsts, key=float)
+    click_header(driver, "critical_layer")  # sorted by the layer index; blanks stay last
+    critical = column_texts(driver, "critical_layer")
+    assert critical[0] and critical[-1] == "" and critical[0].split()[0] in ("8", "4", "5")
 
 
-def test_curves_render_and_screenshot(page, record_property):
-    from PIL import Image
+def test_a_model_link_opens_its_detail_with_bars_and_banded_curves(page, record_property):
     from selenium.webdriver.common.by import By
 
     driver, output = page
-    figure = driver.find_element(By.CSS_SELECTOR, "figure.curves svg")
-    size = figure.size
-    assert size["width"] > 200 and size["height"] > 100
+    driver.set_window_size(1400, 1000)
+    link = next(a for a in driver.find_elements(By.CSS_SELECTOR, "a.detail-link") if a.text == "banded-model")
+    detail_id = link.get_attribute("href").rsplit("#", 1)[1]
+    assert not driver.find_element(By.ID, detail_id).get_property("open")
+    link.click()
+    detail = driver.find_element(By.ID, detail_id)
+    assert detail.get_property("open")
+    bars = detail.find_elements(By.CSS_SELECTOR, "figure.bars rect.bar")
+    assert len(bars) == 28 and all(bar.size["width"] > 1 for bar in bars)  # 14 datasets x 2 settings
+    bands = detail.find_elements(By.CSS_SELECTOR, "figure.curves polygon.band")
+    assert len(bands) == 2 and all(band.size["height"] > 2 for band in bands)
     lengths = driver.execute_script(
-        "return Array.from(document.querySelectorAll('figure.curves polyline.curve'))"
-        ".map(function (line) { return line.getTotalLength(); });")
-    assert len(lengths) == 3 and all(length > 50 for length in lengths)
-    # the plot's pixels: coloured curve strokes are drawn, not just an empty frame
-    image = Image.open(io.BytesIO(figure.screenshot_as_png)).convert("RGB")
-    pixels = image.tobytes()
-    coloured = sum(1 for i in range(0, len(pixels), 3) if max(pixels[i:i + 3]) - min(pixels[i:i + 3]) > 60)
-    assert coloured > 200
-    # sorting clicks scrolled the wide table sideways: show it from its first column
-    driver.execute_script("document.querySelector('.scroll').scrollLeft = 0; window.scrollTo(0, 0);")
-    screenshot = output / "leaderboard_page.png"
-    assert driver.save_screenshot(str(screenshot))
-    assert screenshot.stat().st_size > 10_000
+        "return Array.from(arguments[0].querySelectorAll('polyline.curve')).map(function (l) {"
+        " return l.getTotalLength(); });", detail)
+    assert len(lengths) == 2 and all(length > 50 for length in lengths)
+    assert "few-shot seed" in detail.text and "1234" in detail.text
+    shot = output / "leaderboard_detail.png"
+    assert detail.screenshot(str(shot)) and shot.stat().st_size > 5_000
+    record_property("screenshot_detail", str(shot))
+
+
+@pytest.mark.parametrize("width, height, name", [(390, 844, "phone"), (1366, 900, "desktop")])
+def test_page_fits_phone_and_desktop_widths(page, record_property, width, height, name):
+    from PIL import Image
+
+    driver, output = page
+    driver.set_window_size(width, height)
+    driver.execute_script("window.scrollTo(0, 0);")
+    inner, scroll = driver.execute_script("return [window.innerWidth, document.documentElement.scrollWidth];")
+    assert scroll <= inner  # nothing pushes the page sideways; a wide table scrolls inside its box
+    visible = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#leaderboard th')).filter(function (h) {"
+        " return h.offsetParent !== null; }).map(function (h) { return h.dataset.key; });")
+    assert {"model", "gap_permuted", "permuted_acc", "critical_layer"} <= set(visible)
+    if name == "phone":
+        assert "parameters" not in visible
+        table = driver.execute_script(
+            "var r = document.getElementById('leaderboard').getBoundingClientRect(); return r.right;")
+        assert table <= inner + 1  # the phone's columns fit its width
+    shot = output / f"leaderboard_{name}.png"
+    assert driver.save_screenshot(str(shot))
+    image = Image.open(shot)
+    assert image.size[0] >= width * 0.9 and shot.stat().st_size > 10_000
     if os.environ.get("FALSEDEMO_SCREENSHOT"):
-        shutil.copyfile(screenshot, os.environ["FALSEDEMO_SCREENSHOT"])
-    record_property("screenshot", str(screenshot))
-    print(f"leaderboard page screenshot: {screenshot}")
+        shutil.copyfile(shot, f"{os.environ['FALSEDEMO_SCREENSHOT']}.{name}.png")
+    record_property(f"screenshot_{name}", str(shot))
+    print(f"leaderboard page screenshot ({name}): {shot}")

@@ -1,0 +1,207 @@
+"""A row's headline numbers: means over the 14 main datasets, the paper's layer statistics, and intervals.
+
+* Per dataset and setting, the final-layer calibrated accuracy (lm-eval's result, else the sweep's last
+  layer). SST-2 is the mean over its prompt formats, as in the paper: lm-eval's all-formats task when run,
+  else the mean of the per-format tasks present (``sst2``, ``sst2_f1``..``sst2_f14``).
+* Critical layer and early exit come from the mean layer curves, through the sweep's own functions.
+* Intervals: a paired bootstrap over queries, dataset by dataset (each dataset's queries resampled with
+  one draw for both settings and all SST-2 formats), every resample recomputing every dataset's
+  calibrated thresholds; the mean over datasets of the resampled numbers gives the percentile interval.
+  It needs the sweeps' per-query scores for every dataset in the mean; otherwise no interval is claimed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..datasets import MAIN_DATASETS
+from ..metrics import calibrated_accuracy_by_layer
+from ..sst2_formats import BASE_KEY, parse_variant_key
+from ..sweep import critical_layer, early_exit
+from .collect import Measurement, Row
+
+SST2_ALL_FORMATS = f"{BASE_KEY}_formats"  # lm-eval's all-formats task
+
+
+def format_measurements(row: Row, setting: str) -> dict[int, Measurement]:
+    """SST-2's per-format measurements of one setting: {format index: measurement}, lm-eval's first."""
+    found: dict[int, Measurement] = {}
+    for table in (row.sweep, row.lm_eval):  # lm-eval last, so it wins
+        for (dataset, which), measurement in table.items():
+            parsed = parse_variant_key(dataset)
+            if which == setting and parsed is not None:
+                found[parsed[1]] = measurement
+    return found
+
+
+def dataset_value(row: Row, dataset: str, setting: str) -> tuple[float, int | None, int] | None:
+    """(final-layer calibrated accuracy, queries, prompt formats averaged) of one main dataset."""
+    if dataset != BASE_KEY:
+        measurement = row.accuracy(dataset, setting)
+        return None if measurement is None else (measurement.value, measurement.n, 1)
+    combined = row.lm_eval.get((SST2_ALL_FORMATS, setting))
+    if combined is not None:
+        return combined.value, None, 0  # 0: as many formats as the task kept (recorded in its metadata)
+    formats = format_measurements(row, setting)
+    if not formats:
+        return None
+    sizes = {m.n for m in formats.values() if m.n}
+    return float(np.mean([m.value for m in formats.values()])), (max(sizes) if sizes else None), len(formats)
+
+
+def main_values(row: Row, setting: str) -> dict[str, float]:
+    values = {}
+    for dataset in MAIN_DATASETS:
+        found = dataset_value(row, dataset, setting)
+        if found is not None:
+            values[dataset] = found[0]
+    return values
+
+
+def dataset_curve(row: Row, dataset: str, setting: str) -> list[float] | None:
+    """Per-layer curve of one main dataset from sweeps (SST-2: mean over the formats swept)."""
+    if dataset != BASE_KEY:
+        measurement = row.sweep.get((dataset, setting))
+        return measurement.curve if measurement is not None else None
+    curves = [m.curve for (d, s), m in row.sweep.items() if s == setting and parse_variant_key(d) is not None]
+    return [float(value) for value in np.mean(curves, axis=0)] if curves else None
+
+
+# -------------------------------------------------------------------------------------------- units
+
+
+@dataclass
+class Unit:
+    """One main dataset's paired per-query scores: for each prompt format, [N, L+1, K] arrays whose rows are
+    the same queries (in ``gold``'s order) in the correct and the corrupted setting."""
+
+    dataset: str
+    gold: np.ndarray
+    correct: list[np.ndarray] = field(default_factory=list)
+    corrupted: list[np.ndarray] = field(default_factory=list)
+
+    def curves(self, index: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Mean over formats of the calibrated-accuracy curves, on the queries ``index`` (all by default)."""
+        gold = self.gold if index is None else self.gold[index]
+        pick = (lambda a: a) if index is None else (lambda a: a[index])
+        correct = np.mean([calibrated_accuracy_by_layer(pick(a), gold) for a in self.correct], axis=0)
+        corrupted = np.mean([calibrated_accuracy_by_layer(pick(a), gold) for a in self.corrupted], axis=0)
+        return correct, corrupted
+
+
+def _aligned(first: Measurement, second: Measurement, keys: list[str] | None):
+    """Rows of both score arrays in the order of ``keys`` (or of ``first``); None if the queries differ."""
+    if first.scores is None or second.scores is None:
+        return None
+    a_keys, b_keys = list(first.scores["keys"]), list(second.scores["keys"])
+    keys = keys or a_keys
+    if set(a_keys) != set(keys) or set(b_keys) != set(keys):
+        return None
+    a_where = {key: row for row, key in enumerate(a_keys)}
+    b_where = {key: row for row, key in enumerate(b_keys)}
+    a_order = [a_where[key] for key in keys]
+    b_order = [b_where[key] for key in keys]
+    return keys, first.scores["gold"][a_order], first.scores["scores"][a_order], second.scores["scores"][b_order]
+
+
+def units(row: Row, setting: str) -> dict[str, Unit]:
+    """Per main dataset with per-query scores in both settings: its Unit (SST-2: the formats with both)."""
+    found: dict[str, Unit] = {}
+    for dataset in MAIN_DATASETS:
+        if dataset == BASE_KEY:
+            pairs = [
+                (row.sweep.get((key, "correct")), row.sweep.get((key, setting)))
+                for key in sorted({d for d, _ in row.sweep if parse_variant_key(d) is not None})
+            ]
+        else:
+            pairs = [(row.sweep.get((dataset, "correct")), row.sweep.get((dataset, setting)))]
+        keys, unit = None, None
+        for correct, corrupted in pairs:
+            if correct is None or corrupted is None:
+                continue
+            aligned = _aligned(correct, corrupted, keys)
+            if aligned is None:
+                unit = None
+                break
+            keys, gold, correct_scores, corrupted_scores = aligned
+            unit = unit or Unit(dataset, gold)
+            unit.correct.append(correct_scores)
+            unit.corrupted.append(corrupted_scores)
+        if unit is not None:
+            found[dataset] = unit
+    return found
+
+
+# ----------------------------------------------------------------------------------------- headline
+
+
+def layer_statistics(correct: list[float] | np.ndarray, corrupted: list[float] | np.ndarray) -> dict[str, Any]:
+    """The paper's critical layer and early exit on mean curves, with the sweep's definitions."""
+    correct, corrupted = np.asarray(correct, dtype=float), np.asarray(corrupted, dtype=float)
+    exit_layer, gain = early_exit(corrupted)
+    return {"critical_layer": critical_layer(correct - corrupted), "early_exit_layer": exit_layer,
+            "early_exit_gain": gain}
+
+
+def setting_headline(row: Row, setting: str, iterations: int = 1000, seed: int = 0,
+                     confidence: float = 0.95) -> dict[str, Any]:
+    """Mean correct / corrupted / gap over the paired main datasets, layer statistics and intervals."""
+    correct_values, corrupted_values = main_values(row, "correct"), main_values(row, setting)
+    paired = [d for d in MAIN_DATASETS if d in correct_values and d in corrupted_values]
+    result: dict[str, Any] = {"datasets": len(paired), "interval_datasets": 0}
+    if paired:
+        result.update(
+            correct=float(np.mean([correct_values[d] for d in paired])),
+            corrupted=float(np.mean([corrupted_values[d] for d in paired])),
+        )
+        result["gap"] = result["correct"] - result["corrupted"]
+    curves = {d: (dataset_curve(row, d, "correct"), dataset_curve(row, d, setting)) for d in MAIN_DATASETS}
+    curves = {d: pair for d, pair in curves.items() if pair[0] is not None and pair[1] is not None}
+    if curves:
+        mean_correct = np.mean([pair[0] for pair in curves.values()], axis=0)
+        mean_corrupted = np.mean([pair[1] for pair in curves.values()], axis=0)
+        result.update(layer_statistics(mean_correct, mean_corrupted), curve_datasets=len(curves),
+                      curves={"correct": mean_correct.tolist(), setting: mean_corrupted.tolist()})
+    paired_units = units(row, setting)
+    if paired and set(paired_units) == set(paired) and iterations > 0:
+        result.update(_bootstrap(list(paired_units.values()), result.get("early_exit_layer"), iterations, seed,
+                                 confidence))
+        result["interval_datasets"] = len(paired_units)
+    return result
+
+
+def _bootstrap(paired_units: list[Unit], exit_layer: int | None, iterations: int, seed: int,
+               confidence: float) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    layers = paired_units[0].correct[0].shape[1]
+    correct = np.empty((iterations, layers))
+    corrupted = np.empty((iterations, layers))
+    for b in range(iterations):
+        sums_c, sums_w = np.zeros(layers), np.zeros(layers)
+        for unit in paired_units:
+            index = rng.integers(0, len(unit.gold), len(unit.gold))
+            c, w = unit.curves(index)
+            sums_c += c
+            sums_w += w
+        correct[b], corrupted[b] = sums_c / len(paired_units), sums_w / len(paired_units)
+    tail = (1 - confidence) / 2 * 100
+
+    def interval(values: np.ndarray) -> list[float]:
+        return [float(v) for v in np.percentile(values, [tail, 100 - tail])]
+
+    found = {
+        "correct_ci": interval(correct[:, -1]),
+        "corrupted_ci": interval(corrupted[:, -1]),
+        "gap_ci": interval(correct[:, -1] - corrupted[:, -1]),
+        "bands": {"correct": [interval(correct[:, layer]) for layer in range(layers)],
+                  "corrupted": [interval(corrupted[:, layer]) for layer in range(layers)]},
+        "bootstrap": {"iterations": iterations, "seed": seed, "confidence": confidence,
+                      "method": "percentile, queries resampled per dataset, paired across settings and formats"},
+    }
+    if exit_layer is not None:
+        # the exit layer is chosen once on all queries and held fixed, as in the sweep's per-dataset intervals
+        found["early_exit_gain_ci"] = interval(corrupted[:, exit_layer] - corrupted[:, -1])
+    return found
