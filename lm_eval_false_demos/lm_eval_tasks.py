@@ -163,7 +163,10 @@ class FalseDemoTask(ConfigurableTask):
         if len(self.formats) == 1:
             self.spec = self.format_specs[self.formats[0]]
         # The name results use for this dataset: sst2_f3 for one SST-2 format, sst2_formats for all of them.
-        self.dataset_key = variant_key(self.formats[0]) if len(self.formats) == 1 else "sst2_formats"
+        if self.spec.key != "sst2":
+            self.dataset_key = self.spec.key
+        else:
+            self.dataset_key = variant_key(self.formats[0]) if len(self.formats) == 1 else "sst2_formats"
         self.wrong_share = check_wrong_share(metadata.get("wrong_share"))
         self.fewshot_seed = DEFAULT_FEWSHOT_SEED
         super().__init__(config=config, **kwargs)

@@ -1,5 +1,7 @@
 """SST-2's 15 prompt formats (paper spec 2a) and the falsedemo_main_<setting> groups, through lm-eval itself."""
 
+import json
+
 import numpy as np
 import pytest
 from lm_eval.tasks import TaskManager
@@ -90,7 +92,7 @@ def group_run(tiny_model_dir):
     # (ag_news), which only matters for first-token scoring; plain hf scores whole continuations.
     manager = TaskManager(include_defaults=False)
     return lm_eval.simple_evaluate(
-        model="hf", model_args=model_args, tasks=["falsedemo_main_permuted"], num_fewshot=2, limit=30,
+        model="hf", model_args=model_args, tasks=["falsedemo_main_permuted"], num_fewshot=1, limit=15,
         device="cpu", batch_size=16, bootstrap_iters=0, task_manager=manager, log_samples=True,
     )
 
@@ -106,9 +108,46 @@ def test_group_row_is_the_unweighted_mean_over_the_fourteen_datasets(group_run):
 
 def test_sst2_formats_task_scores_each_format_with_its_own_words_and_thresholds(group_run):
     samples = group_run["samples"]["falsedemo_sst2_formats_permuted"]
-    assert len(samples) == 30  # --limit counts (query, format) documents: 2 queries x 15 formats
-    assert [sample["doc"]["format"] for sample in samples[:15]] == list(range(15))
+    assert len(samples) == 15  # --limit counts (query, format) documents: 1 query x 15 formats
+    assert [sample["doc"]["format"] for sample in samples] == list(range(15))
+    assert len({sample["doc"]["uid"] for sample in samples}) == 1
     tenth = next(sample for sample in samples if sample["doc"]["format"] == 10)
     assert [arguments[1] for arguments in tenth["arguments"]] == [" liked", " hated"]
     config = group_run["configs"]["falsedemo_sst2_formats_permuted"]
     assert config["metadata"]["sst2_format"] == list(range(15))
+
+
+def test_sweep_scores_each_format_as_its_own_task_and_saves_per_query_scores(tiny_model_dir, tmp_path):
+    from lm_eval_false_demos import query_scores, sweep
+    from lm_eval_false_demos.metrics import calibrated_accuracy_by_layer
+
+    model_args = {"pretrained": str(tiny_model_dir("llama")), "dtype": "float32"}
+    result = sweep.run_sweep(
+        model="hf", model_args=model_args, tasks=["falsedemo_sst2_formats_correct", "falsedemo_sst2_permuted"],
+        limit=4, num_fewshot=2, batch_size=4, bootstrap_iters=0, task_manager=TaskManager(include_defaults=False),
+        show_progress=False, sst2_formats=(0, 10),
+    )
+    assert sorted(result["tasks"]) == sorted(["falsedemo_sst2_correct", "falsedemo_sst2_f10_correct",
+                                              "falsedemo_sst2_permuted", "falsedemo_sst2_f10_permuted"])
+    assert result["tasks"]["falsedemo_sst2_f10_permuted"]["label_words"] == ["liked", "hated"]
+    assert set(result["datasets"]) == {"sst2", "sst2_f10"} and result["config"]["sst2_formats"] == [0, 10]
+    folder = sweep.write_outputs(result, tmp_path, plots=False)
+    saved = query_scores.read(folder / "query_scores.npz")
+    assert "query_scores" not in json.loads((folder / "sweep.json").read_text())
+    for name, task in result["tasks"].items():
+        curve = calibrated_accuracy_by_layer(saved[name]["scores"], saved[name]["gold"])
+        assert curve.tolist() == task["per_layer"]["calibrated_acc"]
+        assert list(saved[name]["keys"]) == list(saved["falsedemo_sst2_correct"]["keys"])  # the same 4 queries
+
+
+def test_leaderboard_reads_lm_evals_own_results_of_the_group(group_run, tmp_path):
+    from lm_eval_false_demos import leaderboard
+
+    results = {key: value for key, value in group_run.items() if key != "samples"}
+    (tmp_path / "results_2026-01-01T00-00-00.json").write_text(json.dumps(results, default=str))
+    board, _ = leaderboard.build([tmp_path], tmp_path / "out", bootstrap_iters=0)
+    (row,) = board.ordered_rows()
+    summary = leaderboard.summarise(row, iterations=0)
+    assert summary["permuted_datasets"] == 14
+    assert summary["permuted_acc"] == pytest.approx(group_run["groups"]["falsedemo_main_permuted"]["calibrated_acc,none"])
+    assert not [warning for warning in board.warnings if "falsedemo_" in warning]
