@@ -30,7 +30,7 @@ GEMMA_BASE = {
     "correct_acc": 0.644, "correct_datasets": 5, "permuted_acc": 0.4125, "permuted_datasets": 4,
     "random_acc": 0.525, "random_datasets": 2, "half_acc": 0.575, "half_datasets": 2,
     "gap_permuted": 0.1925, "gap_random": 0.125, "gap_half": 0.075,
-    "critical_layer_index": 8, "early_exit_layer": 12,
+    "critical_layer": 8, "critical_layer_fraction": 8 / 18, "early_exit_layer": 12,
     "early_exit_gain": (0.58 + 0.53 + 0.56 - 0.41 - 0.44 - 0.50) / 3,
     "heads_gap_recovered": 0.39, "random_heads_gap_recovered": 0.04,
     # pooled over sst2, rte, trec: mean correct .6, permuted .4667, top heads zeroed .5307 -> 1 - .0693/.1333;
@@ -104,9 +104,8 @@ def test_numbers_agree_in_every_format(built, config, expected):
             assert float(cell.split(" ")[0]) == pytest.approx(value, abs=tolerance), key
             if key.endswith("_acc"):
                 assert cell.endswith(f"({summary[key[:-4] + '_datasets']}/14)")  # fewer than 14 datasets run
-    if config == ("gemma-3-270m", "dtype=float32"):
-        assert summary["critical_layer"] == "8 (0.44)"  # layer 8 of 18
-        assert "8 (0.44)" in page_row["critical_layer"] and "8 (0.44)" in md_cells[md_keys.index("critical_layer")]
+    if config == ("gemma-3-270m", "dtype=float32"):  # layer 8 of 18, also as a fraction of depth
+        assert page_row["critical_layer"] == "8 (0.44)" and md_cells[md_keys.index("critical_layer")] == "8 (0.44)"
 
 
 def test_identity_versions_and_sources(built):
@@ -183,7 +182,7 @@ def test_sweep_numbers_follow_the_paper_with_the_sweeps_own_functions():
     correct = [statistics.fmean(curves[(d, "correct")][i] for d in datasets) for i in range(19)]
     permuted = [statistics.fmean(curves[(d, "permuted")][i] for d in datasets) for i in range(19)]
     computed = layer_statistics(correct, permuted)
-    assert computed["critical_layer"] == GEMMA_BASE["critical_layer_index"]
+    assert computed["critical_layer"] == GEMMA_BASE["critical_layer"]
     assert computed["early_exit_layer"] == GEMMA_BASE["early_exit_layer"]
     assert computed["early_exit_gain"] == pytest.approx(GEMMA_BASE["early_exit_gain"])
     # one definition: a gap equal to half the final one up to rounding counts (the sweep's tolerance)

@@ -38,7 +38,7 @@ COLUMNS = (
     Column("permuted_acc", "permuted", "acc", "same, with permuted labels", True),
     Column("gap_permuted", "gap", "signed", "correct minus permuted, paired over the datasets run in both "
            "settings, with its 95% paired-bootstrap interval over queries", True),
-    Column("critical_layer", "critical layer", "text", "first layer where the mean correct-permuted gap reaches "
+    Column("critical_layer", "critical layer", "int", "first layer where the mean correct-permuted gap reaches "
            "half its final value (paper), and as a fraction of depth L"),
     Column("early_exit_gain", "early-exit gain", "signed", "permuted accuracy at the layer maximising it minus at the "
            "final layer (mean curves), with its interval (the layer held fixed)", True),
@@ -64,7 +64,7 @@ COLUMNS = (
     Column("half_datasets", "half #", "int", "main datasets in the half mean"),
     Column("gap_random", "gap random", "signed", "correct minus random (paired datasets)"),
     Column("gap_half", "gap half", "signed", "correct minus half (paired datasets)"),
-    Column("critical_layer_index", "critical layer #", "int", "the critical layer's index"),
+    Column("critical_layer_fraction", "critical layer / L", "acc", "the critical layer as a fraction of depth"),
     Column("early_exit_layer", "early-exit layer", "int", "layer maximising mean permuted accuracy"),
     Column("false_heads", "false induction heads", "text", "top heads found by falsedemo heads (layer:head)"),
     Column("heads_pooled_gap_recovered", "heads gap recovered", "signed", "pooled share of the gap recovered by "
@@ -131,9 +131,7 @@ def summarise(row: Row, iterations: int = 1000, seed: int = 0) -> dict[str, Any]
             low, high = headline.get(found) or (None, None)
             summary[f"{key}_low"], summary[f"{key}_high"] = low, high
         critical = headline.get("critical_layer")
-        summary["critical_layer_index"] = critical
-        summary["critical_layer"] = None if critical is None else (
-            f"{critical} ({critical / layers:.2f})" if layers else str(critical))
+        summary["critical_layer"] = critical
         summary["critical_layer_fraction"] = critical / layers if critical is not None and layers else None
         summary["early_exit_layer"] = headline.get("early_exit_layer")
         summary["early_exit_gain"] = headline.get("early_exit_gain")
@@ -194,6 +192,8 @@ def cell_text(column: Column, summary: Mapping[str, Any]) -> str:
         low, high = summary[f"{column.key}_low"], summary[f"{column.key}_high"]
         spec = "+.3f" if column.kind == "signed" else ".3f"
         shown += f" [{low:{spec}}, {high:{spec}}]"
+    if column.key == "critical_layer" and summary.get("critical_layer_fraction") is not None:
+        shown += f" ({summary['critical_layer_fraction']:.2f})"
     setting = column.key[: -len("_acc")] if column.key.endswith("_acc") else None
     if setting in SETTINGS_SHOWN and summary.get(f"{setting}_datasets") not in (None, len(MAIN_DATASETS)):
         shown += f" ({summary[f'{setting}_datasets']}/{len(MAIN_DATASETS)})"

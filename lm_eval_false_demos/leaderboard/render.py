@@ -167,7 +167,7 @@ def _detail(index: int, summary: Mapping[str, Any]) -> str:
     if curves:
         figures.append(
             '<figure class="curves">' + render_curves_svg(
-                curves, bands=summary.get("bands") or {}, critical=summary.get("critical_layer_index"),
+                curves, bands=summary.get("bands") or {}, critical=summary.get("critical_layer"),
                 early_exit=summary.get("early_exit_layer"), label=f"Mean calibrated accuracy by layer, {summary['model']}",
             ) + "<figcaption>Mean over the main datasets by layer; shaded: 95% bootstrap band</figcaption></figure>"
         )
