@@ -35,6 +35,7 @@ import numpy as np
 from . import __version__, query_scores, results_io
 from .errors import FalseDemoError
 from .datasets import data_provenance_for, data_source_summary
+from .sst2_formats import parse_variant_key
 
 logger = logging.getLogger(__name__)
 
@@ -782,9 +783,9 @@ def run_sweep(
         "tasks": task_results,
         "datasets": datasets,
         "summary": summarise_run(datasets, task_results),
-        # arrays, not JSON: write_outputs saves them as query_scores.npz for pooled intervals
-        "query_scores": {name: {key: arrays[name][key] for key in ("query_keys", "query_scores", "gold")}
-                         for name in arrays},
+        # write_outputs moves these into query_scores.npz (intervals pooled over datasets); lists keep the result JSON
+        "query_scores": {name: {key: np.asarray(arrays[name][key]).tolist()
+                                for key in ("query_keys", "query_scores", "gold")} for name in arrays},
         "timing": {
             "total_seconds": time.perf_counter() - started,
             "forward_seconds": forward_seconds,
@@ -1085,7 +1086,9 @@ def run_configuration(*, lm, model, model_args, tasks, task_names, infos, limit,
         "ablation": ablation.describe() if ablation is not None else None,
         "readout": "label-token logits through the model's final norm and head, softmax over the K labels",
         "data_source": data_source_summary(),
-        "data_provenance": data_provenance_for(info.dataset for info in infos.values()),
+        # SST-2's formats (sst2_f3) read SST-2's data
+        "data_provenance": data_provenance_for((parse_variant_key(info.dataset) or (info.dataset,))[0]
+                                               for info in infos.values()),
         "model_identity": model_identity(_resolve_embedded(model_args), lm),
         "versions": versions(),
         "analysis": {"bootstrap_iters": bootstrap_iters, "seed": analysis_seed, "confidence": confidence,

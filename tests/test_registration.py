@@ -77,10 +77,10 @@ def test_regular_wheel_ships_the_hook_the_task_yamls_and_the_page(tmp_path):
     (wheel,) = tmp_path.glob("lm_eval_false_demos-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"lm_eval_false_demos.pth", "lm_eval_false_demos.start"} <= names
-    assert "lm_eval_false_demos/leaderboard_page.html" in names
+    assert "lm_eval_false_demos/leaderboard/page.html" in names
     yamls = {name.rsplit("/", 1)[1] for name in names if name.startswith("lm_eval_false_demos/task_configs/")}
     expected = {path.name for path in task_yamls.TASK_CONFIG_DIR.glob("*.yaml")}
-    assert len(expected) == 80 and expected <= yamls
+    assert len(expected) == 160 and expected <= yamls  # 80 tasks, 70 SST-2 format tasks, 5 all-formats tasks, 5 groups
 
 
 def test_cli_reports_our_errors_in_one_line_without_a_traceback(tiny_model_dir, tmp_path):
