@@ -357,14 +357,22 @@ def test_exit_layer_minus_one_and_L_are_one_row(tmp_path):
 
 
 def test_readout_fields_outside_model_args_split_rows(tmp_path):
-    """A chat template hash (lm-eval's top-level field) is part of the row key: one home, READOUT_FIELDS."""
-    plain = lm_eval_file(tmp_path, "results_a.json", "pretrained=m", {"falsedemo_trec_correct": 0.6})
-    chat = lm_eval_file(tmp_path, "results_b.json", "pretrained=m", {"falsedemo_trec_correct": 0.7})
-    payload = json.loads(chat.read_text())
-    payload["chat_template_sha"] = "abc123"
-    chat.write_text(json.dumps(payload))
-    board, _ = leaderboard.build([plain, chat], tmp_path / "out", bootstrap_iters=0)
-    assert sorted(row.config_text for row in board.ordered_rows()) == ["(default)", "chat_template_sha=abc123"]
+    """The chat rendering recorded in task metadata (or lm-eval's top-level template hash) is part of the row
+    key; raw prompts are the default. One home for such fields: rowkey.READOUT_FIELDS."""
+    raw = lm_eval_file(tmp_path, "results_a.json", "pretrained=m", {"falsedemo_trec_correct": 0.6},
+                       metadata={"prompt_mode": "raw", "chat_template_sha256": None})
+    chat = lm_eval_file(tmp_path, "results_b.json", "pretrained=m", {"falsedemo_trec_correct": 0.7},
+                        metadata={"prompt_mode": "chat_multiturn", "chat_template_sha256": "abc123"})
+    old = lm_eval_file(tmp_path, "results_c.json", "pretrained=m", {"falsedemo_trec_permuted": 0.5})
+    theirs = lm_eval_file(tmp_path, "results_d.json", "pretrained=m", {"falsedemo_trec_permuted": 0.4})
+    payload = json.loads(theirs.read_text())
+    payload["chat_template_sha"] = "def456"  # lm-eval's own field, when a file lacks ours
+    theirs.write_text(json.dumps(payload))
+    board, _ = leaderboard.build([raw, chat, old, theirs], tmp_path / "out", bootstrap_iters=0)
+    assert sorted(row.config_text for row in board.ordered_rows()) == [
+        "(default)", "chat_template_sha256=abc123,prompt_mode=chat_multiturn", "chat_template_sha256=def456"]
+    default = next(row for row in board.ordered_rows() if not row.args)
+    assert leaderboard.summarise(default, iterations=0)["gap_permuted"] == pytest.approx(0.1)  # raw + old file
 
 
 def test_lm_eval_groups_and_the_sst2_formats_task_feed_the_row(tmp_path):

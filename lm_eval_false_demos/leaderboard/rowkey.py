@@ -24,20 +24,22 @@ CHECKPOINT_ARGS = ("pretrained", "model", "path", "engine")
 
 @dataclass(frozen=True)
 class ReadoutField:
-    """A readout-defining value recorded outside the model args: its name in the row's config text and the
-    places writers put it (key paths from the top of the results file), first found wins."""
+    """A readout-defining value recorded outside the model args: its name in the row's config text, the
+    places writers put it (key paths from the top of the results file, ``*`` for any key; first found wins),
+    and values that mean "the default" (a file that does not record the field is taken to have it)."""
 
     name: str
     paths: tuple[tuple[str, ...], ...]
+    defaults: tuple[Any, ...] = ()
 
 
 READOUT_FIELDS: tuple[ReadoutField, ...] = (
-    # lm-eval's own chat fields (top level of results_*.json); a sweep records them under config.
-    ReadoutField("chat_template_sha", (("chat_template_sha",), ("config", "chat_template_sha"),
-                                       ("config", "chat", "template_sha256"))),
-    ReadoutField("fewshot_as_multiturn", (("fewshot_as_multiturn",), ("config", "fewshot_as_multiturn"),
-                                          ("config", "chat", "fewshot_as_multiturn"))),
-    ReadoutField("system_instruction_sha", (("system_instruction_sha",), ("config", "system_instruction_sha"))),
+    # chat rendering (chat.py): the sweep's config, every lm-eval task's metadata; raw prompts are the default
+    ReadoutField("prompt_mode", (("config", "prompt_mode"), ("configs", "*", "metadata", "prompt_mode")), ("raw",)),
+    ReadoutField("chat_template_sha256", (("config", "chat_template_sha256"),
+                                          ("configs", "*", "metadata", "chat_template_sha256"),
+                                          ("chat_template_sha",))),  # lm-eval's own, when ours is absent
+    ReadoutField("system_instruction", (("config", "system_instruction"), ("system_instruction_sha",))),
     # the lens a sweep reads layers through, when it is not the plain logit lens
     ReadoutField("lens_sha256", (("config", "lens", "sha256"),)),
 )
@@ -47,11 +49,18 @@ class RowKeyError(ValueError):
     """model args that cannot be read as a row key (the message says why)."""
 
 
-def _lookup(payload: Mapping[str, Any], path: tuple[str, ...]) -> Any:
-    node: Any = payload
-    for part in path:
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
+def _lookup(node: Any, path: tuple[str, ...]) -> Any:
+    if not path:
+        return node
+    if not isinstance(node, dict):
+        return None
+    if path[0] != "*":
+        return _lookup(node.get(path[0]), path[1:])
+    for child in node.values():
+        found = _lookup(child, path[1:])
+        if found not in (None, ""):
+            return found
+    return None
 
 
 def canonical_args(args: dict[str, str], num_layers: int | None) -> dict[str, str]:
@@ -85,7 +94,7 @@ def row_key(model: Any, model_args: Any, payload: Mapping[str, Any], num_layers:
     for field in READOUT_FIELDS:
         for path in field.paths:
             value = _lookup(payload, path)
-            if value not in (None, "", False):
+            if value not in (None, "", False) and value not in field.defaults:
                 pairs[field.name] = str(value) if not isinstance(value, str) else " ".join(value.split())
                 break
     return checkpoint, tuple(sorted(pairs.items())), model_type
