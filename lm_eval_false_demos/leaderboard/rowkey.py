@@ -40,8 +40,9 @@ READOUT_FIELDS: tuple[ReadoutField, ...] = (
                                           ("configs", "*", "metadata", "chat_template_sha256"),
                                           ("chat_template_sha",))),  # lm-eval's own, when ours is absent
     ReadoutField("system_instruction", (("config", "system_instruction"), ("system_instruction_sha",))),
-    # the lens a sweep reads layers through, when it is not the plain logit lens
-    ReadoutField("lens_sha256", (("config", "lens", "sha256"),)),
+    # the lens layers are read through (tuned_lens.describe): the sweep's config, our lm-eval models' record;
+    # the plain logit lens records none
+    ReadoutField("lens_sha256", (("config", "lens", "sha256"), ("config", "falsedemo", "lens", "sha256"))),
 )
 
 
