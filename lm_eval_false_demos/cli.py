@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from .errors import FalseDemoError
+
 SUBCOMMANDS = {
     "sweep": ("lm_eval_false_demos.sweep", "per-layer and per-position curves from one forward pass per prompt"),
     "heads": ("lm_eval_false_demos.heads", "find false induction heads, score label promotion, ablate vs random"),
@@ -44,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(args._module)
     try:
         return int(module.run(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        # Bad input is reported as one clear line, not a traceback.
+    except FalseDemoError as error:
+        # Bad input is reported as one clear line; anything else is a bug and keeps its traceback.
         parser.exit(2, f"falsedemo {args.command}: error: {error}\n")
 
 

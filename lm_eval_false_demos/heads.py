@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import results_io
+from . import checkpoints, cli_args, results_io
 from .architectures import ModelModules, resolve_modules
 from .datasets import data_provenance_for, data_source_summary
 from .errors import FalseDemoError
@@ -588,8 +588,12 @@ def evaluate_heads(
     log=print,
     show_progress: bool = False,
     chat_options=None,
+    checkpoint=None,
 ) -> dict:
-    """Gap recovered by zeroing ``top_heads`` vs each random draw, per dataset and averaged over datasets."""
+    """Gap recovered by zeroing ``top_heads`` vs each random draw, per dataset and averaged over datasets.
+
+    With ``checkpoint`` (:class:`checkpoints.RunCheckpoint`) each finished dataset and setting is saved, and
+    one an interrupted run saved is read back instead of recomputed."""
     from .chat import label_lead
     from .interventions import make_ablation
     from .metrics import calibrated_accuracy, gap_recovered
@@ -605,6 +609,13 @@ def evaluate_heads(
         logits = {}
         promotion = []
         for setting in ("correct", corrupted_setting):
+            part = f"evaluate-{dataset}-{setting}"
+            stored = checkpoint.load(part) if checkpoint is not None else None
+            if stored is not None:
+                logits[setting] = (stored["logits"], stored["gold"])
+                if setting == corrupted_setting:
+                    promotion = list(stored["promotion"])
+                continue
             spec, _, prompts = build_task_prompts(
                 f"falsedemo_{dataset}_{setting}", limit, seed, num_fewshot, tokenizer, _max_tokens(model, tokenizer),
                 chat_options,
@@ -621,6 +632,9 @@ def evaluate_heads(
                 rows.append(readout)
                 golds.append(query.gold)
             logits[setting] = (np.stack(rows), np.asarray(golds))  # [N, C, K], [N]
+            if checkpoint is not None:
+                checkpoint.save(part, {"logits": logits[setting][0], "gold": logits[setting][1],
+                                       **({"promotion": np.stack(promotion)} if setting == corrupted_setting else {})})
 
         def accuracy(setting, condition):
             values, gold = logits[setting]
@@ -804,7 +818,7 @@ def heads_payload(
 
 def write_outputs(payload: dict, scores: HeadScores | None, directory: Path, plots: bool,
                   critical_layer: int | None) -> list[Path]:
-    written = [results_io.write_json_atomic(directory / "heads.json", payload)]
+    written = [results_io.write_json_atomic(directory / "heads.json", payload, reasons=UNDEFINED_REASONS)]
     if scores is not None:
         header = ["rank", "layer", "head", "prefix_matching", "prefix_matching_sd", "label_promoting",
                   "label_promoting_sd"]
@@ -838,15 +852,18 @@ def parse_model_args(text: str | None) -> dict:
     return args
 
 
+MODEL_ARGS = frozenset({"pretrained", "dtype", "revision", "trust_remote_code"})
+
+
 def load_model(model_args: dict, device: str | None):
     """(model, tokenizer) with sdpa attention (scoring switches to a weights-returning variant for its pass)."""
     import transformers
 
     from .embedded_models import resolve_pretrained
 
-    unknown = set(model_args) - {"pretrained", "dtype", "revision", "trust_remote_code"}
+    unknown = set(model_args) - MODEL_ARGS
     if unknown:
-        raise FalseDemoError(f"unsupported model args {sorted(unknown)}; allowed: pretrained, dtype, revision, trust_remote_code")
+        raise FalseDemoError(f"unsupported model args {sorted(unknown)}; allowed: {', '.join(sorted(MODEL_ARGS))}")
     path = resolve_pretrained(model_args["pretrained"])
     dtype = model_args.get("dtype", "float32")
     if not hasattr(torch, dtype) and dtype != "auto":
@@ -904,7 +921,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--random_draws", "-R", type=int, default=DEFAULT_RANDOM_DRAWS,
                         help="random-head draws (k distinct heads each) in --evaluate")
     parser.add_argument("--random_seed", type=int, default=0, help="seed of the random-head draws")
-    parser.add_argument("--output_path", "-o", default="results", help="folder; each run gets a new heads_* folder")
+    parser.add_argument("--output_path", "-o", default="results",
+                        help="folder; each run gets a new heads_* folder (with --resume: the resumed folder)")
     parser.add_argument("--device", default=None, help="e.g. cpu or cuda:0")
     parser.add_argument("--no_plots", action="store_true", help="skip the figures")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
@@ -914,14 +932,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         const=True, default=None, metavar="<bool>",
                         help="demos as user/assistant turns (default with --apply_chat_template); 'false': one user message")
     parser.add_argument("--system_instruction", default=None, help="system message text (with --apply_chat_template)")
+    parser.add_argument("--resume", default=None, metavar="<run folder>",
+                        help="continue an interrupted run in its run folder (same arguments; refuses others)")
+
+
+# Why a value in heads.json can be undefined (written as null, listed under "undefined").
+UNDEFINED_REASONS = {
+    "gap_recovered": "no gap: accuracy with correct demonstrations does not exceed the corrupted one, so the "
+                     "share of the gap recovered is undefined",
+    "mean": "no defined values to average (every gap recovered was undefined)",
+    "sd": "no defined values to average (every gap recovered was undefined)",
+    "max": "no defined values (every gap recovered was undefined)",
+    "top_k": "no gap in the pooled accuracies: the share of the gap recovered is undefined",
+}
+
+
+def check_arguments(args: argparse.Namespace, model_args: dict) -> None:
+    """Every argument, before any model or data loads."""
+    from .interventions import parse_heads
+
+    cli_args.check_at_least(args.top_k, 1, "--top_k", "heads exported and ablated")
+    cli_args.check_at_least(args.num_prompts, 1, "--num_prompts")
+    cli_args.check_at_least(args.limit, 1, "--limit", "queries per dataset")
+    cli_args.check_at_least(args.random_draws, 1, "--random_draws")
+    if args.num_fewshot is not None:
+        cli_args.check_at_least(args.num_fewshot, 0, "--num_fewshot")
+    parse_task(args.task)
+    unknown = set(model_args) - MODEL_ARGS
+    if unknown:
+        raise FalseDemoError(f"unsupported model args {sorted(unknown)}; allowed: {', '.join(sorted(MODEL_ARGS))}")
+    cli_args.check_pretrained(model_args["pretrained"], revision=model_args.get("revision"))
+    shape = cli_args.model_shape_from_config(model_args)
+    if shape is not None:
+        given = len(parse_heads(args.heads)) if args.heads and not args.heads.strip() == "auto" else args.top_k
+        cli_args.check_top_k(given, *shape, evaluate=bool(args.evaluate))
+    if args.sweep and not Path(args.sweep).is_file():
+        raise FalseDemoError(f"--sweep {args.sweep!r} is not a file; give a sweep.json")
+    if args.resume:
+        if cli_args.launched_world_size() > 1:
+            raise FalseDemoError("--resume runs on one process; resume without accelerate launch")
+        checkpoints.check_resumable(args.resume, "heads", cli_args.run_arguments(args))
+    else:
+        cli_args.check_output_folder(args.output_path)
 
 
 def run(args: argparse.Namespace) -> int:
     from .interventions import parse_heads
 
     model_args = parse_model_args(args.model_args)
-    if args.top_k < 1:
-        raise FalseDemoError(f"--top_k={args.top_k} must be at least 1")
     given = None
     if args.heads:
         given = parse_heads(args.heads)
@@ -933,6 +991,17 @@ def run(args: argparse.Namespace) -> int:
     for key in datasets:
         parse_task(f"falsedemo_{key}_{args.corrupted_setting}")  # fail before loading the model
     chat_options = _chat_options(args)
+    check_arguments(args, model_args)
+    if args.resume:
+        checkpoint = checkpoints.RunCheckpoint(args.resume)
+    else:
+        name = Path(model_args["pretrained"]).name or "model"
+        checkpoint = checkpoints.RunCheckpoint(root=args.output_path, name=f"heads_{name}")
+    with checkpoints.kept_or_discarded(checkpoint, "heads", args.output_path, bool(args.resume)):
+        return _run(args, model_args, given, datasets, checkpoint, chat_options)
+
+
+def _run(args, model_args, given, datasets, checkpoint, chat_options) -> int:
     started = run_started = time.time()
     timing = {}
     model, tokenizer = load_model(model_args, args.device)
@@ -941,18 +1010,7 @@ def run(args: argparse.Namespace) -> int:
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     log(f"[heads] loaded {model_args['pretrained']} ({modules.num_layers} layers x {modules.num_heads} heads) "
         f"in {time.time() - started:.0f}s")
-
-    scores = None
-    if given is None:
-        started = time.time()
-        scores = score_task(model, tokenizer, args.task, args.num_prompts, args.seed, args.num_fewshot,
-                            show_progress=not args.no_progress, chat_options=chat_options)
-        top = scores.top_k(args.top_k)
-        timing["scoring_seconds"] = round(time.time() - started, 3)
-        log(f"[heads] scored {scores.num_prompts} prompts in {time.time() - started:.0f}s; top-{args.top_k}: "
-            f"{format_heads(top)}")
-    else:
-        top = list(given)
+    cli_args.check_top_k(len(given) if given else args.top_k, modules.num_layers, modules.num_heads, bool(datasets))
 
     config = {
         "model": "hf",
@@ -961,10 +1019,10 @@ def run(args: argparse.Namespace) -> int:
         "num_layers": modules.num_layers,
         "num_heads": modules.num_heads,
         "task": args.task,
-        "num_prompts": scores.num_prompts if scores is not None else None,
+        "num_prompts": None,
         "seed": args.seed,
         "k": args.num_fewshot if args.num_fewshot is not None else default_num_fewshot(parse_task(args.task)[0]),
-        "top_k": len(top),
+        "top_k": len(given) if given else args.top_k,
         "heads_given": args.heads,
         "readout": "last query token",
         "label_promoting_norm": "final norm (and Gemma's post-attention norm) with scale frozen at the actual "
@@ -974,25 +1032,50 @@ def run(args: argparse.Namespace) -> int:
         **prompt_format,
         "command": "falsedemo heads " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["heads"] else sys.argv[1:]),
     }
+    if datasets:
+        config.update(evaluate=datasets, limit=args.limit, random_draws=args.random_draws,
+                      random_seed=args.random_seed, corrupted_setting=args.corrupted_setting)
+    # What is read for the datasets used (scored task, evaluated datasets): source, sizes, fingerprint. Known
+    # before any work, so a resumed run refuses changed data.
+    config["data_provenance"] = data_provenance_for(([] if given else [parse_task(args.task)[0]]) + datasets)
+    if args.resume:
+        checkpoint.resume("heads", config)
+    else:
+        checkpoint.start("heads", config, cli_args.run_arguments(args), config["command"])
+
+    scores = None
+    if given is None:
+        started = time.time()
+        stored = checkpoint.load("scores")
+        if stored is not None:
+            scores = HeadScores(stored["prefix_matching"], stored["label_promoting"])
+        else:
+            scores = score_task(model, tokenizer, args.task, args.num_prompts, args.seed, args.num_fewshot,
+                                show_progress=not args.no_progress, chat_options=chat_options)
+            checkpoint.save("scores", {"prefix_matching": scores.prefix_matching,
+                                       "label_promoting": scores.label_promoting})
+        top = scores.top_k(args.top_k)
+        timing["scoring_seconds"] = round(time.time() - started, 3)
+        log(f"[heads] scored {scores.num_prompts} prompts in {time.time() - started:.0f}s; top-{args.top_k}: "
+            f"{format_heads(top)}")
+        config["num_prompts"] = scores.num_prompts
+    else:
+        top = list(given)
     evaluation = None
     if datasets:
         draws = draw_random_heads(modules.num_layers, modules.num_heads, len(top), args.random_draws, args.random_seed)
-        config.update(evaluate=datasets, limit=args.limit, random_draws=args.random_draws,
-                      random_seed=args.random_seed, corrupted_setting=args.corrupted_setting)
         started = time.time()
         evaluation = evaluate_heads(model, tokenizer, datasets, top, draws, args.limit, args.seed,
                                     args.num_fewshot, args.corrupted_setting, log=log,
-                                    show_progress=not args.no_progress, chat_options=chat_options)
+                                    show_progress=not args.no_progress, chat_options=chat_options,
+                                    checkpoint=checkpoint)
         timing["evaluation_seconds"] = round(time.time() - started, 3)
     critical = critical_layer_from_sweep(args.sweep, parse_task(args.task)[0]) if args.sweep else None
-    # What was read for the datasets used (scored task, evaluated datasets): source, sizes, fingerprint.
-    used = ([parse_task(args.task)[0]] if scores is not None else []) + datasets
-    config["data_provenance"] = data_provenance_for(used)
-    name = Path(model_args["pretrained"]).name or "model"
-    directory = results_io.new_run_directory(args.output_path, f"heads_{name}")
+    directory = checkpoint.run_directory
     timing["total_seconds"] = round(time.time() - run_started, 3)
     payload = heads_payload(config, scores, top, evaluation, timing)
     written = write_outputs(payload, scores, directory, plots=not args.no_plots, critical_layer=critical)
+    checkpoint.finish()
     print(format_summary(payload))
     print(f"wrote {', '.join(str(path) for path in written)}")
     print(f"ablate them with: lm_eval --model hf-ablate --model_args pretrained={model_args['pretrained']},"

@@ -37,6 +37,8 @@ def _head_items(items, origin: str) -> tuple[tuple[int, int], ...]:
             match = _HEAD_ITEM.match(item)
             if not match:
                 raise FalseDemoError(f"malformed head {item!r} in {origin}; expected layer:head, e.g. heads=14:6;16:7")
+            if max(len(match.group(1)), len(match.group(2))) > 9:
+                raise FalseDemoError(f"head {item[:24]!r} in {origin} is out of range; layers 0..L-1, heads 0..H-1")
             pairs.append((int(match.group(1)), int(match.group(2))))
         elif isinstance(item, dict) and {"layer", "head"} <= set(item):
             pairs.append((_int(item["layer"], origin), _int(item["head"], origin)))
@@ -89,43 +91,74 @@ def _heads_from_file(path: Path):
     return heads
 
 
+# Without the model the block count is unknown; no supported model comes near this many blocks, and the
+# bound keeps a typo such as 1-100000000 from becoming a list of a hundred million layers.
+MAX_BLOCKS = 10_000
+
+
 def parse_layers(spec, num_layers: int | None = None, name: str = "layers") -> tuple[int, ...]:
-    """``"16-27"``, ``"3;5;7-9"``, ``"12-"`` (to the last block, needs ``num_layers``), an int or a list."""
+    """``"16-27"``, ``"3;5;7-9"``, ``"12-"`` (to the last block, needs ``num_layers``), an int or a list.
+
+    Ranges are checked arithmetically against ``num_layers`` (or :data:`MAX_BLOCKS` without a model) before
+    any list is built, and errors name at most the offending range, never the layers one by one.
+    """
     if spec is None or spec == "" or spec == ():
         return ()
+    ranges = _layer_ranges(spec, num_layers, name)
+    limit = num_layers if num_layers is not None else MAX_BLOCKS
+    for start, end, item in ranges:
+        if start < 0 or end >= limit:
+            where = f"allowed blocks 0..{num_layers - 1} (the model has {num_layers})" if num_layers is not None \
+                else f"block indices are 0..L-1 and no model has {MAX_BLOCKS} blocks"
+            raise FalseDemoError(f"{name}={_shown(spec)}: {item} is out of range; {where}")
+    return tuple(sorted({layer for start, end, _ in ranges for layer in range(start, end + 1)}))
+
+
+def _layer_ranges(spec, num_layers: int | None, name: str) -> list[tuple[int, int, str]]:
+    """(first, last, as written) per item of a layer spec, inclusive; nothing expanded."""
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):
-        layers = [_int(spec, f"{name}={spec!r}")]
-    elif isinstance(spec, (list, tuple)):
-        layers = [_int(item, f"{name}={spec!r}") for item in spec]
-    elif isinstance(spec, str):
-        layers = []
-        for item in (part for part in re.split(r"[;\s]+", spec.strip()) if part):
-            match = _LAYER_ITEM.match(item)
-            if not match:
-                raise FalseDemoError(
-                    f"malformed {name}={spec!r} (at {item!r}); expected e.g. 16-27, 3;5;7-9 or 12- (block indices >= 0)"
-                )
-            start, dash, end = match.groups()
-            if not dash:
-                layers.append(int(start))
-                continue
-            if end == "":
-                if num_layers is None:
-                    raise FalseDemoError(f"{name}={spec!r}: an open range needs the model's layer count")
-                end = num_layers - 1
-            if int(end) < int(start):
-                raise FalseDemoError(f"{name}={spec!r}: range {item!r} is empty (end before start)")
-            layers.extend(range(int(start), int(end) + 1))
-    else:
-        raise FalseDemoError(f"{name}={spec!r} is not a layer list; expected e.g. 16-27 or 3;5;7-9")
-    if num_layers is not None:
-        bad = [layer for layer in layers if not 0 <= layer < num_layers]
-        if bad:
+        value = _int(spec, f"{name}={_shown(spec)}")
+        return [(value, value, str(value))]
+    if isinstance(spec, (list, tuple)):
+        values = [_int(item, f"{name}={_shown(spec)}") for item in spec]
+        return [(value, value, str(value)) for value in values]
+    if not isinstance(spec, str):
+        raise FalseDemoError(f"{name}={_shown(spec)} is not a layer list; expected e.g. 16-27 or 3;5;7-9")
+    ranges = []
+    for item in (part for part in re.split(r"[;\s]+", spec.strip()) if part):
+        match = _LAYER_ITEM.match(item)
+        if not match:
             raise FalseDemoError(
-                f"{name}={spec!r}: layer(s) {bad} out of range; allowed blocks 0..{num_layers - 1} "
-                f"(the model has {num_layers})"
+                f"malformed {name}={_shown(spec)} (at {_shown(item)}); expected e.g. 16-27, 3;5;7-9 or 12- (block indices >= 0)"
             )
-    return tuple(sorted(set(layers)))
+        start_text, dash, end_text = match.groups()
+        start = _bounded(start_text, spec, name)
+        if not dash:
+            ranges.append((start, start, f"layer {start}"))
+            continue
+        if end_text == "":
+            if num_layers is None:
+                raise FalseDemoError(f"{name}={_shown(spec)}: an open range needs the model's layer count")
+            end = num_layers - 1
+        else:
+            end = _bounded(end_text, spec, name)
+        if end < start:
+            raise FalseDemoError(f"{name}={_shown(spec)}: range {_shown(item)} is empty (end before start)")
+        ranges.append((start, end, f"range {start}-{end}" if end != start else f"layer {start}"))
+    return ranges
+
+
+def _shown(value, width: int = 60) -> str:
+    """A user value for an error message, cut so a pasted megabyte stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 5] + "...'"
+
+
+def _bounded(digits: str, spec, name: str) -> int:
+    # int() of a 5000-digit string is itself an error in Python; any number this long is out of range anyway.
+    if len(digits) > 9:
+        raise FalseDemoError(f"{name}={_shown(spec)}: {digits[:12]}... is out of range; block indices are 0..L-1")
+    return int(digits)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import inspect
+from typing import Any, Mapping
 
 import torch
 from lm_eval.models.huggingface import HFLM
@@ -47,12 +48,12 @@ OWN_ARGS = (
 _FOREIGN_SPELLINGS = ("ablate_heads", "ablate_attn", "ablate_mlp", "layer", "head_ablation", "early_exit")
 
 
-def _hflm_arg_names() -> set[str]:
+def hflm_arg_names() -> set[str]:
     return set(inspect.signature(HFLM.__init__).parameters) - {"self", "kwargs"}
 
 
 def _reject_lookalikes(kwargs: dict) -> None:
-    known = _hflm_arg_names()
+    known = hflm_arg_names()
     for key in kwargs:
         if key in known:
             continue
@@ -60,6 +61,28 @@ def _reject_lookalikes(kwargs: dict) -> None:
         if key in _FOREIGN_SPELLINGS or close:
             hint = f"; did you mean {close[0]}=?" if close else ""
             raise FalseDemoError(f"unknown model arg {key}={kwargs[key]!r}{hint} allowed: {', '.join(OWN_ARGS)}")
+
+
+def _check_integer_layer(exit_layer) -> None:
+    """Before the load the layer count is unknown, so only the type is checked (the range after the load)."""
+    if isinstance(exit_layer, bool) or not isinstance(exit_layer, (int, float)) or not float(exit_layer).is_integer():
+        raise FalseDemoError(
+            f"exit_layer={exit_layer!r} is not an integer; allowed: 0..L, L the model's number of blocks "
+            "(0 is the embeddings, L the last block; -1..-L-1 count from the end)"
+        )
+
+
+def canonical_model_args(given: Mapping[str, Any], exit_layer: int | None = None) -> dict:
+    """The model args as results should record them: integral numbers as ints and ``exit_layer`` as the
+    resolved lens layer 0..L, so the same readout is always the same leaderboard row."""
+    canonical = {}
+    for key, value in given.items():
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        canonical[key] = value
+    if exit_layer is not None:
+        canonical["exit_layer"] = exit_layer
+    return canonical
 
 
 def _choice(name: str, value, allowed) -> str | None:
@@ -95,7 +118,7 @@ class _FalseDemoHFLM(HFLM):
         _reject_lookalikes(kwargs)
         # Everything checkable without the model fails here, before the (slow) load.
         if exit_layer is not None:
-            check_layer(exit_layer, 10**9, "exit_layer")
+            _check_integer_layer(exit_layer)
         self._label_scoring = _choice("label_scoring", label_scoring, LABEL_SCORING) or "first"
         self._lens_spec = parse_lens(lens)
         _choice("positions", positions, POSITIONS)
@@ -123,6 +146,13 @@ class _FalseDemoHFLM(HFLM):
             if value is not None
         }
         self._pretrained_name = pretrained if isinstance(pretrained, str) else None
+        # What the user's --model_args held (lm-eval adds batch_size, max_batch_size and device itself).
+        self._given_args = {"pretrained": pretrained, **self._requested, **{
+            key: value for key, value in kwargs.items() if key not in ("batch_size", "max_batch_size", "device")
+        }}
+        self._given_args.update({key: value for key, value in dict(
+            layers_path=layers_path, norm_path=norm_path, head_path=head_path, attn_path=attn_path,
+            attn_out_path=attn_out_path, mlp_path=mlp_path).items() if value is not None})
         if embedded_models.is_embedded(pretrained):
             pretrained = embedded_models.resolve_pretrained(pretrained)
         super().__init__(pretrained=pretrained, **kwargs)
@@ -314,6 +344,8 @@ class _FalseDemoHFLM(HFLM):
             else None,
         }
         info["falsedemo"] = falsedemo
+        # simple_evaluate merges this dict into results["config"]: the canonical args replace the raw ones.
+        info["model_args"] = canonical_model_args(self._given_args, self._exit_layer)
         return info
 
 

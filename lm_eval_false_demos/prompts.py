@@ -165,6 +165,12 @@ def choose_demos(spec: DatasetSpec, query: Example, pool: Sequence[Example], k: 
     room = max_tokens - fixed
     if sum(map(demo_tokens, demos)) <= room:
         return demos
+    if room < k:  # not even one token per demonstration: "at most -1 tokens long" would mislead
+        raise FalseDemoError(
+            f"dataset {spec.key!r}, query {query.uid}: the query, instruction and label alone take {fixed} of "
+            f"max_tokens={max_tokens} tokens, leaving no room for k={k} demonstrations; use a model with a longer "
+            "context (or max_length=) or a smaller k"
+        )
     per_slot = room // k
     demos = _draw(random.Random(_stream_seed(*stream, "capped", max_tokens)), groups, query.uid, k,
                   lambda example: demo_tokens(example) <= per_slot)

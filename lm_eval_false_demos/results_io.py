@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import tempfile
 from datetime import datetime, timezone
@@ -71,8 +72,42 @@ def _json_default(value: Any):
     raise TypeError(f"cannot store {type(value).__name__} in a results file: {value!r}")
 
 
-def write_json_atomic(path: str | Path, payload: Mapping[str, Any], overwrite: bool = False) -> Path:
-    text = json.dumps(payload, indent=2, sort_keys=False, default=_json_default, allow_nan=True)
+def strict_json_payload(payload: Mapping[str, Any], reasons: Mapping[str, str] | None = None) -> dict:
+    """``payload`` with every NaN or infinity replaced by ``null`` and listed, with why, under ``undefined``.
+
+    Strict JSON has no NaN (Python's ``json`` writes a bare ``NaN`` that other readers reject). ``reasons``
+    maps a field name to why values in it can be undefined (the innermost named field on the path wins);
+    other non-finite values are listed as "not a finite number".
+    """
+    undefined: dict[str, str] = {}
+
+    def clean(value, path):
+        if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+            value = value.tolist()
+        if isinstance(value, float) and not math.isfinite(value):
+            # the innermost enclosing field with a known reason ("per_dataset.sst2" inside "gap_recovered")
+            undefined[".".join(str(part) for part in path)] = next(
+                (reasons[part] for part in reversed(path) if isinstance(part, str) and part in (reasons or {})),
+                f"not a finite number ({value})",
+            )
+            return None
+        if isinstance(value, Mapping):
+            return {key: clean(item, path + [key]) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(item, path + [index]) for index, item in enumerate(value)]
+        return value
+
+    cleaned = clean(dict(payload), [])
+    if undefined:
+        cleaned["undefined"] = {**(cleaned.get("undefined") or {}), **undefined}
+    return cleaned
+
+
+def write_json_atomic(path: str | Path, payload: Mapping[str, Any], overwrite: bool = False,
+                      reasons: Mapping[str, str] | None = None) -> Path:
+    """Strict JSON (no NaN/Infinity: see :func:`strict_json_payload`), written atomically."""
+    text = json.dumps(strict_json_payload(payload, reasons), indent=2, sort_keys=False, default=_json_default,
+                      allow_nan=False)
     return write_text_atomic(path, text + "\n", overwrite=overwrite)
 
 

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from . import __version__, query_scores, results_io
+from . import __version__, checkpoints, cli_args, query_scores, results_io
 from .errors import FalseDemoError
 from .datasets import data_provenance_for, data_source_summary
 from .sst2_formats import parse_variant_key
@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 LAYER_METRICS = ("calibrated_acc", "acc", "follow_acc")
 CORRUPTED_SETTINGS = ("permuted", "half", "random")  # preference order for a dataset's headline numbers
-DEFAULT_SEED_STRING = "0,1234,1234,1234"  # lm-eval's default --seed (python, numpy, torch, fewshot)
+DEFAULT_SEED_STRING = cli_args.DEFAULT_SEED_STRING
 # Keys of --model_args that select modules for the lens (architectures.PATH_OVERRIDES); the model
 # classes accept them too, so they are forwarded to both.
 PATH_OVERRIDE_KEYS = ("layers_path", "norm_path", "head_path", "attn_path", "attn_out_path", "mlp_path")
@@ -54,9 +54,7 @@ PATH_OVERRIDE_KEYS = ("layers_path", "norm_path", "head_path", "attn_path", "att
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The lm-eval flags a sweep needs, parsed with lm-eval's own argument actions and types."""
-    from functools import partial
-
-    from lm_eval._cli.utils import MergeDictAction, SplitArgs, _int_or_none_list_arg_type
+    from lm_eval._cli.utils import MergeDictAction, SplitArgs
 
     parser.add_argument("--model", "-M", default="hf",
                         help="lm-eval model type: hf, hf-earlyexit or hf-ablate (ablations apply during the sweep)")
@@ -68,12 +66,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", "-L", type=float, default=None,
                         help="queries per task (integer count, or a fraction < 1 of the split), as in lm_eval")
     parser.add_argument("--num_fewshot", "-f", type=int, default=None, help="number of demonstrations k")
-    parser.add_argument("--seed", type=partial(_int_or_none_list_arg_type, 3, 4, DEFAULT_SEED_STRING),
-                        default=_int_or_none_list_arg_type(3, 4, DEFAULT_SEED_STRING, DEFAULT_SEED_STRING),
+    parser.add_argument("--seed", type=cli_args.seed_list, default=cli_args.seed_list(DEFAULT_SEED_STRING),
                         metavar="<python,numpy,torch,fewshot>",
                         help=f"seeds with lm_eval's meaning (default {DEFAULT_SEED_STRING}); the fewshot slot "
                              "chooses the demonstrations, so prompts equal lm_eval's for the same value")
-    parser.add_argument("--output_path", "-o", default="results", help="folder; each run gets a new sweep_* folder")
+    parser.add_argument("--output_path", "-o", default="results",
+                        help="folder; each run gets a new sweep_* folder (with --resume: the resumed folder)")
     parser.add_argument("--batch_size", "-b", default="1", help="prompts per forward pass (an integer)")
     parser.add_argument("--device", default=None, help="device, e.g. cpu or cuda:0 (default: as lm_eval's HFLM)")
     parser.add_argument("--bootstrap_iters", type=int, default=1000,
@@ -94,9 +92,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sst2_format", default=None, metavar="<formats>",
                         help="SST-2 prompt formats (paper: 15, 0-14) for the SST-2 tasks requested: all, 3, 0,5 or "
                              "0-14; each format is scored as its own task (falsedemo_sst2_f<i>_<setting>)")
+    parser.add_argument("--resume", default=None, metavar="<run folder>",
+                        help="continue an interrupted sweep in its run folder (same arguments; refuses others)")
+    parser.add_argument("--checkpoint_seconds", type=float, default=60.0,
+                        help="save finished prompts into the run folder at most this often (0: after every batch)")
 
 
-def run(args: argparse.Namespace) -> int:
+def check_arguments(args: argparse.Namespace) -> int:
+    """Every argument, before any model or data loads; returns the batch size."""
     if args.num_fewshot is not None and args.num_fewshot < 0:
         raise FalseDemoError(f"--num_fewshot={args.num_fewshot} is negative; give k >= 0")
     batch_size = _parse_batch_size(args.batch_size)
@@ -106,10 +109,57 @@ def run(args: argparse.Namespace) -> int:
         raise FalseDemoError("--fewshot_as_multiturn needs --apply_chat_template (as in lm_eval)")
     if getattr(args, "system_instruction", None) and not apply_chat_template:
         raise FalseDemoError("--system_instruction needs --apply_chat_template (it becomes the system message)")
+    if args.sst2_format is not None:
+        from .sst2_formats import parse_formats
+
+        parse_formats(args.sst2_format)
+    cli_args.check_limit(args.limit)
+    cli_args.check_confidence(args.confidence)
+    cli_args.check_at_least(args.bootstrap_iters, 0, "--bootstrap_iters", "0 disables the intervals")
+    if not args.checkpoint_seconds >= 0:
+        raise FalseDemoError(f"--checkpoint_seconds={args.checkpoint_seconds} is not allowed; give seconds >= 0")
+    check_no_exit_layer(args.model_args or {})
+    if args.resume:
+        if cli_args.launched_world_size() > 1:
+            raise FalseDemoError("--resume runs on one process; resume without accelerate launch (the numbers "
+                                 "are the same)")
+        checkpoints.check_resumable(args.resume, "sweep", cli_args.run_arguments(args))
+    else:
+        cli_args.check_output_folder(args.output_path)
+    # last: it imports lm-eval's HF model
+    cli_args.check_model_args(args.model, args.model_args or {}, read_by_caller=("lens", *PATH_OVERRIDE_KEYS))
+    return batch_size
+
+
+def run(args: argparse.Namespace) -> int:
+    batch_size = check_arguments(args)
+    checkpoint = None
+    if args.resume:
+        checkpoint = checkpoints.RunCheckpoint(args.resume)
+    elif cli_args.launched_world_size() == 1:
+        # The run folder is made before the forward passes, so finished prompts can be saved into it.
+        label = _model_label({"model": args.model, "model_args": args.model_args or {}})
+        checkpoint = checkpoints.RunCheckpoint(root=args.output_path, name=f"sweep_{label}")
+    with checkpoints.kept_or_discarded(checkpoint, "sweep", args.output_path, bool(args.resume)):
+        result = _run_from_arguments(args, batch_size, checkpoint)
+    if result is None:  # not rank 0 under accelerate: rank 0 writes
+        return 0
+    run_directory = write_outputs(result, args.output_path, plots=not args.no_plots,
+                                  run_directory=checkpoint.run_directory if checkpoint else None)
+    if checkpoint is not None:
+        checkpoint.finish()
+    print(format_summary(result))
+    print(f"sweep written to {run_directory}")
+    return 0
+
+
+def _run_from_arguments(args, batch_size, checkpoint):
     from .sst2_formats import parse_formats
 
+    apply_chat_template = getattr(args, "apply_chat_template", False)
+    multiturn = getattr(args, "fewshot_as_multiturn", None)
     sst2_formats = None if args.sst2_format is None else parse_formats(args.sst2_format)
-    result = run_sweep(
+    return run_sweep(
         model=args.model,
         model_args=args.model_args or {},
         tasks=args.tasks,
@@ -126,13 +176,11 @@ def run(args: argparse.Namespace) -> int:
         fewshot_as_multiturn=bool(apply_chat_template) if multiturn is None else multiturn,
         system_instruction=getattr(args, "system_instruction", None),
         sst2_formats=sst2_formats,
+        checkpoint=checkpoint,
+        resume=bool(args.resume),
+        checkpoint_seconds=args.checkpoint_seconds,
+        checkpoint_arguments=cli_args.run_arguments(args),
     )
-    if result is None:  # not rank 0 under accelerate: rank 0 writes
-        return 0
-    run_directory = write_outputs(result, args.output_path, plots=not args.no_plots)
-    print(format_summary(result))
-    print(f"sweep written to {run_directory}")
-    return 0
 
 
 def _parse_batch_size(value) -> int:
@@ -557,14 +605,16 @@ def _ablation_context(lm, model, modules, attention_mask):
 
 
 def read_prompts(lm, encoded: Sequence[EncodedPrompt], batch_size: int, modules, progress=None, translator=None,
-                 on_first_batch=None) -> dict[int, np.ndarray]:
+                 on_first_batch=None, chunks=None) -> dict[int, np.ndarray]:
     """{index: label logits [L+1, P, K] float32} from one forward per prompt, batched by similar length.
 
     ``translator`` is a tuned lens (None: the logit lens); ``on_first_batch(input_ids, attention_mask,
     positions)`` runs once, before the first readout (the lens parity check).
 
     Sequences are right-padded: in a causal model padding after a position cannot change it, so every readout
-    equals the unpadded one. Prompts with different K or readout counts never share a batch.
+    equals the unpadded one. Prompts with different K or readout counts never share a batch. With ``chunks``
+    (:class:`checkpoints.PromptChunks`) a batch an earlier attempt finished is taken from it, and each new
+    batch is handed to it; the batches are the same either way, so the numbers are too.
     """
     import torch
 
@@ -584,6 +634,12 @@ def read_prompts(lm, encoded: Sequence[EncodedPrompt], batch_size: int, modules,
         group = sorted(group, key=lambda prompt: len(prompt.input_ids), reverse=True)
         for start in range(0, len(group), batch_size):
             batch = group[start:start + batch_size]
+            stored = chunks is not None and all(prompt.index in chunks.done for prompt in batch)
+            if stored and on_first_batch is None:
+                outputs.update({prompt.index: chunks.done[prompt.index] for prompt in batch})
+                if progress is not None:
+                    progress.update(len(batch))
+                continue
             width = max(len(prompt.input_ids) for prompt in batch)
             input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
             attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -595,8 +651,14 @@ def read_prompts(lm, encoded: Sequence[EncodedPrompt], batch_size: int, modules,
                                      dtype=torch.long)
             input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
             if on_first_batch is not None:
+                # on the first batch of the plan even when it is stored, so a resumed run checks the same prompts
                 on_first_batch(input_ids, attention_mask, positions.to(device))
                 on_first_batch = None
+            if stored:
+                outputs.update({prompt.index: chunks.done[prompt.index] for prompt in batch})
+                if progress is not None:
+                    progress.update(len(batch))
+                continue
             with _ablation_context(lm, model, modules, attention_mask):
                 logits = read_label_logits(
                     model, input_ids, positions.to(device), label_ids.to(device),
@@ -605,6 +667,8 @@ def read_prompts(lm, encoded: Sequence[EncodedPrompt], batch_size: int, modules,
             logits = logits.float().cpu().numpy()
             for row, prompt in enumerate(batch):
                 outputs[prompt.index] = _labels_by_position(logits[:, row], prompt)
+            if chunks is not None:
+                chunks.record({prompt.index: outputs[prompt.index] for prompt in batch})
             if progress is not None:
                 progress.update(len(batch))
     return outputs
@@ -630,11 +694,7 @@ def create_model(model: str, model_args: Mapping[str, Any], batch_size: int, dev
     import lm_eval.api.registry
     import lm_eval.models  # noqa: F401  (imports the built-ins and, through our hook, hf-earlyexit/hf-ablate)
 
-    if "exit_layer" in model_args:
-        raise FalseDemoError(
-            "exit_layer makes no sense for a sweep: it reads every layer 0..L in one pass; drop exit_layer "
-            "from --model_args (use lm_eval --model hf-earlyexit for a single layer)"
-        )
+    check_no_exit_layer(model_args)
     model_args = dict(model_args)
     if device is None:
         import torch
@@ -646,6 +706,24 @@ def create_model(model: str, model_args: Mapping[str, Any], batch_size: int, dev
         model_args["exit_layer"] = -1
     model_class = lm_eval.api.registry.get_model(model)
     return model_class.create_from_arg_obj(model_args, {"batch_size": batch_size, "device": device})
+
+
+def check_no_exit_layer(model_args: Mapping[str, Any]) -> None:
+    if "exit_layer" in model_args:
+        raise FalseDemoError(
+            "exit_layer makes no sense for a sweep: it reads every layer 0..L in one pass; drop exit_layer "
+            "from --model_args (use lm_eval --model hf-earlyexit for a single layer)"
+        )
+
+
+def check_falsedemo_tasks(task_names: Sequence[str]) -> None:
+    """Before any data loads: the sweep reads demonstrations only falsedemo tasks build."""
+    foreign = [name for name in task_names if not str(name).startswith("falsedemo")]
+    if foreign:
+        raise FalseDemoError(
+            f"{', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}: not a falsedemo task; the sweep reads "
+            "falsedemo_<dataset>_<setting> tasks and the falsedemo* tags (run other tasks with lm_eval)"
+        )
 
 
 def _resolve_embedded(model_args: Mapping[str, Any]) -> dict:
@@ -678,8 +756,15 @@ def run_sweep(
     fewshot_as_multiturn: bool = False,
     system_instruction: str | None = None,
     sst2_formats: Sequence[int] | None = None,
+    checkpoint: "checkpoints.RunCheckpoint | None" = None,
+    resume: bool = False,
+    checkpoint_seconds: float = 60.0,
+    checkpoint_arguments: Mapping[str, Any] | None = None,
 ) -> dict | None:
-    """Run the sweep and return the ``sweep.json`` payload (None on ranks other than 0)."""
+    """Run the sweep and return the ``sweep.json`` payload (None on ranks other than 0).
+
+    With ``checkpoint`` finished prompts are saved into its run folder as the forward passes go; with
+    ``resume`` the ones saved there are reused (the configuration must be the interrupted run's)."""
     import random
 
     import torch
@@ -701,10 +786,6 @@ def run_sweep(
 
     # lens= is read here (every model type; plain hf would hand it to from_pretrained), checked before loading.
     lens_spec = tuned_lens.parse_lens(model_args.get("lens"))
-    if lm is None:
-        model_only_args = {key: value for key, value in model_args.items() if key != "lens"}
-        lm = create_model(model, _resolve_embedded(model_only_args), batch_size, device)
-    rank, world_size = process_rank_and_count(lm)
     if task_manager is None:
         from lm_eval.tasks import TaskManager
 
@@ -713,6 +794,11 @@ def run_sweep(
     from .sst2_formats import expand_task_names
 
     task_names = resolve_task_names(tasks, task_manager)
+    check_falsedemo_tasks(task_names)
+    if lm is None:
+        model_only_args = {key: value for key, value in model_args.items() if key != "lens"}
+        lm = create_model(model, _resolve_embedded(model_only_args), batch_size, device)
+    rank, world_size = process_rank_and_count(lm)
     task_objects = load_tasks(task_names, task_manager, num_fewshot, fewshot_seed)
     prompt_format, chat_args = _prompt_format(lm, model_args, apply_chat_template, fewshot_as_multiturn,
                                               system_instruction)
@@ -747,14 +833,34 @@ def run_sweep(
 
         parity.update(check_parity(lm.model, input_ids, positions, attention_mask, modules))
 
+    config = run_configuration(
+        lm=lm, model=model, model_args=model_args, tasks=tasks, task_names=list(task_objects), infos=infos,
+        limit=limit, num_fewshot=num_fewshot, seed=[python_seed, numpy_seed, torch_seed, fewshot_seed],
+        batch_size=batch_size, device=device, world_size=world_size, num_layers=num_layers, modules=modules,
+        bootstrap_iters=bootstrap_iters, analysis_seed=analysis_seed, confidence=confidence,
+    )
+    config.update(prompt_format)
+    config["lens"] = tuned_lens.describe(lens_spec, translator)
+
     forward_started = time.perf_counter()
     encoded = [encode_record(lm, record, index) for index, record in enumerate(records)]
+    chunks = None
+    if checkpoint is not None:
+        digests = {prompt.index: checkpoints.prompt_digest(prompt.input_ids, prompt.positions, prompt.label_token_ids,
+                                                           prompt.demo_label_token_ids)
+                   for prompt in encoded}
+        chunks = checkpoints.prompt_chunks(checkpoint, "sweep", resume, world_size, config, digests,
+                                           checkpoint_seconds, checkpoint_arguments or {})
     # Shard round-robin over prompts sorted by length, so every rank gets a similar amount of work.
     by_length = sorted(range(len(encoded)), key=lambda index: len(encoded[index].input_ids), reverse=True)
     mine = [encoded[index] for index in by_length[rank::world_size]]
     progress = tqdm(total=len(mine), desc="sweep prompts", unit="prompt", disable=not show_progress or rank != 0)
-    with torch.no_grad():
-        outputs = read_prompts(lm, mine, batch_size, modules, progress, translator, check_lens_parity)
+    try:
+        with torch.no_grad():
+            outputs = read_prompts(lm, mine, batch_size, modules, progress, translator, check_lens_parity, chunks)
+    finally:
+        if chunks is not None:
+            chunks.flush()  # Ctrl-C or an error keeps every finished batch
     progress.close()
     outputs = _gather_to_rank0(outputs, world_size)
     forward_seconds = time.perf_counter() - forward_started
@@ -765,14 +871,6 @@ def run_sweep(
 
     task_results, arrays = summarise_tasks(infos, records, outputs)
     datasets = analyse_datasets(infos, arrays, bootstrap_iters, analysis_seed, confidence)
-    config = run_configuration(
-        lm=lm, model=model, model_args=model_args, tasks=tasks, task_names=list(task_objects), infos=infos,
-        limit=limit, num_fewshot=num_fewshot, seed=[python_seed, numpy_seed, torch_seed, fewshot_seed],
-        batch_size=batch_size, device=device, world_size=world_size, num_layers=num_layers, modules=modules,
-        bootstrap_iters=bootstrap_iters, analysis_seed=analysis_seed, confidence=confidence,
-    )
-    config.update(prompt_format)
-    config["lens"] = tuned_lens.describe(lens_spec, translator)
     config["lens_parity"] = parity or None
     config["sst2_formats"] = sorted({getattr(task, "formats", (0,))[0] for task in task_objects.values()
                                      if getattr(getattr(task, "spec", None), "key", None) == "sst2"})
@@ -790,7 +888,8 @@ def run_sweep(
             "total_seconds": time.perf_counter() - started,
             "forward_seconds": forward_seconds,
             "prompts": len(records),
-            "forward_passes": len(records),
+            "forward_passes": len(records) - (len(chunks.done) if chunks is not None else 0),
+            "prompts_from_checkpoint": len(chunks.done) if chunks is not None else 0,
         },
     }
 
@@ -1068,10 +1167,12 @@ def versions() -> dict[str, str]:
 
 def run_configuration(*, lm, model, model_args, tasks, task_names, infos, limit, num_fewshot, seed, batch_size, device,
                       world_size, num_layers, modules, bootstrap_iters, analysis_seed, confidence) -> dict:
+    from .lm_eval_models import canonical_model_args
+
     ablation = _model_ablation(lm)
     return {
         "model": model,
-        "model_args": dict(model_args),
+        "model_args": canonical_model_args(model_args),
         "requested_tasks": list(tasks),
         "tasks": list(task_names),
         "limit": limit,
@@ -1156,9 +1257,11 @@ def derived_rows(result: Mapping) -> list[list[Any]]:
     return rows
 
 
-def write_outputs(result: Mapping, output_path: str | Path, plots: bool = True) -> Path:
-    """A fresh ``sweep_<model>_<timestamp>`` folder with sweep.json, curves.csv, derived.csv and figures."""
-    run_directory = results_io.new_run_directory(output_path, f"sweep_{_model_label(result['config'])}")
+def write_outputs(result: Mapping, output_path: str | Path, plots: bool = True, run_directory: Path | None = None) -> Path:
+    """sweep.json, curves.csv, derived.csv and figures in ``run_directory`` (default: a fresh
+    ``sweep_<model>_<timestamp>`` folder under ``output_path``)."""
+    if run_directory is None:
+        run_directory = results_io.new_run_directory(output_path, f"sweep_{_model_label(result['config'])}")
     results_io.write_csv_atomic(run_directory / "curves.csv", CURVE_HEADER, curve_rows(result))
     results_io.write_csv_atomic(run_directory / "derived.csv", DERIVED_HEADER, derived_rows(result))
     figures = write_figures(result, run_directory) if plots else []

@@ -200,7 +200,8 @@ def test_spec_parsing(tmp_path):
         (dict(heads="14.6"), "malformed head '14.6'"),
         (dict(heads="4:0"), "layer 4 out of range; allowed layers 0..3"),
         (dict(heads="1:9"), "head 9 of layer 1 out of range; allowed heads 0..3"),
-        (dict(attn_layers="2-9"), r"layer\(s\) \[4, 5, 6, 7, 8, 9\] out of range; allowed blocks 0..3"),
+        (dict(attn_layers="2-9"), r"range 2-9 is out of range; allowed blocks 0..3"),
+        (dict(mlp_layers="1-1000000"), r"^mlp_layers='1-1000000': range 1-1000000 is out of range; allowed blocks 0..3 "),
         (dict(mlp_layers="3-1"), "empty"),
         (dict(mlp_layers="-1"), "malformed mlp_layers='-1'"),
         (dict(attn_layers="a;b"), "malformed"),
@@ -221,3 +222,19 @@ def test_heads_file_without_top_k(tmp_path):
     path.write_text(json.dumps({"heads": []}))
     with pytest.raises(FalseDemoError, match="no 'top_k' key"):
         parse_heads(f"@{path}")
+
+
+@pytest.mark.parametrize("spec", ["1-100000000", "1-1000000", "0-" + "9" * 5000, "2;" * 20000 + "100000"])
+def test_huge_layer_specs_fail_in_one_short_line_without_building_a_list(spec):
+    """A typo must not become a 7.9 MB message or a MemoryError: ranges are checked arithmetically."""
+    import tracemalloc
+
+    tracemalloc.start()
+    with pytest.raises(FalseDemoError) as raised:
+        parse_layers(spec, None, "mlp_layers")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    message = str(raised.value)
+    assert "\n" not in message and len(message) < 300, message[:400]
+    assert "out of range" in message
+    assert peak < 20 * 1024 * 1024  # far below a list of 10**8 ints (3.2 GB) or even 10**6 (36 MB)

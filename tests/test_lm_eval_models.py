@@ -64,6 +64,10 @@ def test_exit_layer_through_lm_eval_equals_lens(saved, exit_layer):
     info = lm.get_model_info()["falsedemo"]
     assert info["exit_layer"] == int(exit_layer) % 5 and info["num_layers"] == 4
     assert info["requested"]["exit_layer"] == exit_layer and info["label_scoring"] == "first"
+    # lm-eval merges get_model_info into results["config"]: -1, -1.0 and 4 are one readout, one record.
+    recorded = lm.get_model_info()["model_args"]
+    assert recorded == {"pretrained": str(path), "dtype": "float32", "exit_layer": int(exit_layer) % 5}
+    assert type(recorded["exit_layer"]) is int
 
 
 def test_ablation_through_lm_eval_equals_core(saved):
@@ -134,6 +138,9 @@ def llama_dir(tiny_model_dir):
         (AblatedHFLM, dict(heads="1:0", head_method="qkv"), "grouped-query"),
         (EarlyExitHFLM, dict(exit_layer=2, label_scoring="last"), "label_scoring='last' is not allowed"),
         (EarlyExitHFLM, dict(exitlayer=2), "did you mean exit_layer"),
+        (EarlyExitHFLM, dict(exit_layer=1.5), r"^exit_layer=1.5 is not an integer; allowed: 0..L, L the model's "),
+        (EarlyExitHFLM, dict(exit_layer="last"), r"^exit_layer='last' is not an integer; allowed: 0..L"),
+        (EarlyExitHFLM, dict(exit_layer=9), r"exit_layer=9 is out of range for a model with 4 layers; allowed: 0..4"),
         (EarlyExitHFLM, dict(exit_layer=2, ablate_heads="1:0"), "unknown model arg ablate_heads"),
     ],
 )

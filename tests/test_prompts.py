@@ -161,6 +161,10 @@ def test_token_budget_fails_clearly_when_k_demos_cannot_fit():
     pool, queries = load_examples("ag_news")
     with pytest.raises(FalseDemoError, match=r"cannot fit k=40 demonstrations in max_tokens=600"):
         build_prompt(spec, queries[0], pool, 40, "correct", 3, token_counter=_char_counter, max_tokens=600)
+    # A budget the query alone overflows: no "at most -1 tokens long" demonstrations.
+    with pytest.raises(FalseDemoError, match=r"alone take \d+ of max_tokens=20 tokens, leaving no room for k=8") as raised:
+        build_prompt(spec, queries[0], pool, 8, "correct", 3, token_counter=_char_counter, max_tokens=20)
+    assert "-1" not in str(raised.value)
 
 
 def test_label_token_ids_first_tokens_and_collisions():

@@ -140,6 +140,7 @@ def test_layer_numbers_equal_lm_eval_earlyexit_runs(sweep_result, task_manager, 
             tasks=TASKS, limit=LIMIT, num_fewshot=NUM_FEWSHOT, fewshot_random_seed=FEWSHOT_SEED,
             task_manager=task_manager, bootstrap_iters=0, device="cpu", batch_size=4,
         )
+        assert results["config"]["model_args"]["exit_layer"] == layer  # canonical, from get_model_info
         for task in TASKS:
             ours = sweep_result["tasks"][task]
             theirs = results["results"][task]

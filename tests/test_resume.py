@@ -1,0 +1,167 @@
+"""Long runs resume: a sweep killed part-way (a real SIGKILL to a subprocess) and resumed with ``--resume``
+equals an uninterrupted run, to the byte for the curves; ``falsedemo heads --evaluate`` stopped by Ctrl-C
+resumes to the same numbers; a changed configuration is refused in one line (issue 11)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lm_eval_false_demos import cli, heads
+
+TASKS = "falsedemo_sst2_correct,falsedemo_sst2_permuted"
+
+
+def _sweep_argv(model: Path, output: Path, *extra: str) -> list[str]:
+    return ["sweep", "--model_args", f"pretrained={model},dtype=float32", "--tasks", TASKS, "--limit", "12",
+            "--num_fewshot", "8", "--batch_size", "2", "--device", "cpu", "--bootstrap_iters", "20", "--no_plots",
+            "--output_path", str(output), *extra]
+
+
+def _comparable(sweep_json: Path) -> dict:
+    payload = json.loads(sweep_json.read_text())
+    payload.pop("timing")
+    for key in ("date", "command"):
+        payload["config"].pop(key)
+    return payload
+
+
+def _one_run_folder(output: Path) -> Path:
+    (folder,) = [path for path in output.iterdir() if path.name.startswith(("sweep_", "heads_"))]
+    return folder
+
+
+def test_sweep_killed_midway_resumes_to_the_uninterrupted_result(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import torch
+
+    model = tiny_model_dir("llama")
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert cli.main(_sweep_argv(model, whole)) == 0
+    reference = _one_run_folder(whole)
+    assert not (reference / "checkpoint").exists()  # a finished run keeps only its results
+
+    # The same run in a subprocess, saving after every batch, killed once a few batches are saved.
+    environment = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lm_eval_false_demos.cli", *_sweep_argv(model, killed, "--checkpoint_seconds", "0")],
+        env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    parts = []
+    while time.monotonic() < deadline and process.poll() is None:
+        parts = list(killed.glob("sweep_*/checkpoint/part-*.npz"))
+        if len(parts) >= 3:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    assert process.wait(timeout=60) == -signal.SIGKILL, "the sweep finished before it could be killed"
+    folder = _one_run_folder(killed)
+    assert not (folder / "sweep.json").exists() and (folder / "checkpoint" / "MANIFEST").is_file()
+
+    # A different configuration is refused in one line before any model loads, and changes nothing.
+    saved = sorted(path.name for path in (folder / "checkpoint").iterdir())
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        cli.main(_sweep_argv(model, killed, "--resume", str(folder)) + ["--num_fewshot", "4"])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"falsedemo sweep: error: --resume '{folder}': arguments differ from the interrupted "
+                            "run: num_fewshot (8 in the checkpoint, 4 now); rerun with its arguments:"), error
+    assert sorted(path.name for path in (folder / "checkpoint").iterdir()) == saved
+
+    # What the arguments do not show (here: the package versions) is in the fingerprint too: refused after the
+    # load, before any forward pass.
+    from lm_eval_false_demos import sweep
+
+    real_versions = sweep.versions
+    monkeypatch.setattr(sweep, "versions", lambda: {**real_versions(), "transformers": "0.0.1"})
+    with pytest.raises(SystemExit) as exited:
+        cli.main(_sweep_argv(model, killed, "--resume", str(folder)))
+    assert exited.value.code == 2
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line.startswith(f"falsedemo sweep: error: --resume '{folder}': the configuration differs from the "
+                           "interrupted run: versions ("), line
+    assert sorted(path.name for path in (folder / "checkpoint").iterdir()) == saved
+    monkeypatch.setattr(sweep, "versions", real_versions)
+
+    assert cli.main(_sweep_argv(model, killed, "--resume", str(folder))) == 0
+    assert not (folder / "checkpoint").exists()
+    assert (folder / "curves.csv").read_bytes() == (reference / "curves.csv").read_bytes()
+    assert (folder / "derived.csv").read_bytes() == (reference / "derived.csv").read_bytes()
+    resumed, uninterrupted = _comparable(folder / "sweep.json"), _comparable(reference / "sweep.json")
+    assert resumed == uninterrupted
+    timing = json.loads((folder / "sweep.json").read_text())["timing"]
+    assert 0 < timing["prompts_from_checkpoint"] < 24
+    assert timing["forward_passes"] == 24 - timing["prompts_from_checkpoint"]
+
+    # A finished folder has nothing to resume.
+    with pytest.raises(SystemExit):
+        cli.main(_sweep_argv(model, killed, "--resume", str(folder)))
+    assert "is finished (it has sweep.json); nothing to resume" in capsys.readouterr().err
+
+
+def test_resume_is_refused_under_several_processes(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as exited:
+        cli.main(_sweep_argv(tiny_model_dir("llama"), tmp_path, "--resume", str(tmp_path)))
+    assert exited.value.code == 2
+    assert "--resume runs on one process; resume without accelerate launch" in capsys.readouterr().err
+
+
+def test_heads_evaluation_interrupted_by_ctrl_c_resumes_to_the_same_numbers(tiny_model_dir, tmp_path, monkeypatch,
+                                                                           capsys):
+    model = f"pretrained={tiny_model_dir('llama')},dtype=float32"
+    argv = ["heads", "--model_args", model, "--no_progress", "--no_plots", "-n", "4", "-f", "4", "-k", "2",
+            "--evaluate", "unnatural,sst2", "--limit", "5", "-R", "2"]
+    assert cli.main(argv + ["-o", str(tmp_path / "whole")]) == 0
+    reference = json.loads((_one_run_folder(tmp_path / "whole") / "heads.json").read_text())
+
+    calls = {"readouts": 0, "scoring": 0}
+    real_readouts, real_scoring = heads.query_readouts, heads.score_task
+
+    def readouts(*args, **kwargs):
+        calls["readouts"] += 1
+        if calls["readouts"] == 2 * 5 + 3:  # inside sst2's correct prompts: unnatural is saved
+            raise KeyboardInterrupt
+        return real_readouts(*args, **kwargs)
+
+    def scoring(*args, **kwargs):
+        calls["scoring"] += 1
+        return real_scoring(*args, **kwargs)
+
+    # Ctrl-C before anything finished leaves no folder behind.
+    output = tmp_path / "stopped"
+    monkeypatch.setattr(heads, "score_task", lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(argv + ["-o", str(output)])
+    assert not output.exists()
+
+    monkeypatch.setattr(heads, "query_readouts", readouts)
+    monkeypatch.setattr(heads, "score_task", scoring)
+    capsys.readouterr()
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(argv + ["-o", str(output)])
+    folder = _one_run_folder(output)
+    assert f"--resume {folder}" in capsys.readouterr().err
+    assert sorted(path.name for path in (folder / "checkpoint").glob("part-*")) == [
+        "part-evaluate-unnatural-correct.npz", "part-evaluate-unnatural-permuted.npz", "part-scores.npz"
+    ]
+
+    calls.update(readouts=0, scoring=0)
+    counted = []
+    monkeypatch.setattr(heads, "query_readouts", lambda *a, **k: counted.append(1) or real_readouts(*a, **k))
+    assert cli.main(argv + ["-o", str(output), "--resume", str(folder)]) == 0
+    assert calls["scoring"] == 0 and len(counted) == 2 * 5  # only sst2 is computed again
+    resumed = json.loads((folder / "heads.json").read_text())
+    for payload in (resumed, reference):
+        payload.pop("timing")
+        payload["config"].pop("command")
+    assert resumed == reference
+    assert not (folder / "checkpoint").exists()
