@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 
 import numpy as np
 from lm_eval.api.task import ConfigurableTask
 
-from lm_eval_false_demos import chat
+from lm_eval_false_demos import chat, embedded_models
 from lm_eval_false_demos.corruption import FOLLOW_SETTINGS, check_setting, check_wrong_share
 from lm_eval_false_demos import __version__
 from lm_eval_false_demos.datasets import data_provenance, data_source, get_spec, load_examples
@@ -69,22 +68,12 @@ def calibrated_accuracy_aggregation(items) -> float:
 
 
 def _resolve_short_name(pretrained: str) -> dict:
-    """Short names of packaged models (``gemma-3-270m``) -> model_args, if that module exists yet."""
-    if os.path.exists(pretrained):
+    """A packaged model's short name (``gemma-3-270m``) -> its converted folder, by the rule the model wrappers
+    use: the short name means the packaged model even when a folder of that name sits in the working directory
+    (``./gemma-3-270m`` names the folder), so the task's tokenizer is always the evaluated model's."""
+    if not embedded_models.is_embedded(pretrained):
         return {}
-    try:
-        from lm_eval_false_demos.embedded_models import resolve_pretrained
-    except ImportError:
-        return {}
-    try:
-        resolved = resolve_pretrained(pretrained)
-    except Exception:  # not a packaged short name: leave it to transformers (hub id or path)
-        return {}
-    if isinstance(resolved, dict):
-        return {key: value for key, value in resolved.items() if value is not None}
-    if isinstance(resolved, (str, os.PathLike)):
-        return {"pretrained": str(resolved)}
-    return {}
+    return {"pretrained": embedded_models.resolve_pretrained(pretrained)}
 
 
 @functools.lru_cache(maxsize=8)

@@ -69,3 +69,16 @@ def test_failed_conversion_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="boom"):
         embedded_models.resolve_pretrained("smollm2-135m")
     assert not [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+
+
+def test_a_short_name_means_the_packaged_model_even_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+    """The task's tokenizer and the model wrapper resolve a short name by one rule: a folder named like the model
+    in the working directory (an --output_path, say) does not turn the short name into a path."""
+    from lm_eval_false_demos import embedded_models, lm_eval_tasks
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "gemma-3-270m").mkdir()
+    monkeypatch.setattr(embedded_models, "resolve_pretrained", lambda name: f"/converted/{name}")
+    assert lm_eval_tasks._resolve_short_name("gemma-3-270m") == {"pretrained": "/converted/gemma-3-270m"}
+    assert lm_eval_tasks._resolve_short_name("./gemma-3-270m") == {}
+    assert lm_eval_tasks._resolve_short_name("org/model") == {}

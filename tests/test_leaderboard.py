@@ -252,7 +252,6 @@ def page_json(path):
 def test_k_of_a_heads_experiment_does_not_join_the_accuracy_k(tmp_path):
     """The row's k describes its accuracy columns; heads --evaluate may use another k for its ablations."""
     import json
-    import shutil
 
     for folder in ("sweeps", "heads"):
         shutil.copytree(FIXTURES / folder, tmp_path / folder)

@@ -5,7 +5,6 @@ fails. The screenshot is written to this test's pytest tmp dir (printed, and rec
 ``screenshot`` property in junit output); set FALSEDEMO_SCREENSHOT to also copy it to a path.
 """
 
-import io
 import os
 import re
 import shutil

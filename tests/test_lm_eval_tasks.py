@@ -1,6 +1,5 @@
 """The lm-eval adapter end to end through simple_evaluate (tiny random Llama, local data, offline)."""
 
-import json
 import random
 
 import numpy as np

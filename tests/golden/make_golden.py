@@ -6,7 +6,6 @@ Run only when a change is *meant* to move numbers, and say so in the commit:
 
 import json
 import math
-import shutil
 import sys
 import tempfile
 from pathlib import Path
