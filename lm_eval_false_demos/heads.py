@@ -561,12 +561,6 @@ def query_readouts(
     return (logits, promotion.cpu().numpy()) if with_promotion else logits
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(-1, keepdims=True)
-
-
 def _mean_sd(values) -> dict:
     values = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
     if values.size == 0:
@@ -596,7 +590,7 @@ def evaluate_heads(
     one an interrupted run saved is read back instead of recomputed."""
     from .chat import label_lead
     from .interventions import make_ablation
-    from .metrics import calibrated_accuracy, gap_recovered
+    from .metrics import calibrated_accuracy, gap_recovered, normalise
     from .prompts import label_token_ids
 
     modules = resolve_modules(model)
@@ -638,7 +632,7 @@ def evaluate_heads(
 
         def accuracy(setting, condition):
             values, gold = logits[setting]
-            return float(calibrated_accuracy(_softmax(values[:, condition]), gold))
+            return float(calibrated_accuracy(normalise(values[:, condition]), gold))
 
         acc_correct, acc_corrupted = accuracy("correct", 0), accuracy(corrupted_setting, 0)
         lp_mean = np.mean(promotion, axis=0)  # [L, H] on this dataset's corrupted prompts
@@ -890,16 +884,6 @@ def _identity(pretrained: str) -> dict | None:
         return None
 
 
-def _versions() -> dict:
-    import lm_eval
-    import transformers
-
-    from . import __version__
-
-    return {"lm_eval_false_demos": __version__, "lm_eval": getattr(lm_eval, "__version__", "?"),
-            "transformers": transformers.__version__, "torch": torch.__version__, "python": sys.version.split()[0]}
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model_args", "-a", required=True,
                         help="pretrained=<hub id | folder | gemma-3-270m | smollm2-135m>[,dtype=float32]")
@@ -1028,7 +1012,7 @@ def _run(args, model_args, given, datasets, checkpoint, chat_options) -> int:
         "label_promoting_norm": "final norm (and Gemma's post-attention norm) with scale frozen at the actual "
                                 "residual; output-head bias cancels; pre soft-cap",
         "data_source": data_source_summary(),
-        "versions": _versions(),
+        "versions": results_io.versions(),
         **prompt_format,
         "command": "falsedemo heads " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["heads"] else sys.argv[1:]),
     }

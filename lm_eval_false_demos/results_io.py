@@ -13,10 +13,24 @@ import io
 import json
 import math
 import os
+import platform
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+
+
+def versions() -> dict[str, str]:
+    """The package versions every results file records (one list for the sweep, heads and lens files)."""
+    import importlib.metadata
+
+    found = {"python": platform.python_version()}
+    for package in ("lm_eval_false_demos", "lm_eval", "transformers", "torch", "numpy", "accelerate", "datasets", "tokenizers"):
+        try:
+            found[package] = importlib.metadata.version(package.replace("_", "-"))
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
 
 
 def timestamp() -> str:

@@ -24,7 +24,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,9 +31,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import __version__, checkpoints, cli_args, query_scores, results_io
+from . import checkpoints, cli_args, query_scores, results_io
 from .errors import FalseDemoError
 from .datasets import data_provenance_for, data_source_summary
+from .metrics import normalise
+from .results_io import versions
 from .sst2_formats import parse_variant_key
 
 logger = logging.getLogger(__name__)
@@ -198,15 +199,6 @@ def _parse_batch_size(value) -> int:
 # --------------------------------------------------------------------------------------------------
 # Analyses of per-layer arrays (pure numpy; the calibrated metric comes from metrics.py)
 # --------------------------------------------------------------------------------------------------
-
-
-def label_probabilities(label_logits: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis (the K labels), in float64: the full-vocabulary softmax cancels.
-
-    The same normalisation the lm-eval tasks apply to their K label log-likelihoods."""
-    from .metrics import normalise
-
-    return normalise(label_logits)
 
 
 def _metric_functions():
@@ -944,7 +936,7 @@ def summarise_tasks(
         indices = [index for index, record in enumerate(records) if record.task == name]
         task_records = [records[index] for index in indices]
         logits = np.stack([outputs[index] for index in indices])  # [N, L+1, P, K]
-        probabilities = label_probabilities(logits)
+        probabilities = normalise(logits)  # the K-label softmax: the full-vocabulary one cancels
         gold = np.array([record.gold for record in task_records])
         follow = np.array([record.follow_target for record in task_records])
         query_scores = probabilities[:, :, -1, :]
@@ -1151,18 +1143,6 @@ def model_identity(model_args: Mapping[str, Any], lm) -> dict[str, Any]:
     except Exception as error:  # noqa: BLE001 - the identity is informative, a lookup failure is not fatal
         identity["lm_eval_model_info_error"] = repr(error)
     return identity
-
-
-def versions() -> dict[str, str]:
-    import importlib.metadata
-
-    found = {"lm_eval_false_demos": __version__, "python": platform.python_version()}
-    for package in ("lm_eval", "transformers", "torch", "numpy", "accelerate", "datasets", "tokenizers"):
-        try:
-            found[package] = importlib.metadata.version(package.replace("_", "-"))
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return found
 
 
 def run_configuration(*, lm, model, model_args, tasks, task_names, infos, limit, num_fewshot, seed, batch_size, device,

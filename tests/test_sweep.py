@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from lm_eval_false_demos import sweep
+from lm_eval_false_demos.metrics import normalise
 from lm_eval_false_demos.datasets import data_provenance
 from lm_eval_false_demos.errors import FalseDemoError
 
@@ -58,8 +59,8 @@ def _synthetic_scores(n=60, layers=6, classes=3, seed=0):
     noise = rng.normal(size=(n, layers, classes))
     correct_strength = np.linspace(0, 3, layers)
     corrupted_strength = np.array([0, 0.8, 1.6, 1.2, 0.4, 0.1])[:layers]
-    correct = sweep.label_probabilities(onehot[:, None, :] * correct_strength[None, :, None] + noise)
-    corrupted = sweep.label_probabilities(onehot[:, None, :] * corrupted_strength[None, :, None] + noise)
+    correct = normalise(onehot[:, None, :] * correct_strength[None, :, None] + noise)
+    corrupted = normalise(onehot[:, None, :] * corrupted_strength[None, :, None] + noise)
     correct[:, 0] = corrupted[:, 0] = 1.0 / classes  # layer 0 reads the same embedding for every query
     return correct, corrupted, gold
 
@@ -191,10 +192,10 @@ def test_per_position_readouts_equal_rerunning_with_fewer_demos(tiny_lm, task_ma
         gold = np.array([record.gold for record in shortened])
         for layer in range(modules.num_layers + 1):
             ours = calibrated_accuracy(
-                sweep.label_probabilities(np.stack([full[i][layer, position] for i in range(len(records))])), gold
+                normalise(np.stack([full[i][layer, position] for i in range(len(records))])), gold
             )
             theirs = calibrated_accuracy(
-                sweep.label_probabilities(np.stack([short[i][layer, 0] for i in range(len(records))])), gold
+                normalise(np.stack([short[i][layer, 0] for i in range(len(records))])), gold
             )
             assert ours == pytest.approx(theirs)
 
