@@ -361,4 +361,5 @@ def test_sweep_names_a_model_without_chat_template(tiny_model_dir, tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
     assert f"model '{tiny_model_dir('llama')},dtype=float32'" not in out.stderr
     assert f"model '{tiny_model_dir('llama')}': its tokenizer has no chat template" in out.stderr
+    assert "Loading weights" not in out.stderr  # refused from the tokenizer alone, before the model loads
     assert not list(tmp_path.glob("sweep_*"))
