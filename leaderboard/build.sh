@@ -2,12 +2,11 @@
 # Regenerates our published rows, the page and the hub exports.
 #
 # Published protocol (CPU-sized; see README "Leaderboard"): for each embedded model, `falsedemo sweep` over the 14
-# main datasets, settings correct and permuted, k = 8 demonstrations, lm-eval's default seeds (few-shot seed 1234),
-# the first N queries of each dataset's fixed seeded order, local dataset copies, one sweep per chunk of datasets
-# (a chunk that fails leaves the others). N per chunk as run for the published rows: 16 for dbpedia_14,
-# poem_sentiment and sick, 12 for the other datasets, and SST-2 in its 13 first-token-scorable prompt formats (0-10,
-# 12, 13) at 8 queries each. Then the leaderboard from those sweeps plus the false-induction-head evaluations of
-# reports/heads.
+# main datasets, settings correct and permuted, k = 12 demonstrations, lm-eval's default seeds (few-shot seed 1234),
+# the first 24 queries of each dataset's fixed seeded order, and SST-2 in its 13 first-token-scorable prompt formats
+# (0-10, 12, 13) at 8 queries each; local dataset copies, one sweep per chunk of datasets (a chunk that fails leaves
+# the others; an interrupted chunk continues with `falsedemo sweep --resume <its folder>`). About 20 minutes of one
+# core per model. Then the leaderboard from those sweeps plus the false-induction-head evaluations of reports/heads.
 #
 # The full paper protocol (k = 40, every query; for a GPU), one command per model:
 #   falsedemo sweep --model_args pretrained=<model>,dtype=float32 --tasks falsedemo_main_correct,falsedemo_main_permuted \
@@ -17,16 +16,16 @@
 #                                     MODELS="gemma-3-270m" runs one model)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-K=${K:-8}
+K=${K:-12}
 export FALSEDEMO_DATA_DIR="${FALSEDEMO_DATA_DIR:-$(cd .. && pwd)/shared/data}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 CHUNKS=(
   "8 sst2_formats"
-  "12 rte trec"
-  "16 dbpedia_14 poem_sentiment sick"
-  "12 mrpc ethos financial_phrasebank"
-  "12 ag_news medical_questions_pairs"
-  "12 tweet_eval_hate tweet_eval_stance_atheism tweet_eval_stance_feminist"
+  "24 rte trec"
+  "24 dbpedia_14 poem_sentiment sick"
+  "24 mrpc ethos financial_phrasebank"
+  "24 ag_news medical_questions_pairs"
+  "24 tweet_eval_hate tweet_eval_stance_atheism tweet_eval_stance_feminist"
 )
 for model in ${MODELS:-gemma-3-270m smollm2-135m}; do
   [ "${SWEEPS:-1}" = 0 ] && break
@@ -41,7 +40,7 @@ for model in ${MODELS:-gemma-3-270m smollm2-135m}; do
   done
 done
 falsedemo leaderboard --results leaderboard/runs reports/heads/runs/*/evaluate --output leaderboard --force \
-  --note "Protocol: k = 8, correct and permuted settings, 12-16 queries per dataset (SST-2: 13 formats x 8), few-shot seed 1234, local data; one leaderboard/build.sh."
+  --note "Protocol: k = 12, correct and permuted settings, 24 queries per dataset (SST-2: 13 formats x 8), few-shot seed 1234, local data; one leaderboard/build.sh."
 # The README shows the same table, between its leaderboard markers.
 python - <<'PY'
 from pathlib import Path
