@@ -86,14 +86,14 @@ def parse_task(task: str) -> tuple[str, str]:
     """``falsedemo_<dataset>_<setting>`` -> (dataset key, setting); a bare dataset key means permuted."""
     from .corruption import SETTINGS
     from .datasets import DATASETS
+    from .task_yamls import TASK_PREFIX, parse_task_name
 
-    name = task[len("falsedemo_"):] if task.startswith("falsedemo_") else task
+    name = task.removeprefix(TASK_PREFIX)
     if name in DATASETS:
         return name, "permuted"
-    for setting in sorted(SETTINGS, key=len, reverse=True):
-        suffix = "_" + setting
-        if name.endswith(suffix) and name[: -len(suffix)] in DATASETS:
-            return name[: -len(suffix)], setting
+    parsed = parse_task_name(TASK_PREFIX + name)
+    if parsed and parsed[0] in DATASETS and parsed[1] in SETTINGS:
+        return parsed
     raise FalseDemoError(
         f"task {task!r} is not falsedemo_<dataset>_<setting>; datasets: {', '.join(sorted(DATASETS))}; "
         f"settings: {', '.join(SETTINGS)}"

@@ -9,7 +9,8 @@ from .columns import COLUMNS, DEFAULT_COLUMNS, MARKDOWN_COLUMNS, SETTINGS_SHOWN,
 from .command import OUTPUT_NAMES, add_arguments, build, run
 from .render import embed_json, render_curves_svg
 from .rowkey import READOUT_FIELDS, row_key
-from .values import parse_model_args, parse_task_name
+from ..task_yamls import parse_task_name
+from .values import parse_model_args
 
 __all__ = [
     "COLUMNS", "DEFAULT_COLUMNS", "Leaderboard", "MARKDOWN_COLUMNS", "Measurement", "OUTPUT_NAMES", "READOUT_FIELDS",

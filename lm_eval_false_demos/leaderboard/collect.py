@@ -26,10 +26,11 @@ from typing import Any, Iterable, Mapping
 
 from .. import query_scores
 from ..metrics import pooled_gap_recovered_by_condition
+from ..task_yamls import parse_task_name
 from .rowkey import RowKeyError, row_key
 from .values import (
     accuracy, curve, data_source_text, date_from_name, date_of, first, integer, mapping_at, number,
-    parse_task_name, text, walk_objects,
+    text, walk_objects,
 )
 
 logger = logging.getLogger(__name__)

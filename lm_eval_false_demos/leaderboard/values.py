@@ -9,16 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-TASK_PREFIX = "falsedemo_"
 _TIMESTAMP_IN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})T(\d{2})[-:](\d{2})[-:](\d{2})")
-
-
-def parse_task_name(task: str) -> tuple[str, str] | None:
-    """``falsedemo_tweet_eval_hate_permuted`` -> ``("tweet_eval_hate", "permuted")``."""
-    if not isinstance(task, str) or not task.startswith(TASK_PREFIX):
-        return None
-    dataset, _, setting = task[len(TASK_PREFIX):].rpartition("_")
-    return (dataset, setting) if dataset and setting else None
 
 
 def parse_model_args(model_args: Any) -> dict[str, str] | None:
