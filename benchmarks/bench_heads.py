@@ -27,9 +27,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from lm_eval_false_demos import heads  # noqa: E402
-from lm_eval_false_demos.interventions import make_ablation  # noqa: E402
-from lm_eval_false_demos.prompts import label_token_ids  # noqa: E402
+from lm_eval_false_demos.cli import heads  # noqa: E402
+from lm_eval_false_demos.core.interventions import make_ablation  # noqa: E402
+from lm_eval_false_demos.core.prompts import label_token_ids  # noqa: E402
 
 
 def plain_forward(model, items, logits_to_keep: int) -> None:

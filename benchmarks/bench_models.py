@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--heads", default=FIVE_HEADS)
     args = parser.parse_args()
-    from lm_eval_false_demos.embedded_models import resolve_pretrained
+    from lm_eval_false_demos.core.embedded_models import resolve_pretrained
 
     # resolved once here so every configuration loads the very same folder (and no worker converts)
     args.pretrained = resolve_pretrained(args.pretrained)

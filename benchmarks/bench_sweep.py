@@ -42,8 +42,8 @@ def child(mode: str, args: argparse.Namespace) -> dict:
     import lm_eval.models  # noqa: F401  (registers hf and, through the plugin hook, hf-earlyexit)
     from lm_eval.tasks import TaskManager
 
-    from lm_eval_false_demos.architectures import resolve_modules
-    from lm_eval_false_demos.sweep import run_sweep
+    from lm_eval_false_demos.core.architectures import resolve_modules
+    from lm_eval_false_demos.cli.sweep import run_sweep
 
     tasks = args.tasks.split(",")
     model_args = {"pretrained": args.pretrained, "dtype": "float32"}
@@ -102,7 +102,7 @@ def main() -> int:
         print("BENCH_RESULT " + json.dumps(child(args._child, args)), flush=True)
         return 0
 
-    from lm_eval_false_demos.embedded_models import resolve_pretrained
+    from lm_eval_false_demos.core.embedded_models import resolve_pretrained
 
     # Convert a packaged GGUF once, up front, so no child pays for it.
     args.pretrained = resolve_pretrained(args.pretrained)

@@ -24,8 +24,8 @@ On Python >= 3.15 the sibling ``lm_eval_false_demos.start`` file calls
 import sys
 
 MODEL_CLASSES = {
-    "hf-earlyexit": "lm_eval_false_demos.lm_eval_models:EarlyExitHFLM",
-    "hf-ablate": "lm_eval_false_demos.lm_eval_models:AblatedHFLM",
+    "hf-earlyexit": "lm_eval_false_demos.integrations.models:EarlyExitHFLM",
+    "hf-ablate": "lm_eval_false_demos.integrations.models:AblatedHFLM",
 }
 
 _installed = False

@@ -1,1 +1,1 @@
-"""Generated lm-eval task YAMLs; regenerate with ``python -m lm_eval_false_demos.task_yamls``."""
+"""Generated lm-eval task YAMLs; regenerate with ``python -m lm_eval_false_demos.integrations.task_yamls``."""

@@ -50,7 +50,7 @@ def hub_env(monkeypatch, tmp_path):
     """Hub mode for the dataset loader: no local copy, a private ``datasets`` cache, an empty loader cache."""
     import datasets
 
-    from lm_eval_false_demos import datasets as fd
+    from lm_eval_false_demos.core import datasets as fd
 
     monkeypatch.delenv(fd.DATA_DIR_ENV, raising=False)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))

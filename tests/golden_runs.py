@@ -24,7 +24,7 @@ SWEEP_TASKS = "falsedemo_unnatural_correct,falsedemo_unnatural_permuted,falsedem
 
 
 def run_all(scratch: Path) -> dict[str, dict]:
-    from lm_eval_false_demos import cli
+    from lm_eval_false_demos.cli import main as cli
 
     model_dir = save_tiny_model("llama", scratch / "model")
     model_args = f"pretrained={model_dir},dtype=float32"

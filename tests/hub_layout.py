@@ -52,7 +52,7 @@ def _dataset(rows: list[dict], label_column: str, label_names):
 def build_hub_mirror(data_dir: Path, root: Path, keys=None, decoy_configs: bool = True) -> Path:
     """Write ``root/<namespace>/<name>/...`` for every repo of ``keys`` (default: the 14 main datasets)."""
     import datasets
-    from lm_eval_false_demos.datasets import MAIN_DATASETS, get_spec
+    from lm_eval_false_demos.core.datasets import MAIN_DATASETS, get_spec
 
     wanted = set(MAIN_DATASETS if keys is None else keys)
     for repo, (layout, members) in REPOS.items():

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from lm_eval_false_demos.architectures import resolve_modules, supported_architectures
+from lm_eval_false_demos.core.architectures import resolve_modules, supported_architectures
 from lm_eval_false_demos.errors import FalseDemoError
-from lm_eval_false_demos.lens import lens_logits, residuals
+from lm_eval_false_demos.core.lens import lens_logits, residuals
 from tiny_models import build_tiny_model
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from lm_eval_false_demos import cli, cli_args, results_io
+from lm_eval_false_demos.cli import main as cli, args as cli_args
+
+from lm_eval_false_demos.results import files as results_io
 from lm_eval_false_demos.errors import FalseDemoError
 
 
@@ -25,7 +27,7 @@ def no_loading(monkeypatch):
     import transformers
     from lm_eval.models.huggingface import HFLM
 
-    from lm_eval_false_demos import heads, sweep
+    from lm_eval_false_demos.cli import heads, sweep
 
     def loaded(*args, **kwargs):
         raise AssertionError("a model or data was loaded before the bad input was reported")
@@ -175,7 +177,7 @@ def test_heads_top_k_beyond_the_head_count_fails_before_loading_and_writes_nothi
 
 
 def test_unexpected_errors_keep_their_traceback(monkeypatch, tmp_path):
-    from lm_eval_false_demos import sweep
+    from lm_eval_false_demos.cli import sweep
 
     def broken(args):
         raise ValueError("a bug, not bad input")
@@ -205,7 +207,7 @@ def test_output_probe_leaves_nothing_behind(tmp_path):
 
 
 def test_results_are_strict_json_with_null_and_a_reason(tmp_path):
-    from lm_eval_false_demos.heads import UNDEFINED_REASONS
+    from lm_eval_false_demos.cli.heads import UNDEFINED_REASONS
 
     payload = {"evaluation": {"gap_recovered": {"mean": float("nan"), "per_dataset": {"sst2": float("nan")}}},
                "curve": [0.5, float("inf")]}
@@ -230,7 +232,7 @@ def test_heads_top_k_is_checked_against_the_loaded_model_when_no_config_file_say
                                                                                   monkeypatch):
     """Packaged short names have no config file before their conversion: the loaded model decides, and the run
     folder created for checkpoints is removed again (with the output folder the run created)."""
-    from lm_eval_false_demos import heads
+    from lm_eval_false_demos.cli import heads
 
     def scored(*args, **kwargs):
         raise AssertionError("scored with an impossible --top_k")

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from lm_eval_false_demos import chat
-from lm_eval_false_demos.datasets import get_spec, load_examples
+from lm_eval_false_demos.core import chat
+from lm_eval_false_demos.core.datasets import get_spec, load_examples
 from lm_eval_false_demos.errors import FalseDemoError
-from lm_eval_false_demos.prompts import build_prompt, label_token_ids
+from lm_eval_false_demos.core.prompts import build_prompt, label_token_ids
 
 NEWLINE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -268,7 +268,7 @@ def test_sweep_reads_demo_labels_where_the_template_puts_them(chat_model_dir, tm
     spec = get_spec("unnatural")
     pool, queries = load_examples("unnatural")
     template = chat.tokenizer_template(tokenizer)
-    from lm_eval_false_demos.metrics import calibrated_accuracy, label_accuracy
+    from lm_eval_false_demos.core.metrics import calibrated_accuracy, label_accuracy
 
     for task in TASKS:
         setting = task.rsplit("_", 1)[1]
@@ -313,7 +313,7 @@ def test_heads_label_positions_follow_the_template(chat_model_dir, name):
     before the query's label, scored with the label's spelling after the assistant header."""
     import transformers
 
-    from lm_eval_false_demos import heads
+    from lm_eval_false_demos.cli import heads
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(chat_model_dir(name))
     options = chat.ChatOptions(multiturn=True)
@@ -340,7 +340,7 @@ def test_heads_label_positions_follow_the_template(chat_model_dir, name):
 
 
 def test_heads_command_with_chat_template(chat_model_dir, tmp_path, data_dir, monkeypatch):
-    from lm_eval_false_demos import cli
+    from lm_eval_false_demos.cli import main as cli
 
     monkeypatch.setenv("FALSEDEMO_DATA_DIR", str(data_dir))
     model = f"pretrained={chat_model_dir('newline')},dtype=float32"

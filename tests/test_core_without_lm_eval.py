@@ -17,14 +17,15 @@ SCRIPT = textwrap.dedent(
     import numpy as np
     import torch
     from tiny_models import build_tiny_model
-    from lm_eval_false_demos import heads, metrics
-    from lm_eval_false_demos.datasets import get_spec, load_examples
-    from lm_eval_false_demos.interventions import ablate, make_ablation
-    from lm_eval_false_demos.lens import read_label_logits
-    from lm_eval_false_demos.lens_parity import check_parity
-    from lm_eval_false_demos.lens_training import demonstration_documents
-    from lm_eval_false_demos.prompts import build_prompt, label_token_ids
-    from lm_eval_false_demos.tuned_lens import TunedLens
+    from lm_eval_false_demos.cli import heads
+    from lm_eval_false_demos.core import metrics
+    from lm_eval_false_demos.core.datasets import get_spec, load_examples
+    from lm_eval_false_demos.core.interventions import ablate, make_ablation
+    from lm_eval_false_demos.core.lens import read_label_logits
+    from lm_eval_false_demos.core.lens_parity import check_parity
+    from lm_eval_false_demos.analysis.lens_training import demonstration_documents
+    from lm_eval_false_demos.core.prompts import build_prompt, label_token_ids
+    from lm_eval_false_demos.core.tuned_lens import TunedLens
 
     spec = get_spec("unnatural")
     pool, queries = load_examples("unnatural")
@@ -49,7 +50,7 @@ SCRIPT = textwrap.dedent(
     items = [heads.scoring_item(p, spec.label_word_list, ids, tokenizer, add_bos) for p in prompts]
     scores = heads.score_heads(model, items)
     assert scores.prefix_matching.shape == (6, 4, 4)
-    from lm_eval_false_demos import chat
+    from lm_eval_false_demos.core import chat
     tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\\n{% endfor %}<assistant>"
     rendering = chat.render(prompts[0], chat.tokenizer_template(tokenizer), multiturn=True)
     assert rendering.context.endswith(prompts[0].query_text + "\\n<assistant>")

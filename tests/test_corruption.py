@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from lm_eval_false_demos.corruption import SETTINGS, draw_shift, shown_labels
+from lm_eval_false_demos.core.corruption import SETTINGS, draw_shift, shown_labels
 from lm_eval_false_demos.errors import FalseDemoError
 
 

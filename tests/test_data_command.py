@@ -6,8 +6,8 @@ import shutil
 import pytest
 
 from hub_layout import build_hub_mirror
-from lm_eval_false_demos import datasets as fd
-from lm_eval_false_demos.cli import main
+from lm_eval_false_demos.core import datasets as fd
+from lm_eval_false_demos.cli.main import main
 
 PULLED = ["trec", "medical_questions_pairs", "mrpc", "ethos", "sst2_ab"]
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lm_eval_false_demos import datasets as fd
+from lm_eval_false_demos.core import datasets as fd
 from lm_eval_false_demos.errors import FalseDemoError
 
 SPEC_KEYS = (

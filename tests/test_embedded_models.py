@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lm_eval_false_demos import embedded_models
+from lm_eval_false_demos.core import embedded_models
 from lm_eval_false_demos.errors import FalseDemoError
 
 
@@ -74,7 +74,8 @@ def test_failed_conversion_leaves_nothing(tmp_path, monkeypatch):
 def test_a_short_name_means_the_packaged_model_even_beside_a_folder_of_that_name(tmp_path, monkeypatch):
     """The task's tokenizer and the model wrapper resolve a short name by one rule: a folder named like the model
     in the working directory (an --output_path, say) does not turn the short name into a path."""
-    from lm_eval_false_demos import embedded_models, lm_eval_tasks
+    from lm_eval_false_demos.core import embedded_models
+    from lm_eval_false_demos.integrations import tasks as lm_eval_tasks
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "gemma-3-270m").mkdir()

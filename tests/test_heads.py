@@ -8,9 +8,9 @@ import pytest
 import torch
 import transformers
 
-from lm_eval_false_demos import datasets as fd
-from lm_eval_false_demos import heads
-from lm_eval_false_demos.architectures import resolve_modules
+from lm_eval_false_demos.core import datasets as fd
+from lm_eval_false_demos.cli import heads
+from lm_eval_false_demos.core.architectures import resolve_modules
 from lm_eval_false_demos.errors import FalseDemoError
 from tiny_models import ARCHITECTURES
 
@@ -143,7 +143,7 @@ def test_hand_built_false_induction_head_ranks_first(false_induction_model):
     assert max(abs(row["label_promoting"]) for row in others) < 0.5 * ranked[0]["label_promoting"]
     assert scores.top_k(1) == [(1, FALSE_HEAD)]
     # The mechanism is real: zeroing the head makes the model stop following the shown label.
-    from lm_eval_false_demos.interventions import ablate, make_ablation
+    from lm_eval_false_demos.core.interventions import ablate, make_ablation
 
     item = permuted_items(num_prompts=1, seed=3)[0]
     ids = torch.tensor([item.input_ids])
@@ -193,7 +193,7 @@ def test_readout_row_attention_equals_eager_attention_last_row(arch, tiny_model_
     """The sdpa variant's one recomputed row is eager attention's last row (rotary, GQA, gemma3's
     query_pre_attn_scalar and its sliding window over a prompt longer than the window), and the model's
     output is sdpa's."""
-    from lm_eval_false_demos.readout_attention import IMPLEMENTATION
+    from lm_eval_false_demos.core.readout_attention import IMPLEMENTATION
 
     model, _ = tiny_model_factory(arch)
     ids = torch.randint(3, 500, (1, 90), generator=torch.Generator().manual_seed(2))
@@ -207,7 +207,7 @@ def test_readout_row_attention_equals_eager_attention_last_row(arch, tiny_model_
 
 
 def test_soft_capped_attention_scores_under_eager_and_others_under_the_readout_variant(tiny_model_factory):
-    from lm_eval_false_demos.readout_attention import IMPLEMENTATION, weights_capturing_attention
+    from lm_eval_false_demos.core.readout_attention import IMPLEMENTATION, weights_capturing_attention
 
     gemma2, _ = tiny_model_factory("gemma2")
     llama, _ = tiny_model_factory("llama")
@@ -287,7 +287,7 @@ def test_random_heads_are_distinct_reproducible_and_cover_all_heads():
 
 
 def test_format_heads_round_trips_through_the_ablation_parser():
-    from lm_eval_false_demos.interventions import parse_heads
+    from lm_eval_false_demos.core.interventions import parse_heads
 
     pairs = [(14, 6), (16, 7), (3, 0)]
     assert heads.format_heads(pairs) == "14:6;16:7;3:0"
@@ -300,8 +300,8 @@ def test_format_heads_round_trips_through_the_ablation_parser():
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_cached_query_readout_matches_full_forward_with_and_without_ablation(arch, tiny_model_factory):
-    from lm_eval_false_demos.interventions import ablate, make_ablation
-    from lm_eval_false_demos.lens import read_label_logits
+    from lm_eval_false_demos.core.interventions import ablate, make_ablation
+    from lm_eval_false_demos.core.lens import read_label_logits
 
     model, _ = tiny_model_factory(arch)
     modules = resolve_modules(model)
@@ -325,8 +325,8 @@ def test_cached_query_readout_matches_full_forward_with_and_without_ablation(arc
 @pytest.mark.parametrize("arch", ["gpt2", "gemma3"])
 def test_batched_conditions_equal_one_ablated_forward_each(arch, tiny_model_factory):
     """Conditions batched as rows (in chunks that do not divide C) give each row's own ablation, no leakage."""
-    from lm_eval_false_demos.interventions import ablate, make_ablation
-    from lm_eval_false_demos.lens import read_label_logits
+    from lm_eval_false_demos.core.interventions import ablate, make_ablation
+    from lm_eval_false_demos.core.lens import read_label_logits
 
     model, _ = tiny_model_factory(arch)
     modules = resolve_modules(model)
@@ -346,7 +346,7 @@ def test_batched_conditions_equal_one_ablated_forward_each(arch, tiny_model_fact
 
 
 def test_per_row_head_zeroing_rejects_other_ablations(tiny_model_factory):
-    from lm_eval_false_demos.interventions import make_ablation, zero_heads_per_row
+    from lm_eval_false_demos.core.interventions import make_ablation, zero_heads_per_row
 
     model, _ = tiny_model_factory("llama")
     with pytest.raises(FalseDemoError, match="head zeroing at the last position only"):
@@ -356,7 +356,7 @@ def test_per_row_head_zeroing_rejects_other_ablations(tiny_model_factory):
 
 def test_pooled_gap_recovered_by_condition_reads_the_evaluation_layout():
     """Two datasets: a big gap half recovered and a tiny gap over-recovered. Pooling weighs them by gap."""
-    from lm_eval_false_demos.metrics import pooled_gap_recovered_by_condition
+    from lm_eval_false_demos.core.metrics import pooled_gap_recovered_by_condition
 
     def entry(correct, corrupted, top, draws):
         return {"acc_correct": correct, "acc_corrupted": corrupted, "top_k": {"acc_corrupted_ablated": top},
@@ -384,7 +384,7 @@ def test_pooled_gap_recovered_by_condition_reads_the_evaluation_layout():
 
 
 def test_heads_file_and_auto_reach_the_ablation_wrapper(tiny_model_dir, tmp_path, monkeypatch, data_dir):
-    from lm_eval_false_demos.lm_eval_models import AblatedHFLM
+    from lm_eval_false_demos.integrations.models import AblatedHFLM
 
     path = str(tiny_model_dir("llama"))
     common = dict(device="cpu", dtype="float32", batch_size=1)
@@ -420,7 +420,7 @@ def test_heads_file_and_auto_reach_the_ablation_wrapper(tiny_model_dir, tmp_path
 
 
 def test_heads_command_scores_evaluates_and_writes_a_complete_run(tiny_model_dir, tmp_path, monkeypatch, data_dir):
-    from lm_eval_false_demos import cli
+    from lm_eval_false_demos.cli import main as cli
 
     monkeypatch.setenv("FALSEDEMO_DATA_DIR", str(data_dir))
     model = f"pretrained={tiny_model_dir('llama')},dtype=float32"
@@ -458,7 +458,7 @@ def test_heads_command_scores_evaluates_and_writes_a_complete_run(tiny_model_dir
 
 
 def test_heads_command_rejects_bad_input_in_one_line(capsys, tmp_path):
-    from lm_eval_false_demos import cli
+    from lm_eval_false_demos.cli import main as cli
 
     with pytest.raises(SystemExit) as exited:
         cli.main(["heads", "--model_args", "pretrained=x", "--heads", "1:0", "-o", str(tmp_path)])

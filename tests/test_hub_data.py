@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from hub_layout import build_hub_mirror
-from lm_eval_false_demos import datasets as fd
+from lm_eval_false_demos.core import datasets as fd
 from lm_eval_false_demos.errors import FalseDemoError
 
 SCRIPT_ONLY = ("financial_phrasebank", "ethos", "sick", "trec")

@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from lm_eval_false_demos.architectures import resolve_modules
+from lm_eval_false_demos.core.architectures import resolve_modules
 from lm_eval_false_demos.errors import FalseDemoError
-from lm_eval_false_demos.interventions import ablate, make_ablation, parse_heads, parse_layers
+from lm_eval_false_demos.core.interventions import ablate, make_ablation, parse_heads, parse_layers
 
 LAYER, HEAD = 2, 1
 

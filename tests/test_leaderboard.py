@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from lm_eval_false_demos import cli, leaderboard
+from lm_eval_false_demos.cli import main as cli
+
+from lm_eval_false_demos import leaderboard
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "leaderboard"
 HOSTILE_MODEL = "<script>alert('pwned')</script>"
@@ -173,7 +175,7 @@ def test_page_is_self_contained_and_small_by_default(built):
 
 
 def test_sweep_numbers_follow_the_paper_with_the_sweeps_own_functions():
-    from lm_eval_false_demos import sweep
+    from lm_eval_false_demos.cli import sweep
     from lm_eval_false_demos.leaderboard.headline import layer_statistics
 
     payload = json.loads((FIXTURES / "sweeps" / "sweep_gemma-3-270m_2025-01-04T09-00-00.000000" / "sweep.json").read_text())
@@ -321,14 +323,14 @@ def test_read_only_output_check_without_permissions(tmp_path, monkeypatch):
     import os
 
     from lm_eval_false_demos.errors import FalseDemoError
-    from lm_eval_false_demos.leaderboard import command
+    from lm_eval_false_demos.leaderboard import publish
 
     monkeypatch.setattr(os, "access", lambda path, mode: False)
     with pytest.raises(FalseDemoError, match="cannot be created: .* is not a writable folder"):
-        command.check_output(tmp_path / "new", force=False)
+        publish.check_output(tmp_path / "new", force=False)
     (tmp_path / "old").mkdir()
     with pytest.raises(FalseDemoError, match="is not writable"):
-        command.check_output(tmp_path / "old", force=True)
+        publish.check_output(tmp_path / "old", force=True)
 
 
 def lm_eval_file(folder, name, model_args, scores, num_layers=18, groups=None, metadata=None):
@@ -377,7 +379,7 @@ def test_readout_fields_outside_model_args_split_rows(tmp_path):
 def test_lm_eval_groups_and_the_sst2_formats_task_feed_the_row(tmp_path):
     """Plain lm-eval results of `--tasks falsedemo_main_correct,falsedemo_main_permuted`: SST-2 is its all-formats
     task; the group rows are read without warnings."""
-    from lm_eval_false_demos.datasets import MAIN_DATASETS
+    from lm_eval_false_demos.core.datasets import MAIN_DATASETS
 
     correct = {f"falsedemo_{d}_correct": 0.7 for d in MAIN_DATASETS if d != "sst2"}
     permuted = {f"falsedemo_{d}_permuted": 0.5 for d in MAIN_DATASETS if d != "sst2"}
@@ -410,8 +412,8 @@ def write_sweep(folder, tasks, model="m", layers=3):
     ``tasks``: {task name: (dataset, setting, scores [N, layers+1, K], gold [N])}."""
     import numpy as np
 
-    from lm_eval_false_demos import query_scores
-    from lm_eval_false_demos.metrics import calibrated_accuracy_by_layer
+    from lm_eval_false_demos.results import query_scores
+    from lm_eval_false_demos.core.metrics import calibrated_accuracy_by_layer
 
     folder.mkdir(parents=True)
     entries, arrays = {}, {}
@@ -431,7 +433,7 @@ def write_sweep(folder, tasks, model="m", layers=3):
 def random_scores(rng, n, layers, k, signal):
     import numpy as np
 
-    from lm_eval_false_demos.metrics import normalise
+    from lm_eval_false_demos.core.metrics import normalise
 
     gold = rng.integers(0, k, n)
     logits = rng.standard_normal((n, layers + 1, k))
@@ -442,8 +444,8 @@ def random_scores(rng, n, layers, k, signal):
 def test_interval_of_the_mean_gap_is_a_paired_bootstrap_over_each_datasets_queries(tmp_path):
     import numpy as np
 
-    from lm_eval_false_demos.datasets import MAIN_DATASETS
-    from lm_eval_false_demos.metrics import calibrated_accuracy
+    from lm_eval_false_demos.core.datasets import MAIN_DATASETS
+    from lm_eval_false_demos.core.metrics import calibrated_accuracy
 
     rng = np.random.default_rng(3)
     tasks, truth = {}, {}

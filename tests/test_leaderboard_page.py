@@ -15,7 +15,7 @@ import pytest
 import numpy as np
 
 from lm_eval_false_demos import leaderboard
-from lm_eval_false_demos.datasets import MAIN_DATASETS
+from lm_eval_false_demos.core.datasets import MAIN_DATASETS
 from test_leaderboard import random_scores, write_sweep
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "leaderboard"

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from lm_eval_false_demos.architectures import resolve_modules
+from lm_eval_false_demos.core.architectures import resolve_modules
 from lm_eval_false_demos.errors import FalseDemoError
-from lm_eval_false_demos.lens import early_exit_logits, lens_logits, read_label_logits, residuals
+from lm_eval_false_demos.core.lens import early_exit_logits, lens_logits, read_label_logits, residuals
 
 TEXT = "Review: golf Answer: Positive\nReview: onions Answer:"
 

@@ -6,9 +6,9 @@ import transformers
 from lm_eval.api.instance import Instance
 
 from lm_eval_false_demos.errors import FalseDemoError
-from lm_eval_false_demos.interventions import ablate, make_ablation
-from lm_eval_false_demos.lens import early_exit_logits, read_label_logits
-from lm_eval_false_demos.lm_eval_models import AblatedHFLM, EarlyExitHFLM
+from lm_eval_false_demos.core.interventions import ablate, make_ablation
+from lm_eval_false_demos.core.lens import early_exit_logits, read_label_logits
+from lm_eval_false_demos.integrations.models import AblatedHFLM, EarlyExitHFLM
 
 CONTEXTS = ["Review: golf Answer: Positive\nReview: kale Answer:", "Tweet: lion Sentiment:"]
 CHOICES = [" Positive", " Negative"]

@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 from lm_eval.tasks import TaskManager
 
-from lm_eval_false_demos import task_yamls
-from lm_eval_false_demos.corruption import SETTINGS
-from lm_eval_false_demos.datasets import DATASETS, data_provenance, get_spec, load_examples
-from lm_eval_false_demos.lm_eval_tasks import calibrated_accuracy_aggregation
-from lm_eval_false_demos.metrics import calibrated_accuracy, normalise
-from lm_eval_false_demos.prompts import build_prompt, query_shift
+from lm_eval_false_demos.integrations import task_yamls
+from lm_eval_false_demos.core.corruption import SETTINGS
+from lm_eval_false_demos.core.datasets import DATASETS, data_provenance, get_spec, load_examples
+from lm_eval_false_demos.integrations.tasks import calibrated_accuracy_aggregation
+from lm_eval_false_demos.core.metrics import calibrated_accuracy, normalise
+from lm_eval_false_demos.core.prompts import build_prompt, query_shift
 
 TASKS = ["falsedemo_unnatural_correct", "falsedemo_unnatural_permuted", "falsedemo_unnatural_zeroshot"]
 
 
 def test_generated_yamls_are_in_sync():
-    assert task_yamls.stale_files() == [], "run: python -m lm_eval_false_demos.task_yamls"
+    assert task_yamls.stale_files() == [], "run: python -m lm_eval_false_demos.integrations.task_yamls"
 
 
 def test_task_manager_sees_every_task_and_tag():

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from lm_eval_false_demos import metrics
-from lm_eval_false_demos.metrics import (
+from lm_eval_false_demos.core import metrics
+from lm_eval_false_demos.core.metrics import (
     calibrated_accuracy, calibrated_credit, follow_accuracy, label_accuracy, label_thresholds, normalise,
     paired_bootstrap,
 )

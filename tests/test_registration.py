@@ -68,7 +68,7 @@ def test_regular_wheel_ships_the_hook_the_task_yamls_and_the_page(tmp_path):
     """A regular (non-editable) install gets everything the editable install tests rely on."""
     import zipfile
 
-    from lm_eval_false_demos import task_yamls
+    from lm_eval_false_demos.integrations import task_yamls
 
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), "."],

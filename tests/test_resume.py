@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lm_eval_false_demos import cli, heads
+from lm_eval_false_demos.cli import main as cli, heads
 
 TASKS = "falsedemo_sst2_correct,falsedemo_sst2_permuted"
 
@@ -50,7 +50,7 @@ def test_sweep_killed_midway_resumes_to_the_uninterrupted_result(tiny_model_dir,
     # The same run in a subprocess, saving after every batch, killed once a few batches are saved.
     environment = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), PYTHONUNBUFFERED="1")
     process = subprocess.Popen(
-        [sys.executable, "-m", "lm_eval_false_demos.cli", *_sweep_argv(model, killed, "--checkpoint_seconds", "0")],
+        [sys.executable, "-m", "lm_eval_false_demos.cli.main", *_sweep_argv(model, killed, "--checkpoint_seconds", "0")],
         env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 300
@@ -78,7 +78,7 @@ def test_sweep_killed_midway_resumes_to_the_uninterrupted_result(tiny_model_dir,
 
     # What the arguments do not show (here: the package versions) is in the fingerprint too: refused after the
     # load, before any forward pass.
-    from lm_eval_false_demos import sweep
+    from lm_eval_false_demos.cli import sweep
 
     real_versions = sweep.versions
     monkeypatch.setattr(sweep, "versions", lambda: {**real_versions(), "transformers": "0.0.1"})

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from lm_eval.tasks import TaskManager
 
-from lm_eval_false_demos import task_yamls
-from lm_eval_false_demos.datasets import MAIN_DATASETS, get_spec, load_examples
+from lm_eval_false_demos.integrations import task_yamls
+from lm_eval_false_demos.core.datasets import MAIN_DATASETS, get_spec, load_examples
 from lm_eval_false_demos.errors import FalseDemoError
-from lm_eval_false_demos.lm_eval_tasks import calibrated_accuracy_aggregation
-from lm_eval_false_demos.metrics import calibrated_accuracy, normalise
-from lm_eval_false_demos.prompts import build_prompt
-from lm_eval_false_demos.sst2_formats import (
+from lm_eval_false_demos.integrations.tasks import calibrated_accuracy_aggregation
+from lm_eval_false_demos.core.metrics import calibrated_accuracy, normalise
+from lm_eval_false_demos.core.prompts import build_prompt
+from lm_eval_false_demos.core.sst2_formats import (
     FORMAT_COUNT, expand_task_names, format_spec, parse_formats, parse_variant_key, variant_key,
 )
 
@@ -118,8 +118,9 @@ def test_sst2_formats_task_scores_each_format_with_its_own_words_and_thresholds(
 
 
 def test_sweep_scores_each_format_as_its_own_task_and_saves_per_query_scores(tiny_model_dir, tmp_path):
-    from lm_eval_false_demos import query_scores, sweep
-    from lm_eval_false_demos.metrics import calibrated_accuracy_by_layer
+    from lm_eval_false_demos.results import query_scores
+    from lm_eval_false_demos.cli import sweep
+    from lm_eval_false_demos.core.metrics import calibrated_accuracy_by_layer
 
     model_args = {"pretrained": str(tiny_model_dir("llama")), "dtype": "float32"}
     result = sweep.run_sweep(

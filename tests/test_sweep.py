@@ -13,9 +13,9 @@ import sys
 import numpy as np
 import pytest
 
-from lm_eval_false_demos import sweep
-from lm_eval_false_demos.metrics import normalise
-from lm_eval_false_demos.datasets import data_provenance
+from lm_eval_false_demos.cli import sweep
+from lm_eval_false_demos.core.metrics import normalise
+from lm_eval_false_demos.core.datasets import data_provenance
 from lm_eval_false_demos.errors import FalseDemoError
 
 TASKS = ["falsedemo_unnatural_correct", "falsedemo_unnatural_permuted"]
@@ -163,8 +163,8 @@ def test_per_position_readouts_equal_rerunning_with_fewer_demos(tiny_lm, task_ma
     """Demo i's readout inside the k-demo prompt equals scoring the prompt cut to its first i demos."""
     import torch
 
-    from lm_eval_false_demos.architectures import resolve_modules
-    from lm_eval_false_demos.metrics import calibrated_accuracy
+    from lm_eval_false_demos.core.architectures import resolve_modules
+    from lm_eval_false_demos.core.metrics import calibrated_accuracy
 
     tasks = sweep.load_tasks(TASKS[1:], task_manager, NUM_FEWSHOT, FEWSHOT_SEED)
     info, records = sweep.build_records(TASKS[1], tasks[TASKS[1]], LIMIT)
@@ -283,7 +283,7 @@ def test_exit_layer_is_rejected_clearly():
 
 
 def test_cli_parses_model_args_like_lm_eval():
-    from lm_eval_false_demos.cli import build_parser
+    from lm_eval_false_demos.cli.main import build_parser
 
     argv = ["sweep", "--model", "hf-ablate", "--model_args", "pretrained=/m,heads=14:6;16:7,dtype=float32",
             "--tasks", "falsedemo_unnatural", "--seed", "0,1,2,3", "--limit", "5"]
@@ -304,7 +304,7 @@ def test_two_accelerate_processes_give_the_same_numbers(sweep_result, tiny_model
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "-m", "lm_eval_false_demos.cli", "sweep", "--model", "hf",
+        "-m", "lm_eval_false_demos.cli.main", "sweep", "--model", "hf",
         "--model_args", f"pretrained={tiny_model_dir('llama')},dtype=float32", "--tasks", ",".join(TASKS),
         "--limit", str(LIMIT), "--num_fewshot", str(NUM_FEWSHOT), "--seed", f"0,1234,1234,{FEWSHOT_SEED}",
         "--batch_size", "3", "--device", "cpu", "--bootstrap_iters", "50", "--output_path", str(tmp_path),

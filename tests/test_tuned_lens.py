@@ -7,12 +7,12 @@ import pytest
 import torch
 import transformers
 
-from lm_eval_false_demos import cli
-from lm_eval_false_demos.architectures import resolve_modules
+from lm_eval_false_demos.cli import main as cli
+from lm_eval_false_demos.core.architectures import resolve_modules
 from lm_eval_false_demos.errors import FalseDemoError
-from lm_eval_false_demos.lens import early_exit_logits, lens_logits, read_label_logits, residuals
-from lm_eval_false_demos.lens_parity import check_parity
-from lm_eval_false_demos.tuned_lens import TunedLens, load_tuned_lens, parse_lens
+from lm_eval_false_demos.core.lens import early_exit_logits, lens_logits, read_label_logits, residuals
+from lm_eval_false_demos.core.lens_parity import check_parity
+from lm_eval_false_demos.core.tuned_lens import TunedLens, load_tuned_lens, parse_lens
 
 TEXT = "Review: golf Answer: Positive\nReview: onions Answer:"
 LABELS = [5, 17, 42]
@@ -169,7 +169,7 @@ def test_parity_fails_naming_architecture_and_paths_on_a_wrong_norm_override():
 def test_hf_earlyexit_checks_parity_on_its_first_batch_and_records_lens(tiny_model_dir, tmp_path):
     from lm_eval.api.instance import Instance
 
-    from lm_eval_false_demos.lm_eval_models import AblatedHFLM, EarlyExitHFLM
+    from lm_eval_false_demos.integrations.models import AblatedHFLM, EarlyExitHFLM
 
     path = tiny_model_dir("llama")
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
@@ -228,7 +228,7 @@ def test_training_lowers_held_out_kl_at_every_layer_and_resumes(tiny_model_dir, 
 
     # Interrupted after a checkpoint: rerunning the command resumes there and ends with the same lens.
     resumed = tmp_path / "resumed"
-    import lm_eval_false_demos.lens_training as training
+    import lm_eval_false_demos.analysis.lens_training as training
 
     original = training._save_checkpoint
 
@@ -277,7 +277,7 @@ def test_bad_training_arguments_fail_before_loading(flag, value, message, tmp_pa
     args = cli.build_parser(["lens"]).parse_args(
         ["lens", "train", "--model_args", "pretrained=/does/not/exist", "--output", str(tmp_path), flag, value]
     )
-    from lm_eval_false_demos.lens_training import train
+    from lm_eval_false_demos.analysis.lens_training import train
 
     with pytest.raises(FalseDemoError, match=message):
         train(args)
@@ -289,7 +289,7 @@ def test_bad_training_arguments_fail_before_loading(flag, value, message, tmp_pa
 def test_sweep_reads_through_the_tuned_lens_records_it_and_checks_parity(tiny_model_dir, tmp_path):
     from lm_eval.tasks import TaskManager
 
-    from lm_eval_false_demos import sweep
+    from lm_eval_false_demos.cli import sweep
 
     path = tiny_model_dir("llama")
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
@@ -332,7 +332,7 @@ def test_estimate_only_prints_the_cost_and_writes_nothing(tiny_model_dir, tmp_pa
 def test_vocabulary_subset_keeps_the_most_probable_tokens_and_samples_the_rest():
     from types import SimpleNamespace
 
-    from lm_eval_false_demos.lens_training import _Objective
+    from lm_eval_false_demos.analysis.lens_training import _Objective
 
     head = torch.nn.Linear(4, 1000, bias=False)
     objective = _Objective(None, SimpleNamespace(output_head=head), None, vocab_subset=100)
@@ -378,8 +378,8 @@ def test_hub_ids_resolve_like_tuned_lens_and_fail_in_one_line_offline(tmp_path, 
 
 
 def test_training_text_never_contains_an_evaluated_query():
-    from lm_eval_false_demos.datasets import load_examples
-    from lm_eval_false_demos.lens_training import DEFAULT_DATASETS, demonstration_documents
+    from lm_eval_false_demos.core.datasets import load_examples
+    from lm_eval_false_demos.analysis.lens_training import DEFAULT_DATASETS, demonstration_documents
 
     assert "unnatural" not in DEFAULT_DATASETS
     text = "\n".join(demonstration_documents(["trec"], seed=0))

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from ..datasets import MAIN_DATASETS
-from .collect import GROUP_DATASET, Row, identity_text
-from .headline import dataset_value, main_values, setting_headline
-from .values import joined, mean
+from lm_eval_false_demos.core.datasets import MAIN_DATASETS
+from lm_eval_false_demos.leaderboard.collect import GROUP_DATASET, Row, identity_text
+from lm_eval_false_demos.leaderboard.headline import dataset_value, main_values, setting_headline
+from lm_eval_false_demos.leaderboard.values import joined, mean
 
 CORRUPTED_SETTINGS = ("permuted", "random", "half")
 SETTINGS_SHOWN = ("correct",) + CORRUPTED_SETTINGS

@@ -18,9 +18,9 @@ from typing import Any, Mapping
 
 import yaml
 
-from ..datasets import MAIN_DATASETS
-from .collect import Row
-from .columns import CORRUPTED_SETTINGS, SETTINGS_SHOWN
+from lm_eval_false_demos.core.datasets import MAIN_DATASETS
+from lm_eval_false_demos.leaderboard.collect import Row
+from lm_eval_false_demos.leaderboard.columns import CORRUPTED_SETTINGS, SETTINGS_SHOWN
 
 DEFAULT_HUB_DATASET_ID = "lm-eval-false-demos/overthinking-the-truth"
 EXPORT_FOLDER = "eval_results"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .values import integer, parse_model_args, text
+from lm_eval_false_demos.leaderboard.values import integer, parse_model_args, text
 
 # Model args that change where or how fast a model runs, not what it computes.
 RUNTIME_ONLY_ARGS = frozenset(

@@ -12,7 +12,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from lm_eval_false_demos.metrics import pooled_gap_recovered_by_condition
+from lm_eval_false_demos.core.metrics import pooled_gap_recovered_by_condition
 
 HERE = Path(__file__).resolve().parent
 MODELS = ("gemma-3-270m", "smollm2-135m")

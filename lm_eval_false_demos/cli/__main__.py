@@ -1,0 +1,5 @@
+import sys
+
+from lm_eval_false_demos.cli.main import main
+
+sys.exit(main())

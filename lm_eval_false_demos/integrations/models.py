@@ -1,0 +1,369 @@
+"""lm-eval models ``hf-earlyexit`` and ``hf-ablate``: HFLM subclasses, thin over lens.py and interventions.py.
+
+Both accept every option below, so early exit and ablations combine; they differ only in what they
+require: ``hf-earlyexit`` needs ``exit_layer``, ``hf-ablate`` needs at least one of ``heads``,
+``attn_layers``, ``mlp_layers`` (and may add ``exit_layer``). Batching, devices, dtypes, ``gguf_file=``
+and ``accelerate launch`` are HFLM's own; only ``_model_call`` (logits) and the request tokenisation
+(first-label-token scoring) are changed.
+
+Model args (all comma- and dot-free, so lm-eval's parsers cannot corrupt them):
+  exit_layer=12          residual after block 12 through the model's own final norm + head; 0..L or -L-1..-1
+  heads=14:6;16:7        zero heads (layer:head); also heads=@heads.json (key "top_k") or heads=auto
+  attn_layers=16-27      zero whole attention blocks (block indices; also 3;5;7-9 or 12- to the end)
+  mlp_layers=16-27       zero whole MLP blocks
+  positions=last|all     where ablations act: the last input position of each row (the label readout) or all
+  head_method=zero|qkv   true zero of the head's write (default) or the paper's q/k/v zeroing
+  label_scoring=first|full  ``falsedemo_*`` tasks: score the continuation by its first token (default) or fully
+  lens=logit|tuned:<dir or hub id>  read layers < L with the logit lens (default) or a tuned lens (tuned_lens.py)
+  layers_path=, norm_path=, head_path=, attn_path=, attn_out_path=, mlp_path=  module paths for other models
+``pretrained=gemma-3-270m`` / ``smollm2-135m`` resolve to the packaged GGUF models (embedded_models.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import inspect
+from typing import Any, Mapping
+
+import torch
+from lm_eval.models.huggingface import HFLM
+
+from lm_eval_false_demos.core import embedded_models
+from lm_eval_false_demos.cli import heads as head_discovery
+from lm_eval_false_demos.core.architectures import PATH_OVERRIDES, resolve_modules
+from lm_eval_false_demos.core.chat import label_token_index
+from lm_eval_false_demos.errors import FalseDemoError
+from lm_eval_false_demos.core.interventions import HEAD_METHODS, POSITIONS, ablate, make_ablation, parse_heads, parse_layers
+from lm_eval_false_demos.core.lens import check_layer, early_exit_logits, lens_logits, residuals
+from lm_eval_false_demos.core.lens_parity import check_parity
+from lm_eval_false_demos.core.tuned_lens import build_lens, describe, parse_lens
+
+LABEL_SCORING = ("first", "full")
+TASK_PREFIX = "falsedemo_"
+OWN_ARGS = (
+    "exit_layer", "heads", "attn_layers", "mlp_layers", "positions", "head_method", "label_scoring", "lens",
+) + PATH_OVERRIDES
+# Spellings from other tools that would otherwise be forwarded silently to from_pretrained.
+_FOREIGN_SPELLINGS = ("ablate_heads", "ablate_attn", "ablate_mlp", "layer", "head_ablation", "early_exit")
+
+
+def hflm_arg_names() -> set[str]:
+    return set(inspect.signature(HFLM.__init__).parameters) - {"self", "kwargs"}
+
+
+def _reject_lookalikes(kwargs: dict) -> None:
+    known = hflm_arg_names()
+    for key in kwargs:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key, OWN_ARGS, n=1, cutoff=0.75)
+        if key in _FOREIGN_SPELLINGS or close:
+            hint = f"; did you mean {close[0]}=?" if close else ""
+            raise FalseDemoError(f"unknown model arg {key}={kwargs[key]!r}{hint} allowed: {', '.join(OWN_ARGS)}")
+
+
+def _check_integer_layer(exit_layer) -> None:
+    """Before the load the layer count is unknown, so only the type is checked (the range after the load)."""
+    if isinstance(exit_layer, bool) or not isinstance(exit_layer, (int, float)) or not float(exit_layer).is_integer():
+        raise FalseDemoError(
+            f"exit_layer={exit_layer!r} is not an integer; allowed: 0..L, L the model's number of blocks "
+            "(0 is the embeddings, L the last block; -1..-L-1 count from the end)"
+        )
+
+
+def canonical_model_args(given: Mapping[str, Any], exit_layer: int | None = None) -> dict:
+    """The model args as results should record them: integral numbers as ints and ``exit_layer`` as the
+    resolved lens layer 0..L, so the same readout is always the same leaderboard row."""
+    canonical = {}
+    for key, value in given.items():
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        canonical[key] = value
+    if exit_layer is not None:
+        canonical["exit_layer"] = exit_layer
+    return canonical
+
+
+def _choice(name: str, value, allowed) -> str | None:
+    if value is None:
+        return None
+    if value not in allowed:
+        raise FalseDemoError(f"{name}={value!r} is not allowed; allowed: {', '.join(allowed)}")
+    return value
+
+
+class _FalseDemoHFLM(HFLM):
+    _alias = ""
+
+    def __init__(
+        self,
+        pretrained="gemma-3-270m",
+        exit_layer=None,
+        heads=None,
+        attn_layers=None,
+        mlp_layers=None,
+        positions=None,
+        head_method=None,
+        label_scoring=None,
+        lens=None,
+        layers_path=None,
+        norm_path=None,
+        head_path=None,
+        attn_path=None,
+        attn_out_path=None,
+        mlp_path=None,
+        **kwargs,
+    ):
+        _reject_lookalikes(kwargs)
+        # Everything checkable without the model fails here, before the (slow) load.
+        if exit_layer is not None:
+            _check_integer_layer(exit_layer)
+        self._label_scoring = _choice("label_scoring", label_scoring, LABEL_SCORING) or "first"
+        self._lens_spec = parse_lens(lens)
+        _choice("positions", positions, POSITIONS)
+        _choice("head_method", head_method, HEAD_METHODS)
+        parsed_heads = parse_heads(heads)
+        for name, spec in (("attn_layers", attn_layers), ("mlp_layers", mlp_layers)):
+            if isinstance(spec, str) and spec.strip().endswith("-"):
+                continue  # open ranges need the layer count
+            parse_layers(spec, None, name)
+        ablating = bool(parsed_heads or attn_layers not in (None, "") or mlp_layers not in (None, ""))
+        if not ablating and (positions is not None or head_method is not None):
+            raise FalseDemoError(
+                "positions= and head_method= only apply to ablations; add heads=, attn_layers= or mlp_layers="
+            )
+        if head_method is not None and not parsed_heads:
+            raise FalseDemoError("head_method= applies to heads= only; no heads were given")
+        self._check_required(exit_layer, ablating)
+
+        self._requested = {
+            key: value
+            for key, value in dict(
+                exit_layer=exit_layer, heads=heads, attn_layers=attn_layers, mlp_layers=mlp_layers,
+                positions=positions, head_method=head_method, label_scoring=label_scoring, lens=lens,
+            ).items()
+            if value is not None
+        }
+        self._pretrained_name = pretrained if isinstance(pretrained, str) else None
+        # What the user's --model_args held (lm-eval adds batch_size, max_batch_size and device itself).
+        self._given_args = {"pretrained": pretrained, **self._requested, **{
+            key: value for key, value in kwargs.items() if key not in ("batch_size", "max_batch_size", "device")
+        }}
+        self._given_args.update({key: value for key, value in dict(
+            layers_path=layers_path, norm_path=norm_path, head_path=head_path, attn_path=attn_path,
+            attn_out_path=attn_out_path, mlp_path=mlp_path).items() if value is not None})
+        if embedded_models.is_embedded(pretrained):
+            pretrained = embedded_models.resolve_pretrained(pretrained)
+        super().__init__(pretrained=pretrained, **kwargs)
+
+        overrides = dict(
+            layers_path=layers_path, norm_path=norm_path, head_path=head_path,
+            attn_path=attn_path, attn_out_path=attn_out_path, mlp_path=mlp_path,
+        )
+        self._falsedemo_modules = resolve_modules(self.model, **overrides)
+        num_layers = self._falsedemo_modules.num_layers
+        self._exit_layer = None if exit_layer is None else check_layer(exit_layer, num_layers, "exit_layer")
+        self._translator = build_lens(self._lens_spec, self.model, num_layers)
+        self._lens_parity = None  # filled on the first batch (lens_parity.py)
+        self._ablation = None
+        if ablating:
+            if parse_heads(heads) == "auto":
+                heads = head_discovery.discover_default_heads(model=self.model, tokenizer=self.tokenizer)
+            self._ablation = make_ablation(
+                self.model, heads=heads, attn_layers=attn_layers, mlp_layers=mlp_layers,
+                positions=positions or "last", head_method=head_method or "zero",
+                modules=self._falsedemo_modules,
+            )
+            if self._exit_layer is not None:
+                skipped = sorted(
+                    {layer for layer, _ in self._ablation.heads}
+                    | set(self._ablation.attn_layers) | set(self._ablation.mlp_layers)
+                )
+                skipped = [layer for layer in skipped if layer >= self._exit_layer]
+                if skipped:
+                    raise FalseDemoError(
+                        f"ablated layers {skipped} never run with exit_layer={exit_layer} (blocks "
+                        f"{self._exit_layer}..{num_layers - 1} are skipped); ablate blocks 0..{self._exit_layer - 1}"
+                    )
+        self._path_overrides = {key: value for key, value in overrides.items() if value}
+        self._row_lengths = None
+        self._scoring_plan = None
+        self._max_continuation = None
+
+    def _check_required(self, exit_layer, ablating: bool) -> None:
+        raise NotImplementedError
+
+    # ---- logits -------------------------------------------------------------------------------------
+    def _model_call(self, inps, attn_mask=None, labels=None):
+        if attn_mask is not None or labels is not None:
+            raise FalseDemoError(f"{self._alias} supports decoder-only (causal) models only")
+        row_lengths, self._row_lengths = self._row_lengths, None
+        num_layers = self._falsedemo_modules.num_layers
+        layer = num_layers if self._exit_layer is None else self._exit_layer
+        if self._lens_parity is None:
+            self._lens_parity = self._check_parity(inps, row_lengths)
+        # Knowing which rows HFLM reads, the head runs on those positions only (the vocabulary projection
+        # of every position is most of a small model's cost); otherwise early exit or the plain call.
+        targeted = (
+            row_lengths is not None and len(row_lengths) == inps.shape[0] and self._max_continuation is not None
+        )
+        if self._ablation is None and layer == num_layers and not targeted:
+            return super()._model_call(inps)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.no_grad())
+            if self._ablation is not None:
+                positions = torch.tensor(row_lengths, device=inps.device) - 1 if targeted else None
+                stack.enter_context(ablate(self.model, self._ablation, positions, modules=self._falsedemo_modules))
+            if layer == num_layers and not targeted:
+                return super()._model_call(inps)
+            with torch.autocast(
+                device_type=self.device.type,
+                dtype=self.mixed_precision_dtype,
+                enabled=self.mixed_precision_dtype is not None,
+            ):
+                if not targeted:
+                    return early_exit_logits(
+                        self.model, inps, layer, modules=self._falsedemo_modules, translator=self._translator
+                    )
+                return self._scored_lens_logits(inps, row_lengths, layer)
+
+    def _check_parity(self, inps, row_lengths):
+        """The lens at layer L against the model's logits at the positions this run scores (first batch)."""
+        width = min(self._max_continuation or 1, inps.shape[1])
+        if row_lengths is None or len(row_lengths) != inps.shape[0]:
+            row_lengths = [inps.shape[1]] * inps.shape[0]
+        lengths = torch.tensor(row_lengths, device=inps.device)
+        positions = (lengths[:, None] - width + torch.arange(width, device=inps.device)).clamp(min=0)
+        return check_parity(self.model, inps, positions, modules=self._falsedemo_modules)
+
+    def _scored_lens_logits(self, inps, row_lengths, layer):
+        """[B, T, V] lens logits at ``layer``, computed only at the positions HFLM reads (each row's last
+        ``max continuation length`` input positions); the rest stay zero and are never read."""
+        modules = self._falsedemo_modules
+        scored = self._max_continuation
+        hidden = residuals(self.model, inps, [layer], modules=modules)[0]
+        width = min(scored, inps.shape[1])
+        lengths = torch.tensor(row_lengths, device=hidden.device)
+        positions = (lengths[:, None] - width + torch.arange(width, device=hidden.device)).clamp(min=0)
+        rows = torch.gather(hidden, 1, positions[:, :, None].expand(-1, -1, hidden.shape[-1]))
+        logits = lens_logits(self.model, rows, layer, modules, self._translator)
+        full = logits.new_zeros(inps.shape[0], inps.shape[1], logits.shape[-1])
+        full.scatter_(1, positions[:, :, None].expand(-1, -1, logits.shape[-1]).to(full.device), logits)
+        return full
+
+    def _model_generate(self, context, max_length, stop, **generation_kwargs):
+        if self._exit_layer is not None and self._exit_layer < self._falsedemo_modules.num_layers:
+            raise FalseDemoError(
+                f"generate_until is not supported with exit_layer={self._exit_layer} < "
+                f"{self._falsedemo_modules.num_layers}; use loglikelihood tasks"
+            )
+        if self._ablation is None:
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+        with ablate(self.model, self._ablation, modules=self._falsedemo_modules):
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+
+    # ---- first-label-token scoring -------------------------------------------------------------------
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        plan = [
+            (request.task_name, request.doc_id)
+            if self._label_scoring == "first" and str(request.task_name or "").startswith(TASK_PREFIX)
+            else None
+            for request in requests
+        ]
+        self._scoring_plan = plan if any(plan) else None
+        try:
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        finally:
+            self._scoring_plan = None
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
+        plan, self._scoring_plan = self._scoring_plan, None
+        if plan is not None and len(plan) == len(requests):
+            requests = self._first_token_requests(requests, plan)
+        self._max_continuation = max((len(continuation) for _, _, continuation in requests), default=None)
+        import lm_eval.models.huggingface as hf_module
+
+        original = hf_module.pad_and_concat
+
+        def recording(max_length, tensors, padding_side="right"):
+            # HFLM right-pads without a mask; the ablation's "last" row is each row's own last token
+            if padding_side == "right":
+                self._row_lengths = [tensor.shape[-1] for tensor in tensors]
+            return original(max_length, tensors, padding_side=padding_side)
+
+        hf_module.pad_and_concat = recording
+        try:
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        finally:
+            hf_module.pad_and_concat = original
+            self._max_continuation = None
+
+    def _first_token_requests(self, requests, plan):
+        first_tokens: dict = {}
+        truncated = []
+        for request, doc in zip(requests, plan):
+            key, context_enc, continuation_enc = request
+            if doc is None:
+                truncated.append(request)
+                continue
+            # After a chat header ending in a newline, lm-eval's continuation starts with that newline (the
+            # same token for every label): it joins the context and the label's own first token is scored.
+            index = label_token_index(self.tokenizer, key[0], continuation_enc)
+            first = continuation_enc[index]
+            seen = first_tokens.setdefault(doc, {})
+            if first in seen and seen[first] != key[1]:
+                raise FalseDemoError(
+                    f"task {doc[0]} doc {doc[1]}: choices {seen[first]!r} and {key[1]!r} share their first token "
+                    f"{first}; first-token scoring cannot tell them apart (use label_scoring=full or other label words)"
+                )
+            seen[first] = key[1]
+            truncated.append((key, list(context_enc) + list(continuation_enc[:index]), continuation_enc[index:index + 1]))
+        return truncated
+
+    # ---- results ---------------------------------------------------------------------------------------
+    def get_model_info(self) -> dict:
+        info = super().get_model_info()
+        modules = self._falsedemo_modules
+        falsedemo = {
+            "model": self._alias,
+            "requested": self._requested,
+            "architecture": modules.model_type,
+            "num_layers": modules.num_layers,
+            "num_heads": modules.num_heads,
+            "exit_layer": modules.num_layers if self._exit_layer is None else self._exit_layer,
+            "label_scoring": self._label_scoring,
+            "ablation": self._ablation.describe() if self._ablation is not None else None,
+            "path_overrides": self._path_overrides,
+            "lens": describe(self._lens_spec, self._translator),
+            "lens_parity": self._lens_parity,
+            "pretrained": self._pretrained_name,
+            "resolved_pretrained": str(self.pretrained) if isinstance(self.pretrained, str) else None,
+            "model_identity": embedded_models.model_identity(self.pretrained)
+            if isinstance(self.pretrained, str)
+            else None,
+        }
+        info["falsedemo"] = falsedemo
+        # simple_evaluate merges this dict into results["config"]: the canonical args replace the raw ones.
+        info["model_args"] = canonical_model_args(self._given_args, self._exit_layer)
+        return info
+
+
+class EarlyExitHFLM(_FalseDemoHFLM):
+    """``hf-earlyexit``: read the logits out after block ``exit_layer`` (ablations may be added)."""
+
+    _alias = "hf-earlyexit"
+
+    def _check_required(self, exit_layer, ablating):
+        if exit_layer is None:
+            raise FalseDemoError("hf-earlyexit needs exit_layer= (0..L, negative counts from the end: -1 is L)")
+
+
+class AblatedHFLM(_FalseDemoHFLM):
+    """``hf-ablate``: zero heads, attention or MLP blocks (``exit_layer`` may be added)."""
+
+    _alias = "hf-ablate"
+
+    def _check_required(self, exit_layer, ablating):
+        if not ablating:
+            raise FalseDemoError("hf-ablate needs heads=, attn_layers= or mlp_layers= (e.g. heads=14:6;16:7)")

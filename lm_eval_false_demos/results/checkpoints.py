@@ -1,0 +1,266 @@
+"""Finished work of a long run, kept in its run folder so ``--resume <run folder>`` continues where it stopped.
+
+A run folder being written holds ``checkpoint/MANIFEST`` (the run's configuration and its fingerprint; JSON,
+but not named ``*.json`` so results readers never mistake it for a result) and ``checkpoint/part-*.npz``,
+each a chunk of finished readouts written atomically through :mod:`results_io`. The results file
+(``sweep.json`` / ``heads.json``) is written last; then the checkpoint folder is removed.
+
+Resuming recomputes nothing that is stored and computes the rest exactly as an uninterrupted run would
+(same batches, same order), so the final numbers are identical. It refuses, in one line, a folder that is
+finished, not a run of this kind, or whose configuration differs from the current one: the fingerprint
+covers the whole configuration the analysis records, minus the fields that only say when or how it was
+started (:data:`VOLATILE_KEYS`), so fields other analyses add to their configuration are covered too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from lm_eval_false_demos.results import files as results_io
+from lm_eval_false_demos.errors import FalseDemoError
+
+FOLDER = "checkpoint"
+MANIFEST = "MANIFEST"
+# Fields of a configuration that record when or how a run started, not what it computes.
+VOLATILE_KEYS = frozenset({"date", "command", "timing"})
+RESULT_FILES = {"sweep": "sweep.json", "heads": "heads.json"}
+
+
+def _stable(config: Mapping[str, Any]) -> dict:
+    return json.loads(json.dumps(
+        {key: value for key, value in config.items() if key not in VOLATILE_KEYS}, sort_keys=True, default=str
+    ))
+
+
+def fingerprint(config: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(_stable(config), sort_keys=True).encode()).hexdigest()
+
+
+def _differences(before: Mapping[str, Any], now: Mapping[str, Any], limit: int = 3) -> str:
+    keys = sorted(key for key in set(before) | set(now) if before.get(key) != now.get(key))
+    shown = [f"{key} ({_short(before.get(key))} in the checkpoint, {_short(now.get(key))} now)" for key in keys[:limit]]
+    return ", ".join(shown) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def check_resumable(run_directory: str | Path, kind: str, arguments: Mapping[str, Any]) -> Path:
+    """Before any model loads: ``run_directory`` is an unfinished ``kind`` run started with these arguments."""
+    folder = Path(run_directory)
+    manifest_path = folder / FOLDER / MANIFEST
+    if not folder.is_dir():
+        raise FalseDemoError(f"--resume {str(run_directory)!r} is not a folder; give the run folder an interrupted "
+                             f"`falsedemo {kind}` printed")
+    if (folder / RESULT_FILES[kind]).exists():
+        raise FalseDemoError(f"--resume {str(run_directory)!r} is finished (it has {RESULT_FILES[kind]}); "
+                             "nothing to resume")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise FalseDemoError(f"--resume {str(run_directory)!r} holds no checkpoint ({FOLDER}/{MANIFEST}); "
+                             f"give a folder an interrupted `falsedemo {kind}` left") from None
+    except (OSError, json.JSONDecodeError) as error:
+        raise FalseDemoError(f"--resume {str(run_directory)!r}: unreadable checkpoint manifest ({error})") from None
+    if manifest.get("kind") != kind:
+        raise FalseDemoError(f"--resume {str(run_directory)!r} is a `falsedemo {manifest.get('kind')}` run, "
+                             f"not `falsedemo {kind}`")
+    stored = manifest.get("arguments") or {}
+    now = json.loads(json.dumps(dict(arguments), default=str))
+    if stored != now:
+        raise FalseDemoError(f"--resume {str(run_directory)!r}: arguments differ from the interrupted run: "
+                             f"{_differences(stored, now)}; rerun with its arguments: {manifest.get('command')}")
+    probe_writable(folder)
+    return folder
+
+
+def probe_writable(folder: Path) -> None:
+    from lm_eval_false_demos.cli.args import check_output_folder
+
+    check_output_folder(folder, "--resume")
+
+
+class RunCheckpoint:
+    """The checkpoint folder of one run: a manifest and named parts of arrays."""
+
+    def __init__(self, run_directory: str | Path | None = None, *, root: str | Path | None = None,
+                 name: str | None = None):
+        """An existing run folder (to resume), or ``root`` and ``name`` of a new one, created by :meth:`start`
+        (after the model loads), so a run killed while loading leaves no empty folder."""
+        self.run_directory = Path(run_directory) if run_directory is not None else None
+        self.root, self.name = root, name
+
+    @property
+    def folder(self) -> Path:
+        return self.run_directory / FOLDER
+
+    # -- lifecycle
+
+    def start(self, kind: str, config: Mapping[str, Any], arguments: Mapping[str, Any], command: str) -> None:
+        """A new run: create its folder and record what it computes."""
+        if self.run_directory is None:
+            self.run_directory = results_io.new_run_directory(self.root, self.name)
+        manifest = {
+            "kind": kind,
+            "fingerprint": fingerprint(config),
+            "config": _stable(config),
+            "arguments": json.loads(json.dumps(dict(arguments), default=str)),
+            "command": command,
+            "started": time.time(),
+        }
+        results_io.write_text_atomic(self.folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+
+    def resume(self, kind: str, config: Mapping[str, Any]) -> None:
+        """After the model loads: the full configuration must be the interrupted run's."""
+        manifest = json.loads((self.folder / MANIFEST).read_text())
+        if manifest.get("kind") != kind:
+            raise FalseDemoError(f"--resume {str(self.run_directory)!r} is not a `falsedemo {kind}` run")
+        if manifest.get("fingerprint") != fingerprint(config):
+            raise FalseDemoError(
+                f"--resume {str(self.run_directory)!r}: the configuration differs from the interrupted run: "
+                f"{_differences(manifest.get('config') or {}, _stable(config))}; results would not be one run's"
+            )
+
+    def has_parts(self) -> bool:
+        return self.run_directory is not None and any(self.folder.glob("part-*.npz"))
+
+    def finish(self) -> None:
+        """The results file is written: the checkpoint is no longer needed."""
+        if self.run_directory is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def discard_if_empty(self, created_root: Path | None = None) -> bool:
+        """A run that stopped before finishing anything leaves no folder behind; True if removed.
+
+        ``created_root``: the outermost folder this run created for its run folder (removed too, if empty)."""
+        if self.has_parts():
+            return False
+        if self.run_directory is None:
+            return True
+        shutil.rmtree(self.run_directory, ignore_errors=True)
+        folder = self.run_directory.parent
+        while created_root is not None and folder.is_relative_to(created_root):
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+            folder = folder.parent
+        return True
+
+    # -- parts
+
+    def save(self, name: str, arrays: Mapping[str, np.ndarray]) -> Path:
+        buffer = io.BytesIO()
+        np.savez(buffer, **{key: np.asarray(value) for key, value in arrays.items()})
+        return results_io.write_bytes_atomic(self.folder / f"part-{name}.npz", buffer.getvalue(), overwrite=True)
+
+    def load(self, name: str) -> dict[str, np.ndarray] | None:
+        path = self.folder / f"part-{name}.npz"
+        if not path.exists():
+            return None
+        with np.load(path, allow_pickle=False) as stored:
+            return {key: stored[key] for key in stored.files}
+
+    def part_names(self) -> list[str]:
+        return sorted(path.name[len("part-"):-len(".npz")] for path in self.folder.glob("part-*.npz"))
+
+
+def first_missing_folder(path: str | Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what creating ``path`` would add)."""
+    path = Path(path).expanduser().absolute()
+    missing = None
+    while not path.exists():
+        missing, path = path, path.parent
+    return missing
+
+
+def prompt_digest(*parts: Iterable[int]) -> str:
+    """What a stored readout was computed from (token ids, readout positions, label ids)."""
+    digest = hashlib.sha1()
+    for part in parts:
+        digest.update(np.asarray(list(part), dtype=np.int64).tobytes() + b"|")
+    return digest.hexdigest()
+
+
+class PromptChunks:
+    """The sweep's per-prompt readouts, saved in chunks at most every ``seconds`` (0: after every batch).
+
+    ``done`` holds what earlier attempts finished, each prompt checked against its digest."""
+
+    def __init__(self, checkpoint: RunCheckpoint, digests: Mapping[int, str], seconds: float):
+        self.checkpoint = checkpoint
+        self.digests = dict(digests)
+        self.seconds = seconds
+        self.pending: dict[int, np.ndarray] = {}
+        self.last_flush = time.monotonic()
+        self.done: dict[int, np.ndarray] = {}
+        names = checkpoint.part_names()
+        self.next_part = 1 + max((int(name) for name in names if name.isdigit()), default=0)
+        for name in names:
+            stored = checkpoint.load(name) or {}
+            for index, digest in zip(stored.get("indices", []), stored.get("digests", [])):
+                index = int(index)
+                if self.digests.get(index) != str(digest):
+                    raise FalseDemoError(
+                        f"--resume {str(checkpoint.run_directory)!r}: prompt {index} differs from the one the "
+                        "checkpoint scored (data, tokenizer or task changed); start a new run"
+                    )
+                self.done[index] = stored[f"p{index}"]
+
+    def record(self, outputs: Mapping[int, np.ndarray]) -> None:
+        self.pending.update(outputs)
+        if time.monotonic() - self.last_flush >= self.seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        indices = sorted(self.pending)
+        arrays = {f"p{index}": self.pending[index] for index in indices}
+        arrays["indices"] = np.asarray(indices, dtype=np.int64)
+        arrays["digests"] = np.asarray([self.digests[index] for index in indices])
+        self.checkpoint.save(f"{self.next_part:05d}", arrays)
+        self.next_part += 1
+        self.pending = {}
+        self.last_flush = time.monotonic()
+
+
+def prompt_chunks(checkpoint: RunCheckpoint, kind: str, resume: bool, world_size: int, config: Mapping[str, Any],
+                  digests: Mapping[int, str], seconds: float, arguments: Mapping[str, Any]) -> PromptChunks | None:
+    """Start (or resume) ``checkpoint`` for per-prompt work; None for a data-parallel run, whose ranks hold
+    different prompts and is not checkpointed."""
+    if world_size > 1:
+        if resume:
+            raise FalseDemoError("--resume runs on one process; resume without accelerate launch")
+        return None
+    if resume:
+        checkpoint.resume(kind, config)
+    else:
+        checkpoint.start(kind, config, arguments, str(config.get("command", "")))
+    return PromptChunks(checkpoint, digests, seconds)
+
+
+@contextlib.contextmanager
+def kept_or_discarded(checkpoint: RunCheckpoint | None, kind: str, output_path: str | Path, resume: bool):
+    """Around a run: if it fails or is interrupted, a new run's folder goes away when nothing in it finished
+    (with the output folders the run created), else it stays and the way to resume is printed."""
+    created_root = first_missing_folder(output_path)
+    try:
+        yield checkpoint
+    except BaseException:
+        if checkpoint is not None and not resume and not checkpoint.discard_if_empty(created_root):
+            print(f"finished work is saved; continue with: falsedemo {kind} ... --resume {checkpoint.run_directory}",
+                  file=sys.stderr)
+        raise

@@ -1,0 +1,134 @@
+"""Figures of the overthinking analyses: accuracy against layer, and the gap against the number of demos.
+
+Plotting lives apart from the analyses so ``falsedemo heads`` and the report can reuse it. Every figure is
+drawn with matplotlib's Agg backend (no display needed) and saved through :mod:`results_io`, as PNG and
+SVG, atomically. The functions take plain lists and dicts (the ``sweep.json`` shapes), never model objects.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from lm_eval_false_demos.results import files as results_io  # noqa: E402
+
+FIGURE_FORMATS = ("png", "svg")
+
+# One colour per setting, stable across figures so that readers can compare panels at a glance.
+SETTING_STYLES = {
+    "correct": dict(color="tab:blue", linestyle="-", marker="o"),
+    "permuted": dict(color="tab:red", linestyle="-", marker="s"),
+    "half": dict(color="tab:orange", linestyle="-", marker="^"),
+    "random": dict(color="tab:purple", linestyle="-", marker="v"),
+    "zeroshot": dict(color="tab:gray", linestyle="--", marker="x"),
+}
+
+
+def _style(setting: str) -> dict:
+    return dict(SETTING_STYLES.get(setting, dict(color="black", linestyle=":", marker=".")), markersize=3)
+
+
+def draw_layer_curves(
+    axis,
+    curves: Mapping[str, Sequence[float]],
+    chance: float,
+    critical_layer: int | None = None,
+    early_exit_layer: int | None = None,
+    title: str = "",
+    ylabel: str = "calibrated accuracy",
+) -> None:
+    """Accuracy against layer (0..L) for each setting, the chance line 1/K and the critical layer."""
+    for setting, values in curves.items():
+        axis.plot(range(len(values)), values, label=setting, **_style(setting))
+    axis.axhline(chance, color="black", linewidth=0.8, linestyle=":", label=f"chance 1/K = {chance:.2f}")
+    if critical_layer is not None:
+        axis.axvline(critical_layer, color="tab:green", linewidth=1.0, linestyle="--",
+                     label=f"critical layer {critical_layer}")
+    if early_exit_layer is not None:
+        axis.axvline(early_exit_layer, color="tab:brown", linewidth=1.0, linestyle="-.",
+                     label=f"early exit {early_exit_layer}")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_xlabel("layer (0 = embeddings)")
+    axis.set_ylabel(ylabel)
+    axis.set_ylim(-0.02, 1.02)
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize="x-small", loc="best")
+
+
+def draw_position_gaps(
+    axis,
+    gaps: Mapping[str, Sequence[float]],
+    title: str = "",
+    query_position: int | None = None,
+) -> None:
+    """Gap (correct minus corrupted, last layer) against the number of preceding demonstrations."""
+    for setting, values in gaps.items():
+        axis.plot(range(len(values)), values, label=f"correct - {setting}", **_style(setting))
+    axis.axhline(0.0, color="black", linewidth=0.8)
+    if query_position is not None:
+        # The last point is read at the query, the others at demonstrations: mark the change of source.
+        axis.axvline(query_position, color="gray", linewidth=0.8, linestyle=":", label="query readout")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_xlabel("number of preceding demonstrations")
+    axis.set_ylabel("calibrated accuracy gap")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize="x-small", loc="best")
+
+
+def _grid(count: int, panel_width: float = 4.8, panel_height: float = 3.6):
+    columns = min(count, 2) if count > 1 else 1
+    rows = math.ceil(count / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(panel_width * columns, panel_height * rows), squeeze=False)
+    flat = [axis for row in axes for axis in row]
+    for spare in flat[count:]:
+        spare.set_visible(False)
+    return figure, flat[:count]
+
+
+def save_figure(figure, directory: str | Path, stem: str) -> list[Path]:
+    """Save ``figure`` as ``stem.png`` and ``stem.svg`` under ``directory`` (never overwriting) and close it."""
+    paths = []
+    try:
+        figure.tight_layout()
+        for suffix in FIGURE_FORMATS:
+            path = results_io.unique_path(Path(directory) / f"{stem}.{suffix}")
+            paths.append(results_io.save_figure_atomic(figure, path, dpi=150))
+    finally:
+        plt.close(figure)
+    return paths
+
+
+def layer_figure(panels: Sequence[Mapping], suptitle: str = ""):
+    """One panel per entry: keys ``curves``, ``chance`` and optionally ``critical_layer``, ``early_exit_layer``, ``title``."""
+    figure, axes = _grid(len(panels))
+    for axis, panel in zip(axes, panels):
+        draw_layer_curves(
+            axis,
+            panel["curves"],
+            panel["chance"],
+            panel.get("critical_layer"),
+            panel.get("early_exit_layer"),
+            panel.get("title", ""),
+        )
+    if suptitle:
+        figure.suptitle(suptitle)
+    return figure
+
+
+def position_figure(panels: Sequence[Mapping], suptitle: str = ""):
+    """One panel per entry: keys ``gaps`` (setting -> values over 0..k) and optionally ``title``."""
+    figure, axes = _grid(len(panels))
+    for axis, panel in zip(axes, panels):
+        draw_position_gaps(axis, panel["gaps"], panel.get("title", ""), panel.get("query_position"))
+    if suptitle:
+        figure.suptitle(suptitle)
+    return figure
