@@ -279,7 +279,7 @@ def test_ablations_from_model_args_apply_during_the_sweep(task_manager, tiny_mod
 
 def test_exit_layer_is_rejected_clearly():
     with pytest.raises(FalseDemoError, match="exit_layer makes no sense for a sweep"):
-        sweep.create_model("hf-earlyexit", {"pretrained": "x", "exit_layer": 3}, 1, "cpu")
+        sweep.check_no_exit_layer({"pretrained": "x", "exit_layer": 3})
 
 
 def test_cli_parses_model_args_like_lm_eval():

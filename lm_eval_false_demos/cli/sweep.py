@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import hashlib
-import json
 import logging
 import sys
 import time
@@ -34,6 +32,7 @@ import numpy as np
 from lm_eval_false_demos.results import checkpoints, query_scores, files as results_io
 
 from lm_eval_false_demos.cli import args as cli_args
+from lm_eval_false_demos.integrations import loading
 from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.core.datasets import data_provenance_for, data_source_summary
 from lm_eval_false_demos.core.metrics import normalise
@@ -47,7 +46,7 @@ CORRUPTED_SETTINGS = ("permuted", "half", "random")  # preference order for a da
 DEFAULT_SEED_STRING = cli_args.DEFAULT_SEED_STRING
 # Keys of --model_args that select modules for the lens (architectures.PATH_OVERRIDES); the model
 # classes accept them too, so they are forwarded to both.
-PATH_OVERRIDE_KEYS = ("layers_path", "norm_path", "head_path", "attn_path", "attn_out_path", "mlp_path")
+PATH_OVERRIDE_KEYS = loading.PATH_OVERRIDE_KEYS
 
 
 # --------------------------------------------------------------------------------------------------
@@ -703,25 +702,6 @@ def _labels_by_position(logits: np.ndarray, prompt: EncodedPrompt) -> np.ndarray
 # --------------------------------------------------------------------------------------------------
 
 
-def create_model(model: str, model_args: Mapping[str, Any], batch_size: int, device: str | None):
-    """The lm-eval model object (tokenizer, device, accelerate ranks, ablation hooks) from the registry."""
-    import lm_eval.api.registry
-    import lm_eval.models  # noqa: F401  (imports the built-ins and, through our hook, hf-earlyexit/hf-ablate)
-
-    check_no_exit_layer(model_args)
-    model_args = dict(model_args)
-    if device is None:
-        import torch
-
-        # lm_eval's CLI default is cuda:0, which fails on a CPU-only torch; pick what exists.
-        device = "cuda:0" if torch.cuda.is_available() else "cpu"
-    if model == "hf-earlyexit":
-        # hf-earlyexit insists on an exit layer; -1 is the model's own output, and the sweep reads all layers.
-        model_args["exit_layer"] = -1
-    model_class = lm_eval.api.registry.get_model(model)
-    return model_class.create_from_arg_obj(model_args, {"batch_size": batch_size, "device": device})
-
-
 def check_no_exit_layer(model_args: Mapping[str, Any]) -> None:
     if "exit_layer" in model_args:
         raise FalseDemoError(
@@ -738,16 +718,6 @@ def check_falsedemo_tasks(task_names: Sequence[str]) -> None:
             f"{', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}: not a falsedemo task; the sweep reads "
             "falsedemo_<dataset>_<setting> tasks and the falsedemo* tags (run other tasks with lm_eval)"
         )
-
-
-def _resolve_embedded(model_args: Mapping[str, Any]) -> dict:
-    """``pretrained=gemma-3-270m`` (a packaged GGUF's short name) -> its converted HF folder, for every model type."""
-    from lm_eval_false_demos.core.embedded_models import is_embedded, resolve_pretrained
-
-    resolved = dict(model_args)
-    if is_embedded(resolved.get("pretrained")):
-        resolved["pretrained"] = resolve_pretrained(resolved["pretrained"])
-    return resolved
 
 
 def run_sweep(
@@ -811,8 +781,9 @@ def run_sweep(
     check_falsedemo_tasks(task_names)
     if lm is None:
         model_only_args = {key: value for key, value in model_args.items() if key != "lens"}
-        lm = create_model(model, _resolve_embedded(model_only_args), batch_size, device)
-    rank, world_size = process_rank_and_count(lm)
+        check_no_exit_layer(model_args)
+        lm = loading.create_model(model, loading.resolve_embedded(model_only_args), batch_size, device)
+    rank, world_size = loading.process_rank_and_count(lm)
     task_objects = load_tasks(task_names, task_manager, num_fewshot, fewshot_seed)
     prompt_format, chat_args = _prompt_format(lm, model_args, apply_chat_template, fewshot_as_multiturn,
                                               system_instruction)
@@ -921,18 +892,6 @@ def _prompt_format(lm, model_args, apply_chat_template, fewshot_as_multiturn, sy
     recorded = {"prompt_mode": prompt_mode(apply_chat_template, fewshot_as_multiturn),
                 "chat_template_sha256": template_sha256(template), "system_instruction": system_instruction}
     return recorded, chat_args
-
-
-def process_rank_and_count(lm) -> tuple[int, int]:
-    """(rank, processes) of this data-parallel run.
-
-    HFLM reports rank 0 of 1 on every process when there is no GPU (its data parallelism counts GPUs), yet
-    under ``accelerate launch`` it keeps the Accelerator, whose process group spans all processes: ask it.
-    """
-    accelerator = getattr(lm, "accelerator", None)
-    if accelerator is not None and accelerator.num_processes > 1:
-        return int(accelerator.process_index), int(accelerator.num_processes)
-    return int(getattr(lm, "rank", 0)), int(getattr(lm, "world_size", 1))
 
 
 def _gather_to_rank0(outputs: dict[int, np.ndarray], world_size: int) -> dict[int, np.ndarray]:
@@ -1121,52 +1080,6 @@ def summarise_run(datasets: Mapping[str, Mapping], tasks: Mapping[str, Mapping])
 # --------------------------------------------------------------------------------------------------
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def model_identity(model_args: Mapping[str, Any], lm) -> dict[str, Any]:
-    """What pins the weights: the GGUF file's sha256, a local folder's weight-file digest, or the hub revision."""
-    identity: dict[str, Any] = {}
-    pretrained = model_args.get("pretrained")
-    gguf_file = model_args.get("gguf_file")
-    if isinstance(pretrained, str):
-        folder = Path(pretrained)
-        if gguf_file:
-            gguf_path = Path(gguf_file) if Path(gguf_file).is_absolute() else folder / gguf_file
-            if gguf_path.is_file():
-                identity.update(kind="gguf", path=str(gguf_path), sha256=_sha256_file(gguf_path))
-        elif folder.is_dir():
-            from lm_eval_false_demos.core.embedded_models import model_identity as embedded_identity
-
-            # A converted packaged GGUF records the file's sha256: that, not the conversion, is the identity.
-            embedded = embedded_identity(str(folder))
-            if embedded:
-                identity["embedded"] = embedded
-            digest = hashlib.sha256()
-            files = sorted(
-                path for path in folder.iterdir()
-                if path.suffix in (".safetensors", ".bin", ".gguf", ".json", ".model") and path.is_file()
-            )
-            for path in files:
-                digest.update(path.name.encode() + b"\0" + _sha256_file(path).encode())
-            identity.update(kind="local_folder", path=str(folder.resolve()), files=[path.name for path in files],
-                            sha256=digest.hexdigest())
-        else:
-            identity.update(kind="hub", repo=pretrained, revision=model_args.get("revision", "main"))
-    try:
-        # lm-eval's own record (model_sha, num parameters, dtype); it never fails the sweep.
-        info = lm.get_model_info() if hasattr(lm, "get_model_info") else {}
-        identity["lm_eval_model_info"] = json.loads(json.dumps(info, default=str))
-    except Exception as error:  # noqa: BLE001 - the identity is informative, a lookup failure is not fatal
-        identity["lm_eval_model_info_error"] = repr(error)
-    return identity
-
-
 def run_configuration(*, lm, model, model_args, tasks, task_names, infos, limit, num_fewshot, seed, batch_size, device,
                       world_size, num_layers, modules, bootstrap_iters, analysis_seed, confidence) -> dict:
     from lm_eval_false_demos.integrations.models import canonical_model_args
@@ -1192,7 +1105,7 @@ def run_configuration(*, lm, model, model_args, tasks, task_names, infos, limit,
         # SST-2's formats (sst2_f3) read SST-2's data
         "data_provenance": data_provenance_for((parse_variant_key(info.dataset) or (info.dataset,))[0]
                                                for info in infos.values()),
-        "model_identity": model_identity(_resolve_embedded(model_args), lm),
+        "model_identity": loading.model_identity(loading.resolve_embedded(model_args), lm),
         "versions": versions(),
         "analysis": {"bootstrap_iters": bootstrap_iters, "seed": analysis_seed, "confidence": confidence,
                      "interval": "percentile, paired over queries", "held_out_fraction": 0.5},

@@ -1,0 +1,106 @@
+"""Loading a model for an analysis: through lm-eval's model registry, as ``lm_eval --model ...`` loads it.
+
+Every analysis (the sweep, head scoring and evaluation) gets its model here, so BOS, dtype, device,
+``gguf_file``, ``revision``, ``trust_remote_code`` and accelerate ranks behave exactly as in an lm-eval run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from lm_eval_false_demos.core.architectures import PATH_OVERRIDES
+
+# Keys of --model_args that select modules for the lens (architectures.PATH_OVERRIDES); our model classes
+# accept them too, so they are forwarded to both.
+PATH_OVERRIDE_KEYS = PATH_OVERRIDES
+
+
+def create_model(model: str, model_args: Mapping[str, Any], batch_size: int, device: str | None):
+    """The lm-eval model object (tokenizer, device, accelerate ranks, ablation hooks) from the registry."""
+    import lm_eval.api.registry
+    import lm_eval.models  # noqa: F401  (imports the built-ins and, through our hook, hf-earlyexit/hf-ablate)
+
+    model_args = dict(model_args)
+    if device is None:
+        import torch
+
+        # lm_eval's CLI default is cuda:0, which fails on a CPU-only torch; pick what exists.
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    if model == "hf-earlyexit":
+        # hf-earlyexit insists on an exit layer; -1 is the model's own output, and the sweep reads all layers.
+        model_args["exit_layer"] = -1
+    model_class = lm_eval.api.registry.get_model(model)
+    return model_class.create_from_arg_obj(model_args, {"batch_size": batch_size, "device": device})
+
+
+def resolve_embedded(model_args: Mapping[str, Any]) -> dict:
+    """``pretrained=gemma-3-270m`` (a packaged GGUF's short name) -> its converted HF folder, for every model type."""
+    from lm_eval_false_demos.core.embedded_models import is_embedded, resolve_pretrained
+
+    resolved = dict(model_args)
+    if is_embedded(resolved.get("pretrained")):
+        resolved["pretrained"] = resolve_pretrained(resolved["pretrained"])
+    return resolved
+
+
+def process_rank_and_count(lm) -> tuple[int, int]:
+    """(rank, processes) of this data-parallel run.
+
+    HFLM reports rank 0 of 1 on every process when there is no GPU (its data parallelism counts GPUs), yet
+    under ``accelerate launch`` it keeps the Accelerator, whose process group spans all processes: ask it.
+    """
+    accelerator = getattr(lm, "accelerator", None)
+    if accelerator is not None and accelerator.num_processes > 1:
+        return int(accelerator.process_index), int(accelerator.num_processes)
+    return int(getattr(lm, "rank", 0)), int(getattr(lm, "world_size", 1))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_identity(model_args: Mapping[str, Any], lm) -> dict[str, Any]:
+    """What pins the weights: the GGUF file's sha256, a local folder's weight-file digest, or the hub revision."""
+    identity: dict[str, Any] = {}
+    pretrained = model_args.get("pretrained")
+    gguf_file = model_args.get("gguf_file")
+    if isinstance(pretrained, str):
+        folder = Path(pretrained)
+        if gguf_file:
+            gguf_path = Path(gguf_file) if Path(gguf_file).is_absolute() else folder / gguf_file
+            if gguf_path.is_file():
+                identity.update(kind="gguf", path=str(gguf_path), sha256=sha256_file(gguf_path))
+        elif folder.is_dir():
+            from lm_eval_false_demos.core.embedded_models import model_identity as embedded_identity
+
+            # A converted packaged GGUF records the file's sha256: that, not the conversion, is the identity.
+            embedded = embedded_identity(str(folder))
+            if embedded:
+                identity["embedded"] = embedded
+            digest = hashlib.sha256()
+            files = sorted(
+                path for path in folder.iterdir()
+                if path.suffix in (".safetensors", ".bin", ".gguf", ".json", ".model") and path.is_file()
+            )
+            for path in files:
+                digest.update(path.name.encode() + b"\0" + sha256_file(path).encode())
+            identity.update(kind="local_folder", path=str(folder.resolve()), files=[path.name for path in files],
+                            sha256=digest.hexdigest())
+        else:
+            identity.update(kind="hub", repo=pretrained, revision=model_args.get("revision", "main"))
+    try:
+        # lm-eval's own record (model_sha, num parameters, dtype); it never fails the sweep.
+        info = lm.get_model_info() if hasattr(lm, "get_model_info") else {}
+        identity["lm_eval_model_info"] = json.loads(json.dumps(info, default=str))
+    except Exception as error:  # noqa: BLE001 - the identity is informative, a lookup failure is not fatal
+        identity["lm_eval_model_info_error"] = repr(error)
+    return identity
+
+
