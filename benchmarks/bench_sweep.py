@@ -43,7 +43,7 @@ def child(mode: str, args: argparse.Namespace) -> dict:
     from lm_eval.tasks import TaskManager
 
     from lm_eval_false_demos.core.architectures import resolve_modules
-    from lm_eval_false_demos.cli.sweep import run_sweep
+    from lm_eval_false_demos.integrations.sweep import run_sweep
 
     tasks = args.tasks.split(",")
     model_args = {"pretrained": args.pretrained, "dtype": "float32"}

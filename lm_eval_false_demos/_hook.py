@@ -59,23 +59,9 @@ def patch_task_manager(manager_module=None):
         return
     if hasattr(manager_module, "discover_plugin_task_paths"):
         return  # this lm-eval reads our lm_eval.tasks entry point itself
-    original_init = task_manager.__init__
+    from lm_eval_false_demos.integrations import compat
 
-    def __init__(self, verbosity=None, include_path=None, include_defaults=True, *args, **kwargs):
-        if include_path is None:
-            paths = []
-        elif isinstance(include_path, (list, tuple)):
-            paths = list(include_path)
-        else:
-            paths = [include_path]
-        ours = task_config_dir()
-        if ours not in paths:
-            paths.insert(0, ours)
-        original_init(self, verbosity, paths, include_defaults, *args, **kwargs)
-
-    __init__.__wrapped__ = original_init
-    task_manager.__init__ = __init__
-    task_manager._falsedemo_patched = True
+    compat.add_task_folder(manager_module, task_config_dir)
 
 
 def wrap_cli(main_module):

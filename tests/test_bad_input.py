@@ -27,7 +27,8 @@ def no_loading(monkeypatch):
     import transformers
     from lm_eval.models.huggingface import HFLM
 
-    from lm_eval_false_demos.cli import heads, sweep
+    from lm_eval_false_demos.cli import heads
+    from lm_eval_false_demos.integrations import sweep as sweep_run
 
     def loaded(*args, **kwargs):
         raise AssertionError("a model or data was loaded before the bad input was reported")
@@ -37,7 +38,7 @@ def no_loading(monkeypatch):
     # wraps keeps HFLM's signature visible: the model-arg typo check reads it.
     monkeypatch.setattr(HFLM, "__init__", functools.wraps(HFLM.__init__)(loaded))
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", loaded)
-    monkeypatch.setattr(sweep, "load_tasks", loaded)
+    monkeypatch.setattr(sweep_run, "load_tasks", loaded)
     monkeypatch.setattr(heads, "load_model", loaded)
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from lm_eval_false_demos.cli import main as cli
-
 from lm_eval_false_demos import leaderboard
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "leaderboard"
@@ -175,7 +174,7 @@ def test_page_is_self_contained_and_small_by_default(built):
 
 
 def test_sweep_numbers_follow_the_paper_with_the_sweeps_own_functions():
-    from lm_eval_false_demos.cli import sweep
+    from lm_eval_false_demos.analysis import layer_curves
     from lm_eval_false_demos.leaderboard.headline import layer_statistics
 
     payload = json.loads((FIXTURES / "sweeps" / "sweep_gemma-3-270m_2025-01-04T09-00-00.000000" / "sweep.json").read_text())
@@ -189,7 +188,7 @@ def test_sweep_numbers_follow_the_paper_with_the_sweeps_own_functions():
     assert computed["early_exit_gain"] == pytest.approx(GEMMA_BASE["early_exit_gain"])
     # one definition: a gap equal to half the final one up to rounding counts (the sweep's tolerance)
     tie = layer_statistics([0.5, 0.5 + 0.3 - 0.2, 0.9, 0.5 + 0.5 - 0.3], [0.5, 0.5, 0.5, 0.5])
-    assert tie["critical_layer"] == sweep.critical_layer([0.0, 0.3 - 0.2, 0.4, 0.5 - 0.3]) == 1
+    assert tie["critical_layer"] == layer_curves.critical_layer([0.0, 0.3 - 0.2, 0.4, 0.5 - 0.3]) == 1
 
 
 def test_task_and_model_args_parsing():

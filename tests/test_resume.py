@@ -78,10 +78,10 @@ def test_sweep_killed_midway_resumes_to_the_uninterrupted_result(tiny_model_dir,
 
     # What the arguments do not show (here: the package versions) is in the fingerprint too: refused after the
     # load, before any forward pass.
-    from lm_eval_false_demos.cli import sweep
+    from lm_eval_false_demos.integrations import sweep as sweep_run
 
-    real_versions = sweep.versions
-    monkeypatch.setattr(sweep, "versions", lambda: {**real_versions(), "transformers": "0.0.1"})
+    real_versions = sweep_run.versions
+    monkeypatch.setattr(sweep_run, "versions", lambda: {**real_versions(), "transformers": "0.0.1"})
     with pytest.raises(SystemExit) as exited:
         cli.main(_sweep_argv(model, killed, "--resume", str(folder)))
     assert exited.value.code == 2
@@ -89,7 +89,7 @@ def test_sweep_killed_midway_resumes_to_the_uninterrupted_result(tiny_model_dir,
     assert line.startswith(f"falsedemo sweep: error: --resume '{folder}': the configuration differs from the "
                            "interrupted run: versions ("), line
     assert sorted(path.name for path in (folder / "checkpoint").iterdir()) == saved
-    monkeypatch.setattr(sweep, "versions", real_versions)
+    monkeypatch.setattr(sweep_run, "versions", real_versions)
 
     assert cli.main(_sweep_argv(model, killed, "--resume", str(folder))) == 0
     assert not (folder / "checkpoint").exists()

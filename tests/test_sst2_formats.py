@@ -119,11 +119,12 @@ def test_sst2_formats_task_scores_each_format_with_its_own_words_and_thresholds(
 
 def test_sweep_scores_each_format_as_its_own_task_and_saves_per_query_scores(tiny_model_dir, tmp_path):
     from lm_eval_false_demos.results import query_scores
-    from lm_eval_false_demos.cli import sweep
+    from lm_eval_false_demos.integrations import sweep as sweep_run
+    from lm_eval_false_demos.results import sweep_files
     from lm_eval_false_demos.core.metrics import calibrated_accuracy_by_layer
 
     model_args = {"pretrained": str(tiny_model_dir("llama")), "dtype": "float32"}
-    result = sweep.run_sweep(
+    result = sweep_run.run_sweep(
         model="hf", model_args=model_args, tasks=["falsedemo_sst2_formats_correct", "falsedemo_sst2_permuted"],
         limit=4, num_fewshot=2, batch_size=4, bootstrap_iters=0, task_manager=TaskManager(include_defaults=False),
         show_progress=False, sst2_formats=(0, 10),
@@ -132,7 +133,7 @@ def test_sweep_scores_each_format_as_its_own_task_and_saves_per_query_scores(tin
                                               "falsedemo_sst2_permuted", "falsedemo_sst2_f10_permuted"])
     assert result["tasks"]["falsedemo_sst2_f10_permuted"]["label_words"] == ["liked", "hated"]
     assert set(result["datasets"]) == {"sst2", "sst2_f10"} and result["config"]["sst2_formats"] == [0, 10]
-    folder = sweep.write_outputs(result, tmp_path, plots=False)
+    folder = sweep_files.write_outputs(result, tmp_path, plots=False)
     saved = query_scores.read(folder / "query_scores.npz")
     assert "query_scores" not in json.loads((folder / "sweep.json").read_text())
     for name, task in result["tasks"].items():

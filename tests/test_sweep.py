@@ -5,6 +5,7 @@ The expensive pieces (TaskManager indexing, the tiny model, one sweep) are built
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -14,6 +15,12 @@ import numpy as np
 import pytest
 
 from lm_eval_false_demos.cli import sweep
+from lm_eval_false_demos.analysis import layer_curves
+from lm_eval_false_demos.analysis import readout
+from lm_eval_false_demos.analysis.records import PromptRecord
+from lm_eval_false_demos.integrations import sweep as sweep_run
+from lm_eval_false_demos.integrations import sweep_prompts
+from lm_eval_false_demos.results import sweep_files
 from lm_eval_false_demos.core.metrics import normalise
 from lm_eval_false_demos.core.datasets import data_provenance
 from lm_eval_false_demos.errors import FalseDemoError
@@ -28,27 +35,27 @@ FEWSHOT_SEED = 1234
 
 
 def test_critical_layer_is_first_layer_reaching_half_the_final_gap():
-    assert sweep.critical_layer([0.0, 0.05, 0.1, 0.3, 0.2]) == 2
-    assert sweep.critical_layer([0.0, 0.1, 0.4, 0.2]) == 1  # reaching half counts (0.1 >= 0.2 / 2)
-    assert sweep.critical_layer([0.0, 0.09, 0.4, 0.2]) == 2
-    assert sweep.critical_layer([0.0, 0.3 - 0.2, 0.4, 0.5 - 0.3]) == 1  # 0.09999999999999998 reaches 0.1
-    assert sweep.critical_layer([0.0, 0.1, 0.05]) == 1
-    assert sweep.critical_layer([0.0, 0.2, 0.0]) is None
-    assert sweep.critical_layer([0.0, 0.1, -0.1]) is None
+    assert layer_curves.critical_layer([0.0, 0.05, 0.1, 0.3, 0.2]) == 2
+    assert layer_curves.critical_layer([0.0, 0.1, 0.4, 0.2]) == 1  # reaching half counts (0.1 >= 0.2 / 2)
+    assert layer_curves.critical_layer([0.0, 0.09, 0.4, 0.2]) == 2
+    assert layer_curves.critical_layer([0.0, 0.3 - 0.2, 0.4, 0.5 - 0.3]) == 1  # 0.09999999999999998 reaches 0.1
+    assert layer_curves.critical_layer([0.0, 0.1, 0.05]) == 1
+    assert layer_curves.critical_layer([0.0, 0.2, 0.0]) is None
+    assert layer_curves.critical_layer([0.0, 0.1, -0.1]) is None
 
 
 def test_early_exit_picks_earliest_maximum_and_gain_over_last_layer():
-    assert sweep.early_exit([0.5, 0.7, 0.7, 0.4]) == (1, pytest.approx(0.3))
-    assert sweep.early_exit([0.5, 0.4, 0.6]) == (2, 0.0)
+    assert layer_curves.early_exit([0.5, 0.7, 0.7, 0.4]) == (1, pytest.approx(0.3))
+    assert layer_curves.early_exit([0.5, 0.4, 0.6]) == (2, 0.0)
 
 
 def test_held_out_halves_are_disjoint_seeded_and_cover_all_queries():
-    choose, report = sweep.held_out_halves(11, seed=3)
+    choose, report = layer_curves.held_out_halves(11, seed=3)
     assert len(choose) == 5 and len(report) == 6
     assert sorted(np.concatenate([choose, report]).tolist()) == list(range(11))
-    again = sweep.held_out_halves(11, seed=3)
+    again = layer_curves.held_out_halves(11, seed=3)
     assert choose.tolist() == again[0].tolist() and report.tolist() == again[1].tolist()
-    assert sweep.held_out_halves(11, seed=4)[0].tolist() != choose.tolist()
+    assert layer_curves.held_out_halves(11, seed=4)[0].tolist() != choose.tolist()
 
 
 def _synthetic_scores(n=60, layers=6, classes=3, seed=0):
@@ -67,8 +74,8 @@ def _synthetic_scores(n=60, layers=6, classes=3, seed=0):
 
 def test_compare_settings_finds_the_split_and_the_early_exit_with_seeded_intervals():
     correct, corrupted, gold = _synthetic_scores()
-    first = sweep.compare_settings(correct, corrupted, gold, bootstrap_iters=200, seed=5, confidence=0.9)
-    second = sweep.compare_settings(correct, corrupted, gold, bootstrap_iters=200, seed=5, confidence=0.9)
+    first = layer_curves.compare_settings(correct, corrupted, gold, bootstrap_iters=200, seed=5, confidence=0.9)
+    second = layer_curves.compare_settings(correct, corrupted, gold, bootstrap_iters=200, seed=5, confidence=0.9)
     assert first == second  # seeded: identical numbers run to run
     assert first["gap_per_layer"][0] == pytest.approx(0.0)
     assert first["last_layer"]["gap"] > 0.3
@@ -91,7 +98,7 @@ def test_bootstrap_is_paired_over_queries():
     """Identical correct and corrupted scores give a gap of exactly 0 in every resample only if both settings
     are resampled with the same queries; independent resampling would spread the interval."""
     correct, _, gold = _synthetic_scores()
-    result = sweep.compare_settings(correct, correct.copy(), gold, bootstrap_iters=100, seed=0, confidence=0.95)
+    result = layer_curves.compare_settings(correct, correct.copy(), gold, bootstrap_iters=100, seed=0, confidence=0.95)
     assert result["intervals"]["gap"] == [0.0, 0.0]
     assert result["intervals"]["correct"] == result["intervals"]["corrupted"]
     assert result["intervals"]["correct"][0] < result["intervals"]["correct"][1]
@@ -119,7 +126,7 @@ def tiny_lm(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def sweep_result(tiny_lm, task_manager, tiny_model_dir):
-    return sweep.run_sweep(
+    return sweep_run.run_sweep(
         model="hf", model_args={"pretrained": str(tiny_model_dir("llama")), "dtype": "float32"}, tasks=TASKS,
         limit=LIMIT, num_fewshot=NUM_FEWSHOT, seed=[0, 1234, 1234, FEWSHOT_SEED], batch_size=3,
         bootstrap_iters=50, task_manager=task_manager, lm=tiny_lm, show_progress=False,
@@ -166,16 +173,16 @@ def test_per_position_readouts_equal_rerunning_with_fewer_demos(tiny_lm, task_ma
     from lm_eval_false_demos.core.architectures import resolve_modules
     from lm_eval_false_demos.core.metrics import calibrated_accuracy
 
-    tasks = sweep.load_tasks(TASKS[1:], task_manager, NUM_FEWSHOT, FEWSHOT_SEED)
-    info, records = sweep.build_records(TASKS[1], tasks[TASKS[1]], LIMIT)
+    tasks = sweep_prompts.load_tasks(TASKS[1:], task_manager, NUM_FEWSHOT, FEWSHOT_SEED)
+    info, records = sweep_prompts.build_records(TASKS[1], tasks[TASKS[1]], LIMIT)
     modules = resolve_modules(tiny_lm.model)
-    encoded = [sweep.encode_record(tiny_lm, record, index) for index, record in enumerate(records)]
+    encoded = [sweep_prompts.encode_record(tiny_lm, record, index) for index, record in enumerate(records)]
     with torch.no_grad():
-        full = sweep.read_prompts(tiny_lm, encoded, 4, modules)
+        full = readout.read_prompts(tiny_lm.model, encoded, 4, modules, pad_id=tiny_lm.tokenizer.pad_token_id or 0)
 
     for position in range(NUM_FEWSHOT):
         shortened = [
-            sweep.PromptRecord(
+            PromptRecord(
                 task=record.task, doc_id=record.doc_id, query_key=record.query_key,
                 context=record.context[: record.demo_offsets[position]], continuations=record.continuations,
                 gold=record.demo_true_labels[position], follow_target=record.demo_follow_targets[position],
@@ -183,9 +190,9 @@ def test_per_position_readouts_equal_rerunning_with_fewer_demos(tiny_lm, task_ma
             )
             for record in records
         ]
-        short_encoded = [sweep.encode_record(tiny_lm, record, index) for index, record in enumerate(shortened)]
+        short_encoded = [sweep_prompts.encode_record(tiny_lm, record, index) for index, record in enumerate(shortened)]
         with torch.no_grad():
-            short = sweep.read_prompts(tiny_lm, short_encoded, 1, modules)
+            short = readout.read_prompts(tiny_lm.model, short_encoded, 1, modules, pad_id=0)
         for index in range(len(records)):
             np.testing.assert_allclose(full[index][:, position], short[index][:, 0], rtol=1e-5, atol=1e-5)
         # and the dataset-level number at that position, at every layer
@@ -226,12 +233,16 @@ def test_result_has_the_documented_shape(sweep_result):
         assert key in entry
     assert entry["corrupted_setting"] == "permuted"
     assert len(entry["gap_per_layer"]) == config["num_layers"] + 1
-    json.dumps(sweep_result, allow_nan=True)
+    # everything but the per-query scores is JSON; those stay arrays until query_scores.npz
+    json.dumps({key: value for key, value in sweep_result.items() if key != "query_scores"}, allow_nan=True)
+    scores = sweep_result["query_scores"][TASKS[1]]
+    num_classes = sweep_result["tasks"][TASKS[1]]["num_classes"]
+    assert scores["query_scores"].shape == (LIMIT, config["num_layers"] + 1, num_classes) and len(scores["query_keys"]) == LIMIT
 
 
 def test_outputs_are_written_atomically_and_never_overwritten(sweep_result, tmp_path):
-    first = sweep.write_outputs(sweep_result, tmp_path)
-    second = sweep.write_outputs(sweep_result, tmp_path)
+    first = sweep_files.write_outputs(sweep_result, tmp_path)
+    second = sweep_files.write_outputs(sweep_result, tmp_path)
     assert first != second
     for folder in (first, second):
         names = {path.name for path in folder.iterdir()}
@@ -248,7 +259,7 @@ def test_outputs_are_written_atomically_and_never_overwritten(sweep_result, tmp_
 def test_leaderboard_reads_the_sweep(sweep_result, tmp_path):
     from lm_eval_false_demos import leaderboard
 
-    folder = sweep.write_outputs(sweep_result, tmp_path, plots=False)
+    folder = sweep_files.write_outputs(sweep_result, tmp_path, plots=False)
     board = leaderboard.Leaderboard()
     board.add_file(folder / "sweep.json")
     assert board.rows and not [warning for warning in board.warnings if "sweep" in warning]
@@ -259,7 +270,7 @@ def test_ablations_from_model_args_apply_during_the_sweep(task_manager, tiny_mod
     import lm_eval
 
     model_args = {"pretrained": str(tiny_model_dir("llama")), "dtype": "float32", "attn_layers": "1-"}
-    ours = sweep.run_sweep(
+    ours = sweep_run.run_sweep(
         model="hf-ablate", model_args=model_args, tasks=TASKS[1:], limit=LIMIT, num_fewshot=NUM_FEWSHOT,
         seed=[0, 1234, 1234, FEWSHOT_SEED], batch_size=4, bootstrap_iters=0, task_manager=task_manager,
         show_progress=False,
@@ -279,7 +290,7 @@ def test_ablations_from_model_args_apply_during_the_sweep(task_manager, tiny_mod
 
 def test_exit_layer_is_rejected_clearly():
     with pytest.raises(FalseDemoError, match="exit_layer makes no sense for a sweep"):
-        sweep.check_no_exit_layer({"pretrained": "x", "exit_layer": 3})
+        sweep_run.check_no_exit_layer({"pretrained": "x", "exit_layer": 3})
 
 
 def test_cli_parses_model_args_like_lm_eval():
@@ -318,3 +329,47 @@ def test_two_accelerate_processes_give_the_same_numbers(sweep_result, tiny_model
     assert launched["config"]["world_size"] == 2
     assert launched["tasks"] == sweep_result["tasks"]
     assert launched["datasets"] == sweep_result["datasets"]
+
+
+def test_the_sweeps_own_loading_reads_the_tokenizer_once_and_indexes_only_our_tasks(
+        sweep_result, tiny_model_dir, monkeypatch):
+    """Left to itself (no lm, no task manager passed) the sweep loads the tokenizer once (the tasks borrow the
+    model's for their token budget), indexes our task folder without lm-eval's built-ins, and gets the same
+    numbers as the run with lm-eval's full index and separately loaded tokenizers."""
+    import transformers
+    from lm_eval.tasks import TaskManager
+
+    loads, indexes = [], []
+    original_load = transformers.AutoTokenizer.from_pretrained.__func__
+    original_init = TaskManager.__init__
+
+    def counting_load(cls, *args, **kwargs):
+        loads.append(args[0] if args else kwargs.get("pretrained_model_name_or_path"))
+        return original_load(cls, *args, **kwargs)
+
+    @functools.wraps(original_init)
+    def recording_init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        indexes.append(self)
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", classmethod(counting_load))
+    monkeypatch.setattr(TaskManager, "__init__", recording_init)
+    from lm_eval_false_demos.integrations import tasks as task_module
+
+    monkeypatch.setattr(task_module, "_LENT_TOKENIZERS", {})
+    task_module.load_tokenizer_and_length.cache_clear()
+    alone = sweep_run.run_sweep(
+        model="hf", model_args={"pretrained": str(tiny_model_dir("llama")), "dtype": "float32"}, tasks=TASKS,
+        limit=LIMIT, num_fewshot=NUM_FEWSHOT, seed=[0, 1234, 1234, FEWSHOT_SEED], batch_size=3,
+        bootstrap_iters=50, show_progress=False,
+    )
+    assert len(loads) == 1
+    assert len(indexes) == 1 and "hellaswag" not in indexes[0].all_tasks and TASKS[0] in indexes[0].all_tasks
+    for name in TASKS:
+        assert alone["tasks"][name]["per_layer"] == sweep_result["tasks"][name]["per_layer"]
+    assert alone["datasets"] == sweep_result["datasets"]
+
+
+def test_tasks_other_than_ours_are_refused_before_anything_loads():
+    with pytest.raises(FalseDemoError, match="hellaswag: not a falsedemo task"):
+        sweep_run.run_sweep(model="hf", model_args={"pretrained": "/nonexistent"}, tasks=["hellaswag"])

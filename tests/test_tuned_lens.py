@@ -289,7 +289,7 @@ def test_bad_training_arguments_fail_before_loading(flag, value, message, tmp_pa
 def test_sweep_reads_through_the_tuned_lens_records_it_and_checks_parity(tiny_model_dir, tmp_path):
     from lm_eval.tasks import TaskManager
 
-    from lm_eval_false_demos.cli import sweep
+    from lm_eval_false_demos.integrations import sweep as sweep_run
 
     path = tiny_model_dir("llama")
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
@@ -297,7 +297,7 @@ def test_sweep_reads_through_the_tuned_lens_records_it_and_checks_parity(tiny_mo
     tasks, manager = ["falsedemo_unnatural_correct", "falsedemo_unnatural_permuted"], TaskManager()
 
     def run(model_type="hf", **extra):
-        return sweep.run_sweep(
+        return sweep_run.run_sweep(
             model=model_type, model_args={"pretrained": str(path), "dtype": "float32", **extra}, tasks=tasks,
             limit=6, num_fewshot=3, batch_size=4, bootstrap_iters=0, task_manager=manager, show_progress=False,
         )

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from lm_eval_false_demos.errors import FalseDemoError
+from lm_eval_false_demos.integrations import compat
 
 # Room a run needs beside its results: atomic writes hold a temporary copy of each file next to it.
 MIN_FREE_BYTES = 16 * 1024 * 1024
@@ -100,10 +101,8 @@ def seed_list(text: str) -> list[int | None]:
     """``--seed`` parsed by lm_eval's own rule (one integer for all four, or python,numpy,torch[,fewshot], None
     leaving one unset). An argparse type, so a bad value is argparse's one line with exit status 2 naming the
     value, not a traceback or the repr of a ``functools.partial``."""
-    from lm_eval._cli.utils import _int_or_none_list_arg_type
-
     try:
-        return _int_or_none_list_arg_type(3, 4, DEFAULT_SEED_STRING, str(text))
+        return compat.parse_seed_list(DEFAULT_SEED_STRING, str(text))
     except ValueError as error:
         raise argparse.ArgumentTypeError(
             f"{text!r}: {error}; give one integer or python,numpy,torch[,fewshot] (integers or None), "

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from lm_eval_false_demos.core.architectures import PATH_OVERRIDES
+from lm_eval_false_demos.integrations import compat
 
 # Keys of --model_args that select modules for the lens (architectures.PATH_OVERRIDES); our model classes
 # accept them too, so they are forwarded to both.
@@ -23,6 +24,7 @@ def create_model(model: str, model_args: Mapping[str, Any], batch_size: int, dev
     import lm_eval.api.registry
     import lm_eval.models  # noqa: F401  (imports the built-ins and, through our hook, hf-earlyexit/hf-ablate)
 
+    compat.check_internals()  # a renamed lm-eval internal fails here, naming it, not deep in a run
     model_args = dict(model_args)
     if device is None:
         import torch

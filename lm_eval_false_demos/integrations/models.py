@@ -30,6 +30,7 @@ import torch
 from lm_eval.models.huggingface import HFLM
 
 from lm_eval_false_demos.core import embedded_models
+from lm_eval_false_demos.integrations import compat
 from lm_eval_false_demos.cli import heads as head_discovery
 from lm_eval_false_demos.core.architectures import PATH_OVERRIDES, resolve_modules
 from lm_eval_false_demos.core.chat import label_token_index
@@ -282,21 +283,11 @@ class _FalseDemoHFLM(HFLM):
         if plan is not None and len(plan) == len(requests):
             requests = self._first_token_requests(requests, plan)
         self._max_continuation = max((len(continuation) for _, _, continuation in requests), default=None)
-        import lm_eval.models.huggingface as hf_module
-
-        original = hf_module.pad_and_concat
-
-        def recording(max_length, tensors, padding_side="right"):
-            # HFLM right-pads without a mask; the ablation's "last" row is each row's own last token
-            if padding_side == "right":
-                self._row_lengths = [tensor.shape[-1] for tensor in tensors]
-            return original(max_length, tensors, padding_side=padding_side)
-
-        hf_module.pad_and_concat = recording
         try:
-            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+            # HFLM right-pads without a mask; the ablation's "last" row is each row's own last token
+            with compat.right_padding_recorded(lambda lengths: setattr(self, "_row_lengths", lengths)):
+                return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
         finally:
-            hf_module.pad_and_concat = original
             self._max_continuation = None
 
     def _first_token_requests(self, requests, plan):

@@ -27,10 +27,13 @@ from __future__ import annotations
 import functools
 import logging
 
+from typing import Any, Mapping
+
 import numpy as np
 from lm_eval.api.task import ConfigurableTask
 
 from lm_eval_false_demos.core import chat, embedded_models
+from lm_eval_false_demos.integrations import compat
 from lm_eval_false_demos.core.corruption import FOLLOW_SETTINGS, check_setting, check_wrong_share
 from lm_eval_false_demos import __version__
 from lm_eval_false_demos.core.datasets import data_provenance, data_source, get_spec, load_examples
@@ -81,7 +84,6 @@ def load_tokenizer_and_length(pretrained: str, tokenizer: str | None, gguf_file:
                               revision: str | None, trust_remote_code: bool, max_length: int | None):
     """(tokenizer, the max length HFLM would use) for these model args; cached per process."""
     import transformers
-    from lm_eval.models.utils import resolve_max_length
 
     resolved = {"pretrained": pretrained, "gguf_file": gguf_file, **_resolve_short_name(pretrained)}
     pretrained, gguf_file = resolved["pretrained"], resolved.get("gguf_file")
@@ -98,7 +100,28 @@ def load_tokenizer_and_length(pretrained: str, tokenizer: str | None, gguf_file:
         return loaded, int(max_length)
     config = transformers.AutoConfig.from_pretrained(
         pretrained, **common, **({"gguf_file": gguf_file} if gguf_file else {}))
-    return loaded, int(resolve_max_length(config, loaded))
+    return loaded, compat.resolve_max_length(config, loaded)
+
+
+# (tokenizer, max length) of models already loaded in this process, keyed like load_tokenizer_and_length.
+_LENT_TOKENIZERS: dict[tuple, tuple] = {}
+
+
+def _tokenizer_key(metadata: Mapping[str, Any]) -> tuple:
+    pretrained, tokenizer = metadata.get("pretrained"), metadata.get("tokenizer")
+    return (
+        pretrained if isinstance(pretrained, str) else tokenizer,
+        tokenizer if isinstance(tokenizer, str) else None,
+        metadata.get("gguf_file"), metadata.get("revision"), bool(metadata.get("trust_remote_code", False)),
+        int(metadata["max_length"]) if metadata.get("max_length") else None,
+    )
+
+
+def lend_tokenizer(model_args: Mapping[str, Any], tokenizer, max_length: int) -> None:
+    """A model loaded before its tasks lends them its tokenizer and context length (HFLM's ``max_length``, the
+    rule :func:`load_tokenizer_and_length` follows), instead of a second load of the same files: a large
+    vocabulary's tokenizer.json takes seconds to parse."""
+    _LENT_TOKENIZERS[_tokenizer_key(model_args)] = (tokenizer, int(max_length))
 
 
 def _budget_from_metadata(metadata: dict, task_name: str):
@@ -113,13 +136,11 @@ def _budget_from_metadata(metadata: dict, task_name: str):
             )
             _warned_no_budget = True
         return None
+    key = _tokenizer_key(metadata)
+    if key in _LENT_TOKENIZERS:
+        return _LENT_TOKENIZERS[key]
     try:
-        return load_tokenizer_and_length(
-            pretrained if isinstance(pretrained, str) else tokenizer,
-            tokenizer if isinstance(tokenizer, str) else None,
-            metadata.get("gguf_file"), metadata.get("revision"), bool(metadata.get("trust_remote_code", False)),
-            int(metadata["max_length"]) if metadata.get("max_length") else None,
-        )
+        return load_tokenizer_and_length(*key)
     except Exception as error:
         raise FalseDemoError(
             f"task {task_name}: could not load the tokenizer for pretrained={pretrained!r} "

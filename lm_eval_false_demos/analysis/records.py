@@ -1,0 +1,47 @@
+"""What one sweep prompt is, from the lm-eval task that built it to the token ids read out.
+
+``PromptRecord`` (text, labels, demonstration offsets) is filled from lm-eval's requests by
+:mod:`lm_eval_false_demos.integrations.sweep_prompts`; ``EncodedPrompt`` (token ids, readout positions) is
+what :mod:`lm_eval_false_demos.analysis.readout` feeds the model; ``TaskInfo`` describes the task."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskInfo:
+    name: str
+    dataset: str
+    setting: str
+    num_fewshot: int
+    num_classes: int
+    label_words: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptRecord:
+    """One lm-eval document of one task: the exact context lm-eval scores and what the readouts are scored against."""
+
+    task: str
+    doc_id: int
+    query_key: str  # identifies the query across the settings of one dataset (pairing)
+    context: str
+    continuations: tuple[str, ...]  # lm-eval's continuations, in choice order (" Positive", ...)
+    gold: int
+    follow_target: int
+    demo_true_labels: tuple[int, ...]
+    demo_follow_targets: tuple[int, ...]
+    demo_offsets: tuple[int, ...]  # char offset in ``context`` where demo i's first label token starts
+    demo_shown_labels: tuple[int, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedPrompt:
+    index: int  # position in the global record list
+    input_ids: tuple[int, ...]
+    positions: tuple[int, ...]  # readout token positions: demo 0..k-1, then the query (last)
+    label_token_ids: tuple[int, ...]
+    # The labels' first tokens at the demo positions when spelt differently there (a chat's single user
+    # message shows " Positive" where the assistant turn starts with "Positive"); empty: the same ids.
+    demo_label_token_ids: tuple[int, ...] = ()

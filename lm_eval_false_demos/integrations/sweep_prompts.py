@@ -1,0 +1,225 @@
+"""The sweep's prompts, taken from lm-eval itself: tasks resolved by lm-eval's ``TaskManager`` (names, tags,
+globs), configured as ``simple_evaluate`` configures them (``--num_fewshot``, the few-shot seed), their requests
+built with ``build_all_requests`` and tokenised by the model's own ``HFLM._encode_pair``, so the contexts,
+continuations and token ids are the ones ``lm_eval --model hf-earlyexit`` scores."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from lm_eval_false_demos.analysis.records import EncodedPrompt, PromptRecord, TaskInfo
+from lm_eval_false_demos.errors import FalseDemoError
+from lm_eval_false_demos.integrations import compat
+
+
+def resolve_task_names(tasks: Sequence[str], task_manager) -> list[str]:
+    """Names, tags and globs to task names, exactly as lm_eval's CLI resolves ``--tasks``."""
+    names: list[str] = []
+    missing = []
+    for pattern in tasks:
+        matches = task_manager.match_tasks([pattern])
+        if not matches:
+            missing.append(pattern)
+        for match in matches:
+            if match not in names:
+                names.append(match)
+    if missing:
+        raise FalseDemoError(f"tasks not found: {', '.join(missing)} (see `lm_eval ls tasks`)")
+    return names
+
+
+def load_tasks(task_names: Sequence[str], task_manager, num_fewshot: int | None, fewshot_seed: int | None) -> dict:
+    """{name: task object} for every leaf task, configured as ``lm_eval.simple_evaluate`` configures them."""
+    loaded = task_manager.load(list(task_names))
+    tasks = dict(loaded["tasks"])
+    for name, task in tasks.items():
+        # The same override rules as simple_evaluate: --num_fewshot wins unless the YAML pins 0.
+        if num_fewshot is not None:
+            if task.get_config("num_fewshot") != 0:
+                task.set_config(key="num_fewshot", value=num_fewshot)
+        elif task.get_config("num_fewshot") is None:
+            task.set_config(key="num_fewshot", value=0)
+        task.set_fewshot_seed(seed=fewshot_seed)
+    return tasks
+
+
+def build_records(name: str, task, limit: float | None, chat: Mapping[str, Any] | None = None
+                  ) -> tuple[TaskInfo, list[PromptRecord]]:
+    """The task's requests (as lm-eval builds them on one process) turned into prompt records.
+
+    The demonstration details (true labels, shift, readout offsets) come from the task's own
+    ``build_prompt_for``, i.e. ``prompts.build_prompt``; its context is checked to be lm-eval's context.
+    """
+    if not hasattr(task, "build_prompt_for"):
+        raise FalseDemoError(
+            f"task {name} is not a falsedemo task; the sweep needs demonstrations it can read out "
+            "(tasks falsedemo_<dataset>_<setting>, tags falsedemo_<dataset> / falsedemo_<setting>)"
+        )
+    if len(getattr(task, "formats", ())) > 1:
+        raise FalseDemoError(f"task {name} holds several SST-2 prompt formats; the sweep scores one task per format")
+    # Every rank builds every prompt (the demos of a query do not depend on the order or the rank) and the
+    # sweep shards them itself, so one process and several see the same prompts.
+    chat = dict(chat or {})
+    task.build_all_requests(limit=compat.sample_size(task, limit), rank=0, world_size=1, **chat)
+    by_doc: dict[int, list] = {}
+    for instance in task.instances:
+        by_doc.setdefault(instance.doc_id, []).append(instance)
+    num_fewshot = int(task.get_config("num_fewshot") or 0)
+    num_classes = task.spec.num_classes
+    records = []
+    for doc_id in sorted(by_doc):
+        instances = sorted(by_doc[doc_id], key=lambda instance: instance.idx)
+        doc = instances[0].doc
+        context = instances[0].args[0]
+        rendered, demo_offsets, prompt = task.render_for(
+            doc, num_fewshot, chat.get("system_instruction"), chat.get("apply_chat_template", False),
+            chat.get("fewshot_as_multiturn", False), chat.get("chat_template"))
+        if rendered != context or any(instance.args[0] != context for instance in instances):
+            raise FalseDemoError(f"task {name} doc {doc_id}: lm-eval's context differs from the rebuilt prompt")
+        if len(instances) != num_classes:
+            raise FalseDemoError(f"task {name} doc {doc_id}: {len(instances)} choices for {num_classes} classes")
+        records.append(
+            PromptRecord(
+                task=name,
+                doc_id=int(doc_id),
+                query_key=str(doc["uid"]),
+                context=context,
+                continuations=tuple(instance.args[1] for instance in instances),
+                gold=int(prompt.query_label),
+                follow_target=(prompt.query_label + prompt.shift) % num_classes,
+                demo_true_labels=tuple(prompt.demo_true_labels),
+                demo_follow_targets=tuple((label + prompt.shift) % num_classes for label in prompt.demo_true_labels),
+                demo_offsets=tuple(demo_offsets),
+                demo_shown_labels=tuple(prompt.demo_shown_labels),
+            )
+        )
+    if not records:
+        raise FalseDemoError(f"task {name} produced no prompts (check --limit)")
+    info = TaskInfo(
+        name=name,
+        dataset=getattr(task, "dataset_key", task.spec.key),  # sst2_f3: SST-2 in prompt format 3
+        setting=task.setting,
+        num_fewshot=num_fewshot,
+        num_classes=num_classes,
+        label_words=tuple(task.spec.label_word_list),
+    )
+    return info, records
+
+
+def encode_record(lm, record: PromptRecord, index: int) -> EncodedPrompt:
+    """Token ids exactly as HFLM builds them for ``(context, continuation)`` and the readout positions.
+
+    lm-eval feeds ``context_enc + continuation_enc`` minus the last token; the logits after the last context
+    token score the continuation's first token, which is the label token we read.
+    """
+    from lm_eval_false_demos.core.chat import label_token_index
+
+    context_ids = None
+    label_ids = []
+    moved = 0
+    for continuation in record.continuations:
+        context_enc, continuation_enc = compat.encode_pair(lm, record.context, continuation)
+        if not continuation_enc:
+            raise FalseDemoError(f"task {record.task} doc {record.doc_id}: continuation {continuation!r} has no tokens")
+        # A chat header's trailing newline, moved into the continuation by lm-eval, is read as context.
+        label_at = label_token_index(lm.tokenizer, record.context, continuation_enc)
+        context_enc, moved = list(context_enc) + list(continuation_enc[:label_at]), label_at
+        if context_ids is None:
+            context_ids = context_enc
+        elif context_enc != context_ids:
+            raise FalseDemoError(f"task {record.task} doc {record.doc_id}: the context encodes differently per choice")
+        label_ids.append(int(continuation_enc[label_at]))
+    if len(set(label_ids)) != len(label_ids):
+        raise FalseDemoError(
+            f"task {record.task}: label continuations {record.continuations} share a first token {label_ids}; "
+            "first-token scoring cannot tell them apart"
+        )
+    max_length = getattr(lm, "max_length", None)
+    if max_length and len(context_ids) + 1 > max_length:
+        raise FalseDemoError(
+            f"task {record.task} doc {record.doc_id}: prompt of {len(context_ids)} tokens exceeds the model's "
+            f"{max_length}; lm-eval would cut it from the left. Use a smaller --num_fewshot"
+        )
+    demo_positions = _demo_token_positions(lm.tokenizer, record, context_ids[:len(context_ids) - moved])
+    demo_ids = _demo_label_ids(lm.tokenizer, record, context_ids, demo_positions, label_ids)
+    return EncodedPrompt(
+        index=index,
+        input_ids=tuple(context_ids),
+        positions=tuple(demo_positions) + (len(context_ids) - 1,),
+        label_token_ids=tuple(label_ids),
+        demo_label_token_ids=() if demo_ids == label_ids else tuple(demo_ids),
+    )
+
+
+def _demo_label_ids(tokenizer, record: PromptRecord, context_ids: list[int], positions: list[int],
+                    query_ids: list[int]) -> list[int]:
+    """The K labels' first tokens as spelt at the demo positions, checked against each demo's token in the prompt."""
+    from lm_eval_false_demos.core.prompts import label_token_ids
+
+    if not positions:
+        return query_ids
+    words = [continuation.strip() for continuation in record.continuations]
+    lead = record.context[record.demo_offsets[0]:].split(words[record.demo_shown_labels[0]], 1)[0] \
+        if record.demo_shown_labels else " "
+    anchor = tokenizer.decode([context_ids[positions[0]]])
+    ids = label_token_ids(tokenizer, words, lead=lead, anchor=anchor)
+    for demo, (position, shown) in enumerate(zip(positions, record.demo_shown_labels)):
+        if position + 1 >= len(context_ids) or context_ids[position + 1] != ids[shown]:
+            raise FalseDemoError(
+                f"task {record.task} doc {record.doc_id}: demo {demo}'s label {lead + words[shown]!r} does not start "
+                f"with the token {ids[shown]} the labels are read with; this tokenizer splits it differently in context"
+            )
+    return ids
+
+
+def _demo_token_positions(tokenizer, record: PromptRecord, context_ids: list[int]) -> list[int]:
+    """Token index whose text ends exactly at each demo readout offset (the last token before " {label}")."""
+    if not record.demo_offsets:
+        return []
+    context = record.context.rstrip()  # HFLM moves trailing whitespace into the continuation
+    encoding = tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)
+    plain_ids = list(encoding["input_ids"])
+    prefix = len(context_ids) - len(plain_ids)
+    if prefix < 0 or context_ids[prefix:] != plain_ids:
+        raise FalseDemoError(
+            f"task {record.task} doc {record.doc_id}: cannot align the tokenizer's offsets with lm-eval's encoding"
+        )
+    ends = {}
+    for token_index, (start, end) in enumerate(encoding["offset_mapping"]):
+        if end > start:
+            ends[end] = token_index  # a later token with the same end (e.g. byte pieces) wins: it is the last
+    positions = []
+    for demo, offset in enumerate(record.demo_offsets):
+        if offset not in ends:
+            raise FalseDemoError(
+                f"task {record.task} doc {record.doc_id}: no token ends at demo {demo}'s label offset {offset} "
+                f"(text {context[max(0, offset - 20):offset + 10]!r}); this tokenizer merges across the label boundary"
+            )
+        positions.append(prefix + ends[offset])
+    return positions
+
+
+def check_falsedemo_tasks(task_names: Sequence[str]) -> None:
+    """Before any data loads: the sweep reads demonstrations only falsedemo tasks build (names and globs are
+    checked as given, then again once resolved)."""
+    foreign = [name for name in task_names if not str(name).startswith("falsedemo") and not set("*?[") & set(name)]
+    if foreign:
+        raise FalseDemoError(
+            f"{', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}: not a falsedemo task; the sweep reads "
+            "falsedemo_<dataset>_<setting> tasks and the falsedemo* tags (run other tasks with lm_eval)"
+        )
+
+
+def prompt_format(lm, model_args, apply_chat_template, fewshot_as_multiturn, system_instruction) -> tuple[dict, dict]:
+    """(what sweep.json records about the rendering, the chat arguments lm_eval's evaluate passes to tasks)."""
+    from lm_eval_false_demos.core.chat import check_has_template, prompt_mode, template_sha256
+
+    template = None
+    chat_args = {"system_instruction": system_instruction}
+    if apply_chat_template:
+        template = check_has_template(lm.tokenizer, str(model_args.get("pretrained") or lm.tokenizer.name_or_path))
+        chat_args.update(apply_chat_template=True, fewshot_as_multiturn=bool(fewshot_as_multiturn),
+                         chat_template=lm.apply_chat_template)
+    recorded = {"prompt_mode": prompt_mode(apply_chat_template, fewshot_as_multiturn),
+                "chat_template_sha256": template_sha256(template), "system_instruction": system_instruction}
+    return recorded, chat_args
