@@ -83,3 +83,26 @@ def test_a_short_name_means_the_packaged_model_even_beside_a_folder_of_that_name
     assert lm_eval_tasks._resolve_short_name("gemma-3-270m") == {"pretrained": "/converted/gemma-3-270m"}
     assert lm_eval_tasks._resolve_short_name("./gemma-3-270m") == {}
     assert lm_eval_tasks._resolve_short_name("org/model") == {}
+
+
+def test_file_digests_are_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    import hashlib
+    import os
+
+    from lm_eval_false_demos.core import digests
+
+    monkeypatch.setenv("FALSEDEMO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(digests, "_remembered", {})
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"first weights")
+    assert digests.sha256_file(weights) == hashlib.sha256(b"first weights").hexdigest()
+    # a new process (empty memory) reads the stored digest: same size and mtime, no re-hash
+    monkeypatch.setattr(digests, "_remembered", {})
+    stat = weights.stat()
+    weights.write_bytes(b"other weights")  # same size...
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # ...and mtime: the stored digest is believed
+    assert digests.sha256_file(weights) == hashlib.sha256(b"first weights").hexdigest()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # touched: hashed again
+    assert digests.sha256_file(weights) == hashlib.sha256(b"other weights").hexdigest()
+    weights.write_bytes(b"longer weights than before")
+    assert digests.sha256_file(weights) == hashlib.sha256(b"longer weights than before").hexdigest()

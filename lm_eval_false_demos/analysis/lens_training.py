@@ -288,7 +288,8 @@ def train(args) -> dict:
 
     from lm_eval_false_demos.results import files as results_io
     from lm_eval_false_demos.core.architectures import PATH_OVERRIDES, resolve_modules
-    from lm_eval_false_demos.core.tuned_lens import TunedLens, sha256_file
+    from lm_eval_false_demos.core.digests import sha256_file
+    from lm_eval_false_demos.core.tuned_lens import TunedLens
 
     settings = _check_arguments(args)
     model_args = parse_model_args(args.model_args)

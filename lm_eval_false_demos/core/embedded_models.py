@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import hashlib
 import importlib
 import importlib.util
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from lm_eval_false_demos.core import digests
+from lm_eval_false_demos.core.digests import sha256_file
 from lm_eval_false_demos.errors import FalseDemoError
 
 IDENTITY_FILE = "falsedemo_identity.json"
@@ -40,15 +40,7 @@ EMBEDDED_MODELS = {
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("FALSEDEMO_CACHE_DIR") or Path.home() / ".cache" / "lm_eval_false_demos")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return digests.cache_dir()
 
 
 def gguf_path(name: str) -> Path:
@@ -81,7 +73,7 @@ def resolve_pretrained(name: str) -> str:
     if not is_embedded(name):
         return name
     source = gguf_path(name)
-    sha256 = _sha256(source)
+    sha256 = sha256_file(source)
     target = cache_dir() / f"{name}-{sha256[:12]}"
     if (target / IDENTITY_FILE).is_file():
         return str(target)

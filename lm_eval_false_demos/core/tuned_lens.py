@@ -15,7 +15,6 @@ would run code is refused. A hub id resolves like tuned-lens does (``lens/<id>/`
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from lm_eval_false_demos.core.digests import sha256_file
 from lm_eval_false_demos.errors import FalseDemoError
 
 CONFIG_FILE = "config.json"
@@ -90,14 +90,6 @@ def _hub_files(resource_id: str) -> tuple[Path, Path]:
             f"({type(error).__name__})"
         ) from None
     return Path(config), Path(params)
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from lm_eval_false_demos.core.architectures import PATH_OVERRIDES
+from lm_eval_false_demos.core.digests import sha256_file
 from lm_eval_false_demos.integrations import compat
 
 # Keys of --model_args that select modules for the lens (architectures.PATH_OVERRIDES); our model classes
@@ -58,14 +59,6 @@ def process_rank_and_count(lm) -> tuple[int, int]:
     if accelerator is not None and accelerator.num_processes > 1:
         return int(accelerator.process_index), int(accelerator.num_processes)
     return int(getattr(lm, "rank", 0)), int(getattr(lm, "world_size", 1))
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def model_identity(model_args: Mapping[str, Any], lm) -> dict[str, Any]:

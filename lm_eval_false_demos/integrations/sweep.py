@@ -77,7 +77,7 @@ def run_sweep(
 
     With ``checkpoint`` finished prompts are saved into its run folder as the forward passes go; with
     ``resume`` the ones saved there are reused (the configuration must be the interrupted run's)."""
-    started = time.perf_counter()
+    clock = PhaseClock()
     model_args = dict(model_args or {})
     seeds = seed_like_simple_evaluate(seed)
     # lens= is read here (every model type; plain hf would hand it to from_pretrained), checked before loading.
@@ -87,10 +87,12 @@ def run_sweep(
         task_manager = falsedemo_task_manager(include_path, model_args)
     task_names = resolve_task_names(tasks, task_manager)
     check_falsedemo_tasks(task_names)
+    clock.lap("task_index")
     if lm is None:
         check_no_exit_layer(model_args)
         model_only_args = {key: value for key, value in model_args.items() if key != "lens"}
         lm = loading.create_model(model, loading.resolve_embedded(model_only_args), batch_size, device)
+    clock.lap("model_load")
     lend_tokenizer(model_args, lm.tokenizer, lm.max_length)
     rank, world_size = loading.process_rank_and_count(lm)
     recorded_format, chat_args = prompt_format(lm, model_args, apply_chat_template, fewshot_as_multiturn,
@@ -102,6 +104,7 @@ def run_sweep(
         info, task_records = build_records(name, task_objects[name], limit, chat_args)
         infos[name] = info
         records.extend(task_records)
+    clock.lap("task_prompts")
 
     # Our model classes resolved the modules already (with any path overrides from model_args).
     modules = getattr(lm, "_falsedemo_modules", None)
@@ -117,9 +120,10 @@ def run_sweep(
     )
     config.update(recorded_format)
     config["lens"] = tuned_lens.describe(lens_spec, translator)
+    clock.lap("configuration")
 
-    forward_started = time.perf_counter()
     encoded = [encode_record(lm, record, index) for index, record in enumerate(records)]
+    clock.lap("tokenisation")
     chunks = None
     if checkpoint is not None:
         digests = {prompt.index: checkpoints.prompt_digest(prompt.input_ids, prompt.positions, prompt.label_token_ids,
@@ -131,7 +135,7 @@ def run_sweep(
     outputs = _read_my_share(lm, encoded, rank, world_size, batch_size, modules, translator, parity, chunks,
                              show_progress)
     outputs = readout.gather_to_rank0(outputs, world_size)
-    forward_seconds = time.perf_counter() - forward_started
+    clock.lap("forward")
     if rank != 0:
         return None
     if len(outputs) != len(records):
@@ -142,24 +146,43 @@ def run_sweep(
     config["lens_parity"] = parity or None
     config["sst2_formats"] = sorted({getattr(task, "formats", (0,))[0] for task in task_objects.values()
                                      if getattr(getattr(task, "spec", None), "key", None) == "sst2"})
+    summary = summarise_run(datasets, task_results)
+    clock.lap("analysis")
     return {
         "kind": "falsedemo.sweep",
         "format_version": 1,
         "config": config,
         "tasks": task_results,
         "datasets": datasets,
-        "summary": summarise_run(datasets, task_results),
+        "summary": summary,
         # write_outputs moves these arrays into query_scores.npz (intervals pooled over datasets)
         "query_scores": {name: {key: arrays[name][key] for key in ("query_keys", "query_scores", "gold")}
                          for name in arrays},
         "timing": {
-            "total_seconds": time.perf_counter() - started,
-            "forward_seconds": forward_seconds,
+            "total_seconds": clock.total(),
+            "forward_seconds": clock.phases["tokenisation"] + clock.phases["forward"],
+            "phases": dict(clock.phases),  # seconds by phase, in order; sweep.json is written after these
             "prompts": len(records),
             "forward_passes": len(records) - (len(chunks.done) if chunks is not None else 0),
             "prompts_from_checkpoint": len(chunks.done) if chunks is not None else 0,
         },
     }
+
+
+class PhaseClock:
+    """Wall-clock seconds of consecutive phases of a run (what a GPU user pays outside the forwards)."""
+
+    def __init__(self):
+        self.started = self.last = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = self.phases.get(name, 0.0) + now - self.last
+        self.last = now
+
+    def total(self) -> float:
+        return time.perf_counter() - self.started
 
 
 def seed_like_simple_evaluate(seed: Sequence[int | None] | None) -> list[int | None]:
