@@ -8,7 +8,7 @@ import torch
 
 from lm_eval_false_demos.core.architectures import resolve_modules
 from lm_eval_false_demos.errors import FalseDemoError
-from lm_eval_false_demos.core.interventions import ablate, make_ablation, parse_heads, parse_layers
+from lm_eval_false_demos.core.interventions import ablate, make_ablation, parse_heads, parse_blocks
 
 LAYER, HEAD = 2, 1
 
@@ -183,10 +183,10 @@ def test_spec_parsing(tmp_path):
     assert parse_heads(" 14:6 ; 16:7;14:6 ") == ((14, 6), (16, 7))
     assert parse_heads([[1, 2], "3:4", {"layer": 5, "head": 6}]) == ((1, 2), (3, 4), (5, 6))
     assert parse_heads("auto") == "auto"
-    assert parse_layers("16-27") == tuple(range(16, 28))
-    assert parse_layers("3;5;7-9") == (3, 5, 7, 8, 9)
-    assert parse_layers("12-", num_layers=18) == tuple(range(12, 18))
-    assert parse_layers(4.0) == (4,)
+    assert parse_blocks("16-27") == tuple(range(16, 28))
+    assert parse_blocks("3;5;7-9") == (3, 5, 7, 8, 9)
+    assert parse_blocks("12-", num_layers=18) == tuple(range(12, 18))
+    assert parse_blocks(4.0) == (4,)
     path = tmp_path / "heads.json"
     path.write_text(json.dumps({"kind": "falsedemo.heads", "top_k": "1:2;3:0"}))
     assert parse_heads(f"@{path}") == ((1, 2), (3, 0))
@@ -198,8 +198,8 @@ def test_spec_parsing(tmp_path):
     "spec, message",
     [
         (dict(heads="14.6"), "malformed head '14.6'"),
-        (dict(heads="4:0"), "layer 4 out of range; allowed layers 0..3"),
-        (dict(heads="1:9"), "head 9 of layer 1 out of range; allowed heads 0..3"),
+        (dict(heads="4:0"), "block 4 out of range; allowed blocks 0..3"),
+        (dict(heads="1:9"), "head 9 of block 1 out of range; allowed heads 0..3"),
         (dict(attn_layers="2-9"), r"range 2-9 is out of range; allowed blocks 0..3"),
         (dict(mlp_layers="1-1000000"), r"^mlp_layers='1-1000000': range 1-1000000 is out of range; allowed blocks 0..3 "),
         (dict(mlp_layers="3-1"), "empty"),
@@ -231,7 +231,7 @@ def test_huge_layer_specs_fail_in_one_short_line_without_building_a_list(spec):
 
     tracemalloc.start()
     with pytest.raises(FalseDemoError) as raised:
-        parse_layers(spec, None, "mlp_layers")
+        parse_blocks(spec, None, "mlp_layers")
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     message = str(raised.value)

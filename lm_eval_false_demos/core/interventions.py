@@ -5,8 +5,9 @@ A head's write is zeroed at the *input* of the attention output projection (its 
 stream and works for every attention implementation. ``head_method="qkv"`` is the paper's variant: the
 head's query, key and value are zeroed at the position (uniform attention over the other values, not a
 zero write). Specs use a syntax lm-eval's model_args parser cannot corrupt: ``heads="14:6;16:7"``,
-``attn_layers="16-27"`` or ``"3;5;7-9"`` or ``"12-"`` (12 to the last block). Layer numbers here are
-block indices 0..L-1; "from early-exit layer l on" is ``"l-"``.
+``attn_layers="16-27"`` or ``"3;5;7-9"`` or ``"12-"`` (12 to the last block). The numbers in these specs
+(and in ``heads.json``'s "layer" field, named after the paper) are *block* indices 0..L-1, never lens
+layers 0..L: zeroing everything after early-exit (lens) layer l is ``"l-"``, blocks l..L-1.
 """
 
 from __future__ import annotations
@@ -36,16 +37,16 @@ def _head_items(items, origin: str) -> tuple[tuple[int, int], ...]:
         if isinstance(item, str):
             match = _HEAD_ITEM.match(item)
             if not match:
-                raise FalseDemoError(f"malformed head {item!r} in {origin}; expected layer:head, e.g. heads=14:6;16:7")
+                raise FalseDemoError(f"malformed head {item!r} in {origin}; expected block:head, e.g. heads=14:6;16:7")
             if max(len(match.group(1)), len(match.group(2))) > 9:
-                raise FalseDemoError(f"head {item[:24]!r} in {origin} is out of range; layers 0..L-1, heads 0..H-1")
+                raise FalseDemoError(f"head {item[:24]!r} in {origin} is out of range; blocks 0..L-1, heads 0..H-1")
             pairs.append((int(match.group(1)), int(match.group(2))))
         elif isinstance(item, dict) and {"layer", "head"} <= set(item):
             pairs.append((_int(item["layer"], origin), _int(item["head"], origin)))
         elif isinstance(item, (list, tuple)) and len(item) == 2:
             pairs.append((_int(item[0], origin), _int(item[1], origin)))
         else:
-            raise FalseDemoError(f"malformed head {item!r} in {origin}; expected 'layer:head' or [layer, head]")
+            raise FalseDemoError(f"malformed head {item!r} in {origin}; expected 'block:head' or [block, head]")
     return tuple(dict.fromkeys(pairs))
 
 
@@ -96,7 +97,7 @@ def _heads_from_file(path: Path):
 MAX_BLOCKS = 10_000
 
 
-def parse_layers(spec, num_layers: int | None = None, name: str = "layers") -> tuple[int, ...]:
+def parse_blocks(spec, num_layers: int | None = None, name: str = "layers") -> tuple[int, ...]:
     """``"16-27"``, ``"3;5;7-9"``, ``"12-"`` (to the last block, needs ``num_layers``), an int or a list.
 
     Ranges are checked arithmetically against ``num_layers`` (or :data:`MAX_BLOCKS` without a model) before
@@ -104,18 +105,18 @@ def parse_layers(spec, num_layers: int | None = None, name: str = "layers") -> t
     """
     if spec is None or spec == "" or spec == ():
         return ()
-    ranges = _layer_ranges(spec, num_layers, name)
+    ranges = _block_ranges(spec, num_layers, name)
     limit = num_layers if num_layers is not None else MAX_BLOCKS
     for start, end, item in ranges:
         if start < 0 or end >= limit:
             where = f"allowed blocks 0..{num_layers - 1} (the model has {num_layers})" if num_layers is not None \
                 else f"block indices are 0..L-1 and no model has {MAX_BLOCKS} blocks"
             raise FalseDemoError(f"{name}={_shown(spec)}: {item} is out of range; {where}")
-    return tuple(sorted({layer for start, end, _ in ranges for layer in range(start, end + 1)}))
+    return tuple(sorted({block for start, end, _ in ranges for block in range(start, end + 1)}))
 
 
-def _layer_ranges(spec, num_layers: int | None, name: str) -> list[tuple[int, int, str]]:
-    """(first, last, as written) per item of a layer spec, inclusive; nothing expanded."""
+def _block_ranges(spec, num_layers: int | None, name: str) -> list[tuple[int, int, str]]:
+    """(first, last, as written) per item of a block spec, inclusive; nothing expanded."""
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):
         value = _int(spec, f"{name}={_shown(spec)}")
         return [(value, value, str(value))]
@@ -123,7 +124,7 @@ def _layer_ranges(spec, num_layers: int | None, name: str) -> list[tuple[int, in
         values = [_int(item, f"{name}={_shown(spec)}") for item in spec]
         return [(value, value, str(value)) for value in values]
     if not isinstance(spec, str):
-        raise FalseDemoError(f"{name}={_shown(spec)} is not a layer list; expected e.g. 16-27 or 3;5;7-9")
+        raise FalseDemoError(f"{name}={_shown(spec)} is not a block list; expected e.g. 16-27 or 3;5;7-9")
     ranges = []
     for item in (part for part in re.split(r"[;\s]+", spec.strip()) if part):
         match = _LAYER_ITEM.match(item)
@@ -134,17 +135,17 @@ def _layer_ranges(spec, num_layers: int | None, name: str) -> list[tuple[int, in
         start_text, dash, end_text = match.groups()
         start = _bounded(start_text, spec, name)
         if not dash:
-            ranges.append((start, start, f"layer {start}"))
+            ranges.append((start, start, f"block {start}"))
             continue
         if end_text == "":
             if num_layers is None:
-                raise FalseDemoError(f"{name}={_shown(spec)}: an open range needs the model's layer count")
+                raise FalseDemoError(f"{name}={_shown(spec)}: an open range needs the model's block count")
             end = num_layers - 1
         else:
             end = _bounded(end_text, spec, name)
         if end < start:
             raise FalseDemoError(f"{name}={_shown(spec)}: range {_shown(item)} is empty (end before start)")
-        ranges.append((start, end, f"range {start}-{end}" if end != start else f"layer {start}"))
+        ranges.append((start, end, f"range {start}-{end}" if end != start else f"block {start}"))
     return ranges
 
 
@@ -176,7 +177,7 @@ class Ablation:
         return not (self.heads or self.attn_layers or self.mlp_layers)
 
     def heads_spec(self) -> str:
-        return ";".join(f"{layer}:{head}" for layer, head in self.heads)
+        return ";".join(f"{block}:{head}" for block, head in self.heads)
 
     def describe(self) -> dict:
         """JSON-ready form echoed into results files."""
@@ -211,19 +212,19 @@ def make_ablation(
     if parsed_heads == "auto":
         raise ValueError("make_ablation needs explicit heads: resolve heads='auto' first (heads.discover_default_heads)")
     num_layers, num_heads = modules.num_layers, modules.num_heads
-    for layer, head in parsed_heads:
-        if not 0 <= layer < num_layers:
+    for block, head in parsed_heads:
+        if not 0 <= block < num_layers:
             raise FalseDemoError(
-                f"heads={heads!r}: layer {layer} out of range; allowed layers 0..{num_layers - 1}"
+                f"heads={heads!r}: block {block} out of range; allowed blocks 0..{num_layers - 1}"
             )
         if not 0 <= head < num_heads:
             raise FalseDemoError(
-                f"heads={heads!r}: head {head} of layer {layer} out of range; allowed heads 0..{num_heads - 1}"
+                f"heads={heads!r}: head {head} of block {block} out of range; allowed heads 0..{num_heads - 1}"
             )
     ablation = Ablation(
         heads=parsed_heads,
-        attn_layers=parse_layers(attn_layers, num_layers, "attn_layers"),
-        mlp_layers=parse_layers(mlp_layers, num_layers, "mlp_layers"),
+        attn_layers=parse_blocks(attn_layers, num_layers, "attn_layers"),
+        mlp_layers=parse_blocks(mlp_layers, num_layers, "mlp_layers"),
         positions=positions,
         head_method=head_method,
     )
@@ -244,10 +245,10 @@ def make_ablation(
                 f"{modules.num_kv_heads} key/value heads: zeroing a head's k and v would change its siblings); "
                 "use head_method=zero"
             )
-    overlap = set(ablation.attn_layers) & {layer for layer, _ in ablation.heads}
+    overlap = set(ablation.attn_layers) & {block for block, _ in ablation.heads}
     if overlap:
         raise FalseDemoError(
-            f"heads={heads!r} lie in layers {sorted(overlap)} whose whole attention is zeroed by attn_layers={attn_layers!r}"
+            f"heads={heads!r} lie in blocks {sorted(overlap)} whose whole attention is zeroed by attn_layers={attn_layers!r}"
         )
     return ablation
 
@@ -333,9 +334,9 @@ def ablate(model, ablation: Ablation, positions=None, attention_mask=None, modul
     modules = modules or resolve_modules(model)
     rows = _Rows(ablation.positions, positions, attention_mask)
     handles = []
-    heads_by_layer: dict[int, list[int]] = {}
-    for layer, head in ablation.heads:
-        heads_by_layer.setdefault(layer, []).append(head)
+    heads_by_block: dict[int, list[int]] = {}
+    for block, head in ablation.heads:
+        heads_by_block.setdefault(block, []).append(head)
     head_dim, num_heads, num_kv = modules.head_dim, modules.num_heads, modules.num_kv_heads
 
     def zero_slices(tensor: torch.Tensor, slices: list[tuple[int, int]]) -> torch.Tensor:
@@ -353,18 +354,18 @@ def ablate(model, ablation: Ablation, positions=None, attention_mask=None, modul
     def record_batch_shape(module, args, kwargs):
         rows.batch_shape = tuple(_block_input(args, kwargs).shape[:2])
 
-    touched = {layer for layer, _ in ablation.heads} | set(ablation.attn_layers) | set(ablation.mlp_layers)
+    touched = {block for block, _ in ablation.heads} | set(ablation.attn_layers) | set(ablation.mlp_layers)
     try:
-        for layer in touched:
-            handles.append(modules.blocks[layer].register_forward_pre_hook(record_batch_shape, with_kwargs=True))
-        for layer, heads in heads_by_layer.items():
+        for block in touched:
+            handles.append(modules.blocks[block].register_forward_pre_hook(record_batch_shape, with_kwargs=True))
+        for block, heads in heads_by_block.items():
             if ablation.head_method == "zero":
                 slices = [(h * head_dim, (h + 1) * head_dim) for h in heads]
-                module = modules.attn_out_proj[layer]
+                module = modules.attn_out_proj[block]
                 handles.append(module.register_forward_pre_hook(slice_pre_hook(slices), with_kwargs=True))
                 continue
             # q/k/v of the head (kv head == query head: make_ablation rejects grouped-query attention)
-            projections = modules.qkv[layer]
+            projections = modules.qkv[block]
             if modules.qkv_layout == "separate":
                 slices = [(h * head_dim, (h + 1) * head_dim) for h in heads]
                 for projection in projections:
@@ -379,10 +380,10 @@ def ablate(model, ablation: Ablation, positions=None, attention_mask=None, modul
             else:  # per head [q_h | k_h | v_h]
                 slices = [(3 * h * head_dim, 3 * (h + 1) * head_dim) for h in heads]
                 handles.append(projections[0].register_forward_hook(slice_post_hook(slices)))
-        for layer in ablation.attn_layers:
-            handles.append(modules.attention[layer].register_forward_hook(whole_post_hook))
-        for layer in ablation.mlp_layers:
-            handles.append(modules.mlp[layer].register_forward_hook(whole_post_hook))
+        for block in ablation.attn_layers:
+            handles.append(modules.attention[block].register_forward_hook(whole_post_hook))
+        for block in ablation.mlp_layers:
+            handles.append(modules.mlp[block].register_forward_hook(whole_post_hook))
         yield rows
     finally:
         for handle in handles:
@@ -407,11 +408,11 @@ def zero_heads_per_row(model, ablations, modules: ModelModules | None = None):
                 f"per-row ablation takes head zeroing at the last position only; got {ablation.describe()}"
             )
     rows = _Rows("last")
-    zeroed_by_layer: dict[int, torch.Tensor] = {}
+    zeroed_by_block: dict[int, torch.Tensor] = {}
     for row, ablation in enumerate(ablations):
-        for layer, head in ablation.heads if ablation is not None else ():
-            zeroed = zeroed_by_layer.setdefault(
-                layer, torch.zeros(len(ablations), modules.num_heads * modules.head_dim, dtype=torch.bool)
+        for block, head in ablation.heads if ablation is not None else ():
+            zeroed = zeroed_by_block.setdefault(
+                block, torch.zeros(len(ablations), modules.num_heads * modules.head_dim, dtype=torch.bool)
             )
             zeroed[row, head * modules.head_dim:(head + 1) * modules.head_dim] = True
 
@@ -419,8 +420,8 @@ def zero_heads_per_row(model, ablations, modules: ModelModules | None = None):
         return lambda module, args, kwargs: _with_first_input(args, kwargs, lambda t: _zero_features(t, rows, zeroed))
 
     handles = [
-        modules.attn_out_proj[layer].register_forward_pre_hook(pre_hook(zeroed), with_kwargs=True)
-        for layer, zeroed in zeroed_by_layer.items()
+        modules.attn_out_proj[block].register_forward_pre_hook(pre_hook(zeroed), with_kwargs=True)
+        for block, zeroed in zeroed_by_block.items()
     ]
     try:
         yield

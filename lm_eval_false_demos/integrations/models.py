@@ -8,7 +8,7 @@ and ``accelerate launch`` are HFLM's own; only ``_model_call`` (logits) and the 
 
 Model args (all comma- and dot-free, so lm-eval's parsers cannot corrupt them):
   exit_layer=12          residual after block 12 through the model's own final norm + head; 0..L or -L-1..-1
-  heads=14:6;16:7        zero heads (layer:head); also heads=@heads.json (key "top_k") or heads=auto
+  heads=14:6;16:7        zero heads (block:head, blocks 0..L-1); also heads=@heads.json (key "top_k") or heads=auto
   attn_layers=16-27      zero whole attention blocks (block indices; also 3;5;7-9 or 12- to the end)
   mlp_layers=16-27       zero whole MLP blocks
   positions=last|all     where ablations act: the last input position of each row (the label readout) or all
@@ -35,7 +35,7 @@ from lm_eval_false_demos.cli import heads as head_discovery
 from lm_eval_false_demos.core.architectures import PATH_OVERRIDES, resolve_modules
 from lm_eval_false_demos.core.chat import label_token_index
 from lm_eval_false_demos.errors import FalseDemoError
-from lm_eval_false_demos.core.interventions import HEAD_METHODS, POSITIONS, ablate, make_ablation, parse_heads, parse_layers
+from lm_eval_false_demos.core.interventions import HEAD_METHODS, POSITIONS, ablate, make_ablation, parse_heads, parse_blocks
 from lm_eval_false_demos.core.lens import check_layer, early_exit_logits, lens_logits, residuals
 from lm_eval_false_demos.core.lens_parity import check_parity
 from lm_eval_false_demos.core.tuned_lens import build_lens, describe, parse_lens
@@ -127,8 +127,8 @@ class _FalseDemoHFLM(HFLM):
         parsed_heads = parse_heads(heads)
         for name, spec in (("attn_layers", attn_layers), ("mlp_layers", mlp_layers)):
             if isinstance(spec, str) and spec.strip().endswith("-"):
-                continue  # open ranges need the layer count
-            parse_layers(spec, None, name)
+                continue  # open ranges need the block count
+            parse_blocks(spec, None, name)
         ablating = bool(parsed_heads or attn_layers not in (None, "") or mlp_layers not in (None, ""))
         if not ablating and (positions is not None or head_method is not None):
             raise FalseDemoError(
