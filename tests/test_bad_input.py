@@ -12,7 +12,7 @@ import pytest
 
 from lm_eval_false_demos.cli import main as cli, args as cli_args
 
-from lm_eval_false_demos.results import files as results_io
+from lm_eval_false_demos.core import files as results_io
 from lm_eval_false_demos.errors import FalseDemoError
 
 

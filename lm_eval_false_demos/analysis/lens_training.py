@@ -253,7 +253,7 @@ def _positions(shape, count: int, seed: int, device):
 def _save_checkpoint(path: Path, lens, optimizer, step: int, seconds: float, fingerprint: dict) -> None:
     import torch
 
-    from lm_eval_false_demos.results import files as results_io
+    from lm_eval_false_demos.core import files as results_io
 
     buffer = io.BytesIO()
     torch.save({"translators": lens.layer_translators.state_dict(), "optimizer": optimizer.state_dict(),
@@ -286,7 +286,7 @@ def train(args) -> dict:
     import torch
     from tqdm.auto import tqdm
 
-    from lm_eval_false_demos.results import files as results_io
+    from lm_eval_false_demos.core import files as results_io
     from lm_eval_false_demos.core.architectures import PATH_OVERRIDES, resolve_modules
     from lm_eval_false_demos.core.digests import sha256_file
     from lm_eval_false_demos.core.tuned_lens import TunedLens

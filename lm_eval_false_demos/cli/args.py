@@ -12,16 +12,14 @@ import difflib
 import math
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
+from lm_eval_false_demos.core.files import check_output_folder  # noqa: F401  (the shared check, re-exported for commands)
 from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.integrations import compat
 
 # Room a run needs beside its results: atomic writes hold a temporary copy of each file next to it.
-MIN_FREE_BYTES = 16 * 1024 * 1024
 # lm-eval adds these to the model's constructor from its own flags; they are never typos.
 RUNTIME_MODEL_ARGS = ("batch_size", "max_batch_size", "device")
 DEFAULT_SEED_STRING = "0,1234,1234,1234"  # lm-eval's default --seed (python, numpy, torch, fewshot)
@@ -30,44 +28,6 @@ _HUB_ID = re.compile(r"^(?:[\w][\w.-]{0,95}/)?[\w][\w.-]{0,95}$")
 
 
 # ------------------------------------------------------------------------------------------- output
-
-
-def check_output_folder(path: str | os.PathLike, flag: str = "--output_path") -> Path:
-    """``path`` is (or can become) a folder this process can write into, with room for atomic writes.
-
-    Probes by creating and removing a temporary entry, which is the only test that also holds for root on a
-    read-only mount; nothing stays behind.
-    """
-    folder = Path(path).expanduser()
-    if folder.exists() and not folder.is_dir():
-        raise FalseDemoError(f"{flag} {str(path)!r} is a file; give a folder (each run writes a new subfolder)")
-    existing = folder
-    while not existing.exists():
-        if existing.parent == existing:
-            break
-        existing = existing.parent
-    if not existing.is_dir():
-        raise FalseDemoError(f"{flag} {str(path)!r}: {str(existing)!r} is a file, so the folder cannot be created")
-    try:
-        if existing == folder:
-            handle, probe = tempfile.mkstemp(dir=folder, prefix=".falsedemo-probe-")
-            os.close(handle)
-            os.unlink(probe)
-        else:
-            os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".falsedemo-probe-"))
-    except OSError as error:
-        where = "write into" if existing == folder else f"create folders in {str(existing)!r} for"
-        raise FalseDemoError(
-            f"{flag} {str(path)!r} is not writable (cannot {where} it: {error.strerror or error}); "
-            "give a folder you can write to"
-        ) from None
-    free = shutil.disk_usage(existing).free
-    if free < MIN_FREE_BYTES:
-        raise FalseDemoError(
-            f"{flag} {str(path)!r}: only {free // 1024} KiB free; results need at least "
-            f"{MIN_FREE_BYTES // (1024 * 1024)} MiB for atomic writes"
-        )
-    return folder
 
 
 # ------------------------------------------------------------------------------------------ numbers

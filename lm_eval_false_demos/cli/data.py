@@ -19,7 +19,7 @@ from lm_eval_false_demos.core.datasets import (
     read_local_examples,
 )
 from lm_eval_false_demos.errors import FalseDemoError
-from lm_eval_false_demos.results.files import write_json_atomic, write_text_atomic
+from lm_eval_false_demos.core.files import write_json_atomic, write_text_atomic
 
 
 def add_arguments(parser) -> None:

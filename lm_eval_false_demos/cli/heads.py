@@ -47,7 +47,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lm_eval_false_demos.results import checkpoints, files as results_io
+from lm_eval_false_demos.core import files as results_io
+from lm_eval_false_demos.results import checkpoints
 
 from lm_eval_false_demos.cli import args as cli_args
 from lm_eval_false_demos.core.architectures import ModelModules, resolve_modules
@@ -88,7 +89,7 @@ def parse_task(task: str) -> tuple[str, str]:
     """``falsedemo_<dataset>_<setting>`` -> (dataset key, setting); a bare dataset key means permuted."""
     from lm_eval_false_demos.core.corruption import SETTINGS
     from lm_eval_false_demos.core.datasets import DATASETS
-    from lm_eval_false_demos.integrations.task_yamls import TASK_PREFIX, parse_task_name
+    from lm_eval_false_demos.core.task_names import TASK_PREFIX, parse_task_name
 
     name = task.removeprefix(TASK_PREFIX)
     if name in DATASETS:

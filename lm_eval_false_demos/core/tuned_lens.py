@@ -157,7 +157,7 @@ class TunedLens(torch.nn.Module):
 
     def save(self, folder: str | Path, overwrite: bool = False) -> Path:
         """``config.json`` + ``params.pt`` as tuned-lens writes them (``params.pt`` last: it marks completion)."""
-        from lm_eval_false_demos.results import files as results_io
+        from lm_eval_false_demos.core import files as results_io
 
         folder = Path(folder)
         buffer = io.BytesIO()

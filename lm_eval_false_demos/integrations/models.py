@@ -38,10 +38,10 @@ from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.core.interventions import HEAD_METHODS, POSITIONS, ablate, make_ablation, parse_heads, parse_blocks
 from lm_eval_false_demos.core.lens import check_layer, early_exit_logits, lens_logits, residuals
 from lm_eval_false_demos.core.lens_parity import check_parity
+from lm_eval_false_demos.core.task_names import TASK_PREFIX
 from lm_eval_false_demos.core.tuned_lens import build_lens, describe, parse_lens
 
 LABEL_SCORING = ("first", "full")
-TASK_PREFIX = "falsedemo_"
 OWN_ARGS = (
     "exit_layer", "heads", "attn_layers", "mlp_layers", "positions", "head_method", "label_scoring", "lens",
 ) + PATH_OVERRIDES

@@ -37,7 +37,7 @@ from lm_eval_false_demos.integrations.sweep_prompts import (
     build_records, check_falsedemo_tasks, encode_record, load_tasks, prompt_format, resolve_task_names,
 )
 from lm_eval_false_demos.results import checkpoints
-from lm_eval_false_demos.results.files import versions
+from lm_eval_false_demos.core.files import versions
 
 
 def check_no_exit_layer(model_args: Mapping[str, Any]) -> None:

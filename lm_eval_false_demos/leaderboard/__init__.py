@@ -9,7 +9,7 @@ from lm_eval_false_demos.leaderboard.columns import COLUMNS, DEFAULT_COLUMNS, MA
 from lm_eval_false_demos.leaderboard.publish import OUTPUT_NAMES, build
 from lm_eval_false_demos.leaderboard.render import embed_json, render_curves_svg
 from lm_eval_false_demos.leaderboard.rowkey import READOUT_FIELDS, row_key
-from lm_eval_false_demos.integrations.task_yamls import parse_task_name
+from lm_eval_false_demos.core.task_names import parse_task_name
 from lm_eval_false_demos.leaderboard.values import parse_model_args
 
 __all__ = [

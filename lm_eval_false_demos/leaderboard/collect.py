@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping
 
 from lm_eval_false_demos.results import query_scores
 from lm_eval_false_demos.core.metrics import pooled_gap_recovered_by_condition
-from lm_eval_false_demos.integrations.task_yamls import parse_task_name
+from lm_eval_false_demos.core.task_names import parse_task_name
 from lm_eval_false_demos.leaderboard.rowkey import RowKeyError, row_key
 from lm_eval_false_demos.leaderboard.values import (
     accuracy, curve, data_source_text, date_from_name, date_of, first, integer, mapping_at, number,

@@ -26,7 +26,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from lm_eval_false_demos.results import files as results_io
+from lm_eval_false_demos.core import files as results_io
+from lm_eval_false_demos.core.files import check_output_folder
 from lm_eval_false_demos.errors import FalseDemoError
 
 FOLDER = "checkpoint"
@@ -87,8 +88,6 @@ def check_resumable(run_directory: str | Path, kind: str, arguments: Mapping[str
 
 
 def probe_writable(folder: Path) -> None:
-    from lm_eval_false_demos.cli.args import check_output_folder
-
     check_output_folder(folder, "--resume")
 
 

@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from lm_eval_false_demos.results import files as results_io  # noqa: E402
+from lm_eval_false_demos.core import files as results_io  # noqa: E402
 
 FIGURE_FORMATS = ("png", "svg")
 

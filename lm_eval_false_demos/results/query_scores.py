@@ -15,7 +15,7 @@ from typing import Mapping
 
 import numpy as np
 
-from lm_eval_false_demos.results.files import write_bytes_atomic
+from lm_eval_false_demos.core.files import write_bytes_atomic
 
 FILE_NAME = "query_scores.npz"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from lm_eval_false_demos.analysis.layer_curves import CORRUPTED_SETTINGS, LAYER_METRICS
-from lm_eval_false_demos.results import files as results_io
+from lm_eval_false_demos.core import files as results_io
 from lm_eval_false_demos.results import query_scores
 
 

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from lm_eval_false_demos.results import files as results_io
+from lm_eval_false_demos.core import files as results_io
 
 HERE = Path(__file__).resolve().parent
 DATASETS = ("unnatural", "trec", "sst2", "ag_news")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lm_eval_false_demos.results import files as results_io
+from lm_eval_false_demos.core import files as results_io
 
 HERE = Path(__file__).resolve().parent
 LENSES = ("logit", "tuned")

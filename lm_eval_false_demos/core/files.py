@@ -14,10 +14,13 @@ import json
 import math
 import os
 import platform
+import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+
+from lm_eval_false_demos.errors import FalseDemoError
 
 
 def versions() -> dict[str, str]:
@@ -148,3 +151,45 @@ def new_run_directory(root: str | Path, name: str) -> Path:
     path = unique_path(Path(root) / f"{name}_{timestamp()}")
     path.mkdir(parents=True, exist_ok=False)
     return path
+
+
+# Free space a run folder needs before anything is computed: every atomic write stages a full copy.
+MIN_FREE_BYTES = 16 * 1024 * 1024
+
+
+def check_output_folder(path: str | os.PathLike, flag: str = "--output_path") -> Path:
+    """``path`` is (or can become) a folder this process can write into, with room for atomic writes.
+
+    Probes by creating and removing a temporary entry, which is the only test that also holds for root on a
+    read-only mount; nothing stays behind.
+    """
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise FalseDemoError(f"{flag} {str(path)!r} is a file; give a folder (each run writes a new subfolder)")
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise FalseDemoError(f"{flag} {str(path)!r}: {str(existing)!r} is a file, so the folder cannot be created")
+    try:
+        if existing == folder:
+            handle, probe = tempfile.mkstemp(dir=folder, prefix=".falsedemo-probe-")
+            os.close(handle)
+            os.unlink(probe)
+        else:
+            os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".falsedemo-probe-"))
+    except OSError as error:
+        where = "write into" if existing == folder else f"create folders in {str(existing)!r} for"
+        raise FalseDemoError(
+            f"{flag} {str(path)!r} is not writable (cannot {where} it: {error.strerror or error}); "
+            "give a folder you can write to"
+        ) from None
+    free = shutil.disk_usage(existing).free
+    if free < MIN_FREE_BYTES:
+        raise FalseDemoError(
+            f"{flag} {str(path)!r}: only {free // 1024} KiB free; results need at least "
+            f"{MIN_FREE_BYTES // (1024 * 1024)} MiB for atomic writes"
+        )
+    return folder

@@ -1,0 +1,26 @@
+"""The task-name grammar: ``falsedemo_<dataset>_<setting>`` and the ``falsedemo_main_<setting>`` groups.
+
+Used where tasks are generated (integrations/task_yamls), scored (integrations/models), read back from
+results (leaderboard) and named on the command line (heads), so one rule names and parses them everywhere.
+"""
+
+from __future__ import annotations
+
+TASK_PREFIX = "falsedemo_"
+
+
+def task_name(key: str, setting: str) -> str:
+    return f"{TASK_PREFIX}{key}_{setting}"
+
+
+def parse_task_name(task) -> tuple[str, str] | None:
+    """The inverse of :func:`task_name`: ``falsedemo_tweet_eval_hate_permuted`` -> ``("tweet_eval_hate",
+    "permuted")`` (settings hold no underscore); None for a name outside the grammar."""
+    if not isinstance(task, str) or not task.startswith(TASK_PREFIX):
+        return None
+    dataset, _, setting = task[len(TASK_PREFIX):].rpartition("_")
+    return (dataset, setting) if dataset and setting else None
+
+
+def group_name(setting: str) -> str:
+    return f"{TASK_PREFIX}main_{setting}"
