@@ -2,7 +2,7 @@
 
     python benchmarks/bench_heads.py --pretrained gemma-3-270m --num-prompts 20 --repeats 2
 
-The scoring pass (``heads.score_heads``) runs sdpa attention that also returns each layer's readout row
+The scoring pass (``analysis.head_scores.score_heads``) runs sdpa attention that also returns each layer's readout row
 (``readout_attention``), hooks keeping the heads' o_proj inputs and the final residual at the readout, and
 stops after the last block. It is compared, over the same token ids, with two plain forwards under sdpa:
 the full one lm-eval's ``hf`` model runs (logits at every position) and one with ``logits_to_keep=1`` (the
@@ -12,7 +12,7 @@ each is kept, since the machine is shared. Target: scoring / plain <= 2.
 
 It also times ``falsedemo heads --evaluate``'s readout over the same prompts: the unablated condition, the
 top-k heads and ``--draws`` random draws (12 conditions by default) read with one query-token forward each
-against the same conditions batched ``heads.CONDITION_BATCH_SIZE`` at a time.
+against the same conditions batched ``head_evaluation.CONDITION_BATCH_SIZE`` at a time.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from lm_eval_false_demos.analysis import head_evaluation, head_prompts, head_scores  # noqa: E402
 from lm_eval_false_demos.cli import heads  # noqa: E402
+from lm_eval_false_demos.core.architectures import resolve_modules  # noqa: E402
 from lm_eval_false_demos.core.interventions import make_ablation  # noqa: E402
 from lm_eval_false_demos.core.prompts import label_token_ids  # noqa: E402
 
@@ -41,46 +43,45 @@ def plain_forward(model, items, logits_to_keep: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pretrained", default="gemma-3-270m")
-    parser.add_argument("--task", default=heads.DEFAULT_TASK)
+    parser.add_argument("--task", default=head_prompts.DEFAULT_TASK)
     parser.add_argument("--num-prompts", type=int, default=20)
     parser.add_argument("--num-fewshot", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--draws", type=int, default=heads.DEFAULT_RANDOM_DRAWS, help="random draws in --evaluate")
+    parser.add_argument("--draws", type=int, default=head_evaluation.DEFAULT_RANDOM_DRAWS, help="random draws in --evaluate")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    model, tokenizer = heads.load_model({"pretrained": args.pretrained}, None)
-    spec, _, prompts = heads.build_task_prompts(
-        args.task, args.num_prompts, heads.DEFAULT_SEED, args.num_fewshot, tokenizer,
-        heads._max_tokens(model, tokenizer),
+    lm = heads.load_lm({"pretrained": args.pretrained}, None)  # as `falsedemo heads` loads it (lm-eval's hf)
+    model, tokenizer, bos = lm.model, lm.tokenizer, lm.add_bos_token
+    spec, _, prompts = head_prompts.build_task_prompts(
+        args.task, args.num_prompts, head_prompts.DEFAULT_SEED, args.num_fewshot, tokenizer, lm.max_length,
     )
     words = list(spec.label_word_list)
     ids = label_token_ids(tokenizer, words)
-    bos = heads.adds_bos(model, tokenizer)
-    items = [heads.scoring_item(prompt, words, ids, tokenizer, bos) for prompt in prompts]
+    items = [head_scores.scoring_item(prompt, words, ids, tokenizer, bos) for prompt in prompts]
     tokens = sum(len(item.input_ids) for item in items)
 
-    modules = heads.resolve_modules(model)
-    top = heads.score_heads(model, items[:2], modules).top_k(heads.DEFAULT_TOP_K)
-    draws = heads.draw_random_heads(modules.num_layers, modules.num_heads, heads.DEFAULT_TOP_K, args.draws, seed=0)
+    modules = resolve_modules(model)
+    top = head_scores.score_heads(model, items[:2], modules).top_k(head_scores.DEFAULT_TOP_K)
+    draws = head_scores.draw_random_heads(modules.num_layers, modules.num_heads, head_scores.DEFAULT_TOP_K, args.draws, seed=0)
     conditions = [None] + [make_ablation(model, heads=list(h), modules=modules) for h in [top, *draws]]
-    queries = [heads.encode_query(prompt, ids, tokenizer, bos) for prompt in prompts]
+    queries = [head_evaluation.encode_query(prompt, ids, tokenizer, bos) for prompt in prompts]
 
     def evaluation_readouts(batch_size: int) -> None:
         for query in queries:
-            heads.query_readouts(model, query, conditions, modules, True, condition_batch_size=batch_size)
+            head_evaluation.query_readouts(model, query, conditions, modules, True, condition_batch_size=batch_size)
 
     one_by_one = f"--evaluate readouts, {len(conditions)} conditions one by one"
-    batched = f"--evaluate readouts, batched {heads.CONDITION_BATCH_SIZE} at a time"
+    batched = f"--evaluate readouts, batched {head_evaluation.CONDITION_BATCH_SIZE} at a time"
     passes = {
         "plain sdpa forward, all logits (lm-eval hf)": lambda: plain_forward(model, items, 0),
         "plain sdpa forward, last logits": lambda: plain_forward(model, items, 1),
-        "scoring pass (sdpa + readout row)": lambda: heads.score_heads(model, items),
-        "scoring pass through eager attention": lambda: heads.score_heads(model, items, eager=True),
+        "scoring pass (sdpa + readout row)": lambda: head_scores.score_heads(model, items),
+        "scoring pass through eager attention": lambda: head_scores.score_heads(model, items, eager=True),
         one_by_one: lambda: evaluation_readouts(1),
-        batched: lambda: evaluation_readouts(heads.CONDITION_BATCH_SIZE),
+        batched: lambda: evaluation_readouts(head_evaluation.CONDITION_BATCH_SIZE),
     }
     plain_forward(model, items[:2], 1)  # warm-up (allocator, lazy inits)
     best = {name: float("inf") for name in passes}

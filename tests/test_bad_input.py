@@ -27,7 +27,6 @@ def no_loading(monkeypatch):
     import transformers
     from lm_eval.models.huggingface import HFLM
 
-    from lm_eval_false_demos.cli import heads
     from lm_eval_false_demos.integrations import sweep as sweep_run
 
     def loaded(*args, **kwargs):
@@ -35,11 +34,11 @@ def no_loading(monkeypatch):
 
     import functools
 
+    # Both commands load through lm-eval's registry (integrations.loading.create_model), so HFLM is what loads.
     # wraps keeps HFLM's signature visible: the model-arg typo check reads it.
     monkeypatch.setattr(HFLM, "__init__", functools.wraps(HFLM.__init__)(loaded))
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", loaded)
     monkeypatch.setattr(sweep_run, "load_tasks", loaded)
-    monkeypatch.setattr(heads, "load_model", loaded)
 
 
 @pytest.fixture
@@ -144,7 +143,10 @@ HEADS_CASES = [
     (["--evaluate", "unnatural", "--limit", "0"], r"--limit=0 is not allowed; give an integer >= 1 \(queries"),
     (["--evaluate", "unnatural", "--random_draws", "0"], r"--random_draws=0 is not allowed"),
     (["--model_args", "pretrained=/no/such/model"], r"pretrained='/no/such/model' does not exist"),
-    (["--model_args", "pretrained={model},dtpye=float32"], r"unsupported model args \['dtpye'\]"),
+    (["--model_args", "pretrained={model},dtpye=float32"], r"unknown model arg dtpye='float32'; did you mean dtype=\?"),
+    (["--model_args", "dtype=float32"], r"--model_args needs pretrained="),
+    (["--model_args", "pretrained={model}", "--device", "cpu", "--model_args", "device=meta"],
+     r"--device cpu and model arg device=meta disagree"),
     (["--sweep", "/no/such/sweep.json"], r"--sweep '/no/such/sweep.json' is not a file"),
 ]
 
@@ -208,7 +210,7 @@ def test_output_probe_leaves_nothing_behind(tmp_path):
 
 
 def test_results_are_strict_json_with_null_and_a_reason(tmp_path):
-    from lm_eval_false_demos.cli.heads import UNDEFINED_REASONS
+    from lm_eval_false_demos.results.heads_files import UNDEFINED_REASONS
 
     payload = {"evaluation": {"gap_recovered": {"mean": float("nan"), "per_dataset": {"sst2": float("nan")}}},
                "curve": [0.5, float("inf")]}

@@ -313,11 +313,11 @@ def test_heads_label_positions_follow_the_template(chat_model_dir, name):
     before the query's label, scored with the label's spelling after the assistant header."""
     import transformers
 
-    from lm_eval_false_demos.cli import heads
+    from lm_eval_false_demos.analysis import head_prompts, head_scores
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(chat_model_dir(name))
     options = chat.ChatOptions(multiturn=True)
-    spec, _, prompts = heads.build_task_prompts("falsedemo_unnatural_permuted", 3, SEED, K, tokenizer,
+    spec, _, prompts = head_prompts.build_task_prompts("falsedemo_unnatural_permuted", 3, SEED, K, tokenizer,
                                                 chat_options=options)
     lead = chat.label_lead(tokenizer, options)
     assert lead == ("" if name == "newline" else " ")
@@ -327,7 +327,7 @@ def test_heads_label_positions_follow_the_template(chat_model_dir, name):
         raw = build_prompt(spec, query, pool, K, "permuted", SEED)
         rendered = chat.render(raw, chat.tokenizer_template(tokenizer), True).context
         assert prompt.context == (rendered[:-1] if name == "space" else rendered)
-        item = heads.scoring_item(prompt, spec.label_word_list, ids, tokenizer, add_bos=False)
+        item = head_scores.scoring_item(prompt, spec.label_word_list, ids, tokenizer, add_bos_token=False)
         positions = sorted(item.same_class_positions + item.other_class_positions)
         read = "".join(tokenizer.decode([item.input_ids[p]]) for p in positions)
         shown = [spec.label_word_list[s] for s in raw.demo_shown_labels]

@@ -17,7 +17,8 @@ SCRIPT = textwrap.dedent(
     import numpy as np
     import torch
     from tiny_models import build_tiny_model
-    from lm_eval_false_demos.cli import heads
+    from lm_eval_false_demos.analysis import head_evaluation, head_scores
+    from lm_eval_false_demos.results import heads_files
     from lm_eval_false_demos.core import metrics
     from lm_eval_false_demos.core.datasets import get_spec, load_examples
     from lm_eval_false_demos.core.interventions import ablate, make_ablation
@@ -46,9 +47,8 @@ SCRIPT = textwrap.dedent(
     assert torch.equal(read_label_logits(model, tokens, [-1], ids, translator=lens), read_label_logits(model, tokens, [-1], ids))
     assert demonstration_documents(["sst2"], 0)
     assert 0.0 <= accuracy <= 1.0
-    add_bos = heads.adds_bos(model, tokenizer)
-    items = [heads.scoring_item(p, spec.label_word_list, ids, tokenizer, add_bos) for p in prompts]
-    scores = heads.score_heads(model, items)
+    items = [head_scores.scoring_item(p, spec.label_word_list, ids, tokenizer) for p in prompts]
+    scores = head_scores.score_heads(model, items)
     assert scores.prefix_matching.shape == (6, 4, 4)
     from lm_eval_false_demos.core import chat
     tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\\n{% endfor %}<assistant>"

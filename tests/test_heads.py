@@ -9,7 +9,8 @@ import torch
 import transformers
 
 from lm_eval_false_demos.core import datasets as fd
-from lm_eval_false_demos.cli import heads
+from lm_eval_false_demos.analysis import head_evaluation, head_prompts, head_readout, head_scores
+from lm_eval_false_demos.results import heads_files
 from lm_eval_false_demos.core.architectures import resolve_modules
 from lm_eval_false_demos.errors import FalseDemoError
 from tiny_models import ARCHITECTURES
@@ -116,7 +117,7 @@ def permuted_items(num_prompts=24, num_demos=12, seed=0):
             ids.append(LABEL_IDS[(c + shift) % K])
         ids.append(OBJECT_IDS[query_class])
         items.append(
-            heads.ScoringItem(
+            head_scores.ScoringItem(
                 input_ids=tuple(ids),
                 same_class_positions=tuple(same),
                 other_class_positions=tuple(other),
@@ -134,7 +135,7 @@ def false_induction_model():
 
 
 def test_hand_built_false_induction_head_ranks_first(false_induction_model):
-    scores = heads.score_heads(false_induction_model, permuted_items())
+    scores = head_scores.score_heads(false_induction_model, permuted_items())
     ranked = scores.ranked()
     assert (ranked[0]["layer"], ranked[0]["head"]) == (1, FALSE_HEAD)
     assert ranked[0]["prefix_matching"] > 0.9  # nearly all its readout attention is on same-class labels
@@ -159,8 +160,8 @@ def test_hand_built_false_induction_head_ranks_first(false_induction_model):
 def test_scoring_restores_the_attention_implementation(tiny_model_factory):
     model, _ = tiny_model_factory("llama")
     model.set_attn_implementation("sdpa")
-    items = [heads.ScoringItem(tuple(range(3, 20)), (4, 9), (6, 12), 5, 7, 3)]
-    scores = heads.score_heads(model, items)
+    items = [head_scores.ScoringItem(tuple(range(3, 20)), (4, 9), (6, 12), 5, 7, 3)]
+    scores = head_scores.score_heads(model, items)
     assert scores.prefix_matching.shape == (1, 4, 4)
     assert model.config._attn_implementation == "sdpa"
 
@@ -216,16 +217,16 @@ def test_soft_capped_attention_scores_under_eager_and_others_under_the_readout_v
     with weights_capturing_attention(llama) as used:
         assert used == IMPLEMENTATION == llama.config._attn_implementation
     assert llama.config._attn_implementation == "eager"
-    items = [heads.ScoringItem(tuple(range(3, 80)), (4, 9, 30), (6, 12, 50), 5, 7, 3)]
-    assert np.isfinite(heads.score_heads(gemma2, items).prefix_matching).all()
+    items = [head_scores.ScoringItem(tuple(range(3, 80)), (4, 9, 30), (6, 12, 50), 5, 7, 3)]
+    assert np.isfinite(head_scores.score_heads(gemma2, items).prefix_matching).all()
 
 
 def test_scores_do_not_depend_on_the_attention_path(tiny_model_factory):
     """Scoring through eager attention (the slow reference) gives the scores the readout variant gives."""
     model, _ = tiny_model_factory("gemma3")
-    items = [heads.ScoringItem(tuple(range(3, 90)), (4, 9, 40), (6, 12, 70), 5, 7, 3)]
-    fast = heads.score_heads(model, items)
-    reference = heads.score_heads(model, items, eager=True)
+    items = [head_scores.ScoringItem(tuple(range(3, 90)), (4, 9, 40), (6, 12, 70), 5, 7, 3)]
+    fast = head_scores.score_heads(model, items)
+    reference = head_scores.score_heads(model, items, eager=True)
     np.testing.assert_allclose(fast.prefix_matching, reference.prefix_matching, atol=1e-6)
     np.testing.assert_allclose(fast.label_promoting, reference.label_promoting, atol=1e-5, rtol=1e-4)
     assert np.abs(fast.prefix_matching).max() > 1e-3  # the scores compared are not all zero
@@ -248,7 +249,7 @@ def test_head_writes_sum_to_the_output_projection(arch, tiny_model_factory):
     modules = resolve_modules(model)
     out_proj = modules.attn_out_proj[1]
     z = torch.randn(modules.num_heads * modules.head_dim)
-    writes = heads.head_writes(out_proj, z, modules.num_heads, modules.head_dim)
+    writes = head_readout.head_writes(out_proj, z, modules.num_heads, modules.head_dim)
     bias = out_proj.bias if getattr(out_proj, "bias", None) is not None else 0
     torch.testing.assert_close(writes.sum(0) + bias, out_proj(z[None])[0], atol=1e-5, rtol=1e-4)
 
@@ -261,7 +262,7 @@ def test_frozen_norm_is_exact_on_the_residual_it_was_frozen_at(arch, tiny_model_
     x = 3 * torch.randn(norm.weight.shape[0])
     parts = torch.randn(5, x.shape[0])
     parts[-1] = x - parts[:-1].sum(0)
-    mapped = heads.frozen_norm(norm, x)(parts).sum(0)
+    mapped = head_readout.frozen_norm(norm, x)(parts).sum(0)
     bias = getattr(norm, "bias", None)
     expected = norm(x[None])[0] - (bias if bias is not None else 0)
     torch.testing.assert_close(mapped, expected, atol=1e-4, rtol=1e-4)
@@ -272,9 +273,9 @@ def test_frozen_norm_is_exact_on_the_residual_it_was_frozen_at(arch, tiny_model_
 
 
 def test_random_heads_are_distinct_reproducible_and_cover_all_heads():
-    draws = heads.draw_random_heads(num_layers=18, num_heads=4, k=5, draws=200, seed=7)
-    assert draws == heads.draw_random_heads(18, 4, 5, 200, seed=7)
-    assert draws != heads.draw_random_heads(18, 4, 5, 200, seed=8)
+    draws = head_scores.draw_random_heads(num_layers=18, num_heads=4, k=5, draws=200, seed=7)
+    assert draws == head_scores.draw_random_heads(18, 4, 5, 200, seed=7)
+    assert draws != head_scores.draw_random_heads(18, 4, 5, 200, seed=8)
     for draw in draws:
         assert len(set(draw)) == 5
         assert all(0 <= layer < 18 and 0 <= head < 4 for layer, head in draw)
@@ -283,15 +284,15 @@ def test_random_heads_are_distinct_reproducible_and_cover_all_heads():
     assert {layer for layer, _ in seen} == set(range(18))
     assert {head for _, head in seen} == set(range(4))
     with pytest.raises(FalseDemoError):
-        heads.draw_random_heads(2, 2, 5, 1, 0)
+        head_scores.draw_random_heads(2, 2, 5, 1, 0)
 
 
 def test_format_heads_round_trips_through_the_ablation_parser():
     from lm_eval_false_demos.core.interventions import parse_heads
 
     pairs = [(14, 6), (16, 7), (3, 0)]
-    assert heads.format_heads(pairs) == "14:6;16:7;3:0"
-    assert list(parse_heads(heads.format_heads(pairs))) == pairs
+    assert head_scores.format_heads(pairs) == "14:6;16:7;3:0"
+    assert list(parse_heads(head_scores.format_heads(pairs))) == pairs
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -307,9 +308,9 @@ def test_cached_query_readout_matches_full_forward_with_and_without_ablation(arc
     modules = resolve_modules(model)
     generator = torch.Generator().manual_seed(1)
     ids = torch.randint(3, 500, (1, 90), generator=generator)  # longer than gemma3's sliding window of 64
-    query = heads.EncodedQuery(tuple(ids[0].tolist()), (10, 11, 12), gold=0, shown_for_gold=1)
+    query = head_evaluation.EncodedQuery(tuple(ids[0].tolist()), (10, 11, 12), gold=0, shown_for_gold=1)
     ablation = make_ablation(model, heads="2:1;3:0", modules=modules)
-    cached, promotion = heads.query_readouts(model, query, [None, ablation], modules, with_promotion=True)
+    cached, promotion = head_evaluation.query_readouts(model, query, [None, ablation], modules, with_promotion=True)
     full = read_label_logits(model, ids, [-1], list(query.label_ids), layers=[modules.num_layers])[0, 0, 0]
     with ablate(model, ablation, modules=modules):
         full_ablated = read_label_logits(model, ids, [-1], list(query.label_ids), layers=[modules.num_layers])[0, 0, 0]
@@ -317,8 +318,8 @@ def test_cached_query_readout_matches_full_forward_with_and_without_ablation(arc
     np.testing.assert_allclose(cached[1], full_ablated.numpy(), atol=1e-4, rtol=1e-4)
     assert promotion.shape == (modules.num_layers, modules.num_heads)
     # The same head writes read in the scoring pass give the same label-promoting scores.
-    item = heads.ScoringItem(query.input_ids, (5,), (6,), 10, 11, 3)
-    scored = heads.score_heads(model, [item], modules)
+    item = head_scores.ScoringItem(query.input_ids, (5,), (6,), 10, 11, 3)
+    scored = head_scores.score_heads(model, [item], modules)
     np.testing.assert_allclose(scored.label_promoting[0], promotion, atol=1e-4, rtol=1e-3)
 
 
@@ -331,11 +332,11 @@ def test_batched_conditions_equal_one_ablated_forward_each(arch, tiny_model_fact
     model, _ = tiny_model_factory(arch)
     modules = resolve_modules(model)
     ids = torch.randint(3, 500, (1, 80), generator=torch.Generator().manual_seed(5))
-    query = heads.EncodedQuery(tuple(ids[0].tolist()), (10, 11, 12), gold=0, shown_for_gold=1)
+    query = head_evaluation.EncodedQuery(tuple(ids[0].tolist()), (10, 11, 12), gold=0, shown_for_gold=1)
     specs = [None, "0:0;3:3", "1:1", "2:0;2:1;2:2;2:3", "3:2"]
     conditions = [None if spec is None else make_ablation(model, heads=spec, modules=modules) for spec in specs]
-    batched = heads.query_readouts(model, query, conditions, modules, condition_batch_size=2)
-    one_by_one = heads.query_readouts(model, query, conditions, modules, condition_batch_size=1)
+    batched = head_evaluation.query_readouts(model, query, conditions, modules, condition_batch_size=2)
+    one_by_one = head_evaluation.query_readouts(model, query, conditions, modules, condition_batch_size=1)
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5, rtol=1e-5)
     for row, condition in enumerate(conditions):
         manager = ablate(model, condition, modules=modules) if condition else contextlib.nullcontext()
@@ -366,7 +367,7 @@ def test_pooled_gap_recovered_by_condition_reads_the_evaluation_layout():
     top, draws = pooled_gap_recovered_by_condition(per_dataset)
     assert top == pytest.approx(1 - (0.75 - 0.675) / (0.75 - 0.425))  # 0.769, while the ratio mean is 2.25
     assert draws == pytest.approx([1 - (0.75 - 0.425) / 0.325, 1 - (0.75 - 0.43) / 0.325])
-    summary = heads.summarise_evaluation(
+    summary = head_evaluation.summarise_evaluation(
         {key: {**value, "top_k": {**value["top_k"], "gap_recovered": 0.0, "correct_change": 0.0,
                                    "label_promoting": 0.0},
                "random": {"draws": [{**d, "gap_recovered": 0.0, "correct_change": 0.0, "label_promoting": 0.0}
@@ -391,28 +392,30 @@ def test_heads_file_and_auto_reach_the_ablation_wrapper(tiny_model_dir, tmp_path
     model = transformers.AutoModelForCausalLM.from_pretrained(path).float().eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     small = dict(num_prompts=4, num_fewshot=6)
-    scores = heads.score_task(model, tokenizer, heads.DEFAULT_TASK, seed=heads.DEFAULT_SEED, **small)
+    scores = head_scores.score_task(model, tokenizer, head_prompts.DEFAULT_TASK, seed=head_prompts.DEFAULT_SEED, **small)
     top = scores.top_k(3)
-    payload = heads.heads_payload({"model": "hf", "model_args": f"pretrained={path}", "top_k": 3}, scores, top)
-    written = heads.write_outputs(payload, scores, tmp_path, plots=False, critical_layer=None)
+    payload = heads_files.heads_payload({"model": "hf", "model_args": f"pretrained={path}", "top_k": 3}, scores, top)
+    written = heads_files.write_outputs(payload, scores, tmp_path, plots=False, critical_layer=None)
     saved = json.loads(written[0].read_text())
-    assert saved["kind"] == "falsedemo.heads" and saved["top_k"] == heads.format_heads(top)
+    assert saved["kind"] == "falsedemo.heads" and saved["top_k"] == head_scores.format_heads(top)
     assert len(saved["heads"]) == 16 and saved["heads"][0]["rank"] == 1
 
     lm = AblatedHFLM(pretrained=path, heads=f"@{written[0]}", **common)
-    assert lm.get_model_info()["falsedemo"]["ablation"]["heads"] == heads.format_heads(top)
+    assert lm.get_model_info()["falsedemo"]["ablation"]["heads"] == head_scores.format_heads(top)
 
     # heads=auto: hf-ablate calls discover_default_heads(model=, tokenizer=); shrink its defaults for speed.
-    real = heads.discover_default_heads
+    real = head_scores.discover_default_heads
     calls = []
 
     def smaller(model, tokenizer, **kwargs):
         calls.append(kwargs)
-        return real(model, tokenizer, k=3, **small)
+        return real(model, tokenizer, k=3, **small, **kwargs)
 
-    monkeypatch.setattr(heads, "discover_default_heads", smaller)
+    monkeypatch.setattr(head_scores, "discover_default_heads", smaller)
     lm = AblatedHFLM(pretrained=path, heads="auto", **common)
-    assert calls and lm.get_model_info()["falsedemo"]["ablation"]["heads"] == heads.format_heads(top)
+    assert calls and lm.get_model_info()["falsedemo"]["ablation"]["heads"] == head_scores.format_heads(top)
+    # The wrapper's own encoding decides the prompts: lm-eval's BOS rule and its max_length.
+    assert calls[0] == {"add_bos_token": lm.add_bos_token, "max_length": lm.max_length}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -439,11 +442,11 @@ def test_heads_command_scores_evaluates_and_writes_a_complete_run(tiny_model_dir
     assert provenance["unnatural"]["source"] == {"kind": "builtin"}
     assert len(payload["heads"]) == 16 and [row["rank"] for row in payload["heads"]] == list(range(1, 17))
     top = [(row["layer"], row["head"]) for row in payload["heads"][:2]]
-    assert payload["top_k"] == heads.format_heads(top)
+    assert payload["top_k"] == head_scores.format_heads(top)
     evaluation = payload["evaluation"]
     assert set(evaluation["datasets"]) == {"unnatural", "sst2"}
     assert all(entry["n"] == 6 for entry in evaluation["datasets"].values())
-    assert evaluation["random_heads"] == [heads.format_heads(d) for d in heads.draw_random_heads(4, 4, 2, 3, 4)]
+    assert evaluation["random_heads"] == [head_scores.format_heads(d) for d in head_scores.draw_random_heads(4, 4, 2, 3, 4)]
     assert set(payload["timing"]) == {"scoring_seconds", "evaluation_seconds", "total_seconds"}
     assert (path.parent / "heads.csv").is_file()
 
@@ -455,6 +458,49 @@ def test_heads_command_scores_evaluates_and_writes_a_complete_run(tiny_model_dir
     replay = json.loads(second.read_text())
     assert replay["heads"] == [] and "scoring_seconds" not in replay["timing"]
     assert replay["evaluation"]["datasets"] == evaluation["datasets"]
+
+
+def test_heads_loads_through_lm_evals_registry_and_scores_what_it_encodes(tiny_model_dir, tmp_path, monkeypatch,
+                                                                         data_dir):
+    """`falsedemo heads` loads lm-eval's `hf` model from its registry: model args only lm-eval knows reach the
+    scoring. add_bos_token=True puts BOS before every scored prompt (the tiny tokenizer adds none of itself), and
+    max_length= is the prompts' token budget (the demonstrations are redrawn to fit, as the lm-eval task does)."""
+    from lm_eval_false_demos.cli import main as cli
+    from lm_eval_false_demos.integrations import loading
+
+    monkeypatch.setenv("FALSEDEMO_DATA_DIR", str(data_dir))
+    created, scored = [], []
+    real_create, real_score = loading.create_model, head_scores.score_heads
+    monkeypatch.setattr(loading, "create_model", lambda *args: created.append(args) or real_create(*args))
+    monkeypatch.setattr(head_scores, "score_heads",
+                        lambda model, items, **kwargs: scored.append(list(items)) or real_score(model, items, **kwargs))
+    path = str(tiny_model_dir("llama"))
+
+    def run(extra: str) -> tuple[list, dict]:
+        output = tmp_path / f"run{len(created)}"
+        assert cli.main(["heads", "--model_args", f"pretrained={path}{extra}", "-n", "3", "-f", "4", "-k", "2",
+                         "-o", str(output), "--no_progress", "--no_plots"]) == 0
+        (heads_file,) = output.glob("heads_*/heads.json")
+        return [item.input_ids for item in scored[-1]], json.loads(heads_file.read_text())["config"]
+
+    plain, config = run("")
+    model, model_args, _, device = created[-1]
+    assert model == "hf" and device is None
+    assert model_args == {"pretrained": path, "dtype": "float32", "attn_implementation": "sdpa"}  # heads' defaults
+    assert config["model_args"] == {"pretrained": path}  # what was given, as the sweep records it
+    assert config["model_identity"]["kind"] == "local_folder"
+    assert config["model_identity"]["lm_eval_model_info"]["model_dtype"] == "torch.float32"
+    bos = transformers.AutoTokenizer.from_pretrained(path).bos_token_id
+    assert all(ids[0] != bos for ids in plain)
+
+    with_bos, config = run(",add_bos_token=True")
+    assert created[-1][1]["add_bos_token"] is True and config["model_args"]["add_bos_token"] is True
+    assert with_bos == [(bos, *ids) for ids in plain]
+
+    budgeted, config = run(",max_length=90")
+    assert config["model_args"]["max_length"] == 90
+    # The budget counts the longest label word and some slack, so it bites before the plain prompts reach 90.
+    assert budgeted != plain and max(map(len, budgeted)) <= 90
 
 
 def test_heads_command_rejects_bad_input_in_one_line(capsys, tmp_path):

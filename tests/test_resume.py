@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from lm_eval_false_demos.analysis import head_evaluation
 from lm_eval_false_demos.cli import main as cli, heads
 
 TASKS = "falsedemo_sst2_correct,falsedemo_sst2_permuted"
@@ -124,7 +125,7 @@ def test_heads_evaluation_interrupted_by_ctrl_c_resumes_to_the_same_numbers(tiny
     reference = json.loads((_one_run_folder(tmp_path / "whole") / "heads.json").read_text())
 
     calls = {"readouts": 0, "scoring": 0}
-    real_readouts, real_scoring = heads.query_readouts, heads.score_task
+    real_readouts, real_scoring = head_evaluation.query_readouts, heads.score_task
 
     def readouts(*args, **kwargs):
         calls["readouts"] += 1
@@ -143,7 +144,7 @@ def test_heads_evaluation_interrupted_by_ctrl_c_resumes_to_the_same_numbers(tiny
         cli.main(argv + ["-o", str(output)])
     assert not output.exists()
 
-    monkeypatch.setattr(heads, "query_readouts", readouts)
+    monkeypatch.setattr(head_evaluation, "query_readouts", readouts)
     monkeypatch.setattr(heads, "score_task", scoring)
     capsys.readouterr()
     with pytest.raises(KeyboardInterrupt):
@@ -156,7 +157,7 @@ def test_heads_evaluation_interrupted_by_ctrl_c_resumes_to_the_same_numbers(tiny
 
     calls.update(readouts=0, scoring=0)
     counted = []
-    monkeypatch.setattr(heads, "query_readouts", lambda *a, **k: counted.append(1) or real_readouts(*a, **k))
+    monkeypatch.setattr(head_evaluation, "query_readouts", lambda *a, **k: counted.append(1) or real_readouts(*a, **k))
     assert cli.main(argv + ["-o", str(output), "--resume", str(folder)]) == 0
     assert calls["scoring"] == 0 and len(counted) == 2 * 5  # only sst2 is computed again
     resumed = json.loads((folder / "heads.json").read_text())

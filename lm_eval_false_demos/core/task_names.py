@@ -7,6 +7,8 @@ results (leaderboard) and named on the command line (heads), so one rule names a
 from __future__ import annotations
 
 TASK_PREFIX = "falsedemo_"
+# k of the generated tasks (the paper's 40 demonstrations); --num_fewshot overrides it
+DEFAULT_NUM_FEWSHOT = 40
 
 
 def task_name(key: str, setting: str) -> str:

@@ -31,7 +31,7 @@ from lm_eval.models.huggingface import HFLM
 
 from lm_eval_false_demos.core import embedded_models
 from lm_eval_false_demos.integrations import compat
-from lm_eval_false_demos.cli import heads as head_discovery
+from lm_eval_false_demos.analysis import head_scores as head_discovery
 from lm_eval_false_demos.core.architectures import PATH_OVERRIDES, resolve_modules
 from lm_eval_false_demos.core.chat import label_token_index
 from lm_eval_false_demos.errors import FalseDemoError
@@ -170,7 +170,10 @@ class _FalseDemoHFLM(HFLM):
         self._ablation = None
         if ablating:
             if parse_heads(heads) == "auto":
-                heads = head_discovery.discover_default_heads(model=self.model, tokenizer=self.tokenizer)
+                heads = head_discovery.discover_default_heads(
+                    model=self.model, tokenizer=self.tokenizer, add_bos_token=self.add_bos_token,
+                    max_length=self.max_length,
+                )
             self._ablation = make_ablation(
                 self.model, heads=heads, attn_layers=attn_layers, mlp_layers=mlp_layers,
                 positions=positions or "last", head_method=head_method or "zero",

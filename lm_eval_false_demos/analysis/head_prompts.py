@@ -1,0 +1,100 @@
+"""The prompts head scoring and evaluation read, and their tokens.
+
+Prompts are built as the lm-eval task ``falsedemo_<dataset>_<setting>`` builds them (same demonstrations for
+the same few-shot seed, same token budget; with chat options, as ``lm_eval --apply_chat_template`` renders
+them), and encoded as lm-eval's ``HFLM.tok_encode`` encodes a context: ``add_bos_token`` is HFLM's
+(None: the tokenizer's own special tokens; True/False: ``add_special_tokens``), and a context that already
+starts with the BOS text (a chat template's ``<bos>``) gets no second one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from lm_eval_false_demos.core.corruption import SETTINGS
+from lm_eval_false_demos.core.datasets import DATASETS
+from lm_eval_false_demos.core.task_names import DEFAULT_NUM_FEWSHOT, TASK_PREFIX, parse_task_name
+from lm_eval_false_demos.errors import FalseDemoError
+
+DEFAULT_TASK = "falsedemo_unnatural_permuted"
+DEFAULT_NUM_PROMPTS = 100
+DEFAULT_SEED = 1234  # lm-eval's default few-shot seed: the prompts match `lm_eval --tasks ... --limit N`
+
+
+class TaskPrompts(NamedTuple):
+    spec: Any  # datasets.DatasetSpec
+    setting: str
+    prompts: list  # prompts.Prompt, rendered as a chat with chat options
+
+
+def parse_task(task: str) -> tuple[str, str]:
+    """``falsedemo_<dataset>_<setting>`` -> (dataset key, setting); a bare dataset key means permuted."""
+    name = task.removeprefix(TASK_PREFIX)
+    if name in DATASETS:
+        return name, "permuted"
+    parsed = parse_task_name(TASK_PREFIX + name)
+    if parsed and parsed[0] in DATASETS and parsed[1] in SETTINGS:
+        return parsed
+    raise FalseDemoError(
+        f"task {task!r} is not falsedemo_<dataset>_<setting>; datasets: {', '.join(sorted(DATASETS))}; "
+        f"settings: {', '.join(SETTINGS)}"
+    )
+
+
+def default_num_fewshot(dataset: str) -> int:
+    """The number of demonstrations the generated lm-eval task YAMLs use (0 for the zero-shot setting)."""
+    return DEFAULT_NUM_FEWSHOT
+
+
+def token_counter(tokenizer):
+    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def build_task_prompts(task: str, num_prompts: int | None, seed: int, num_fewshot: int | None, tokenizer,
+                       max_tokens: int | None = None, chat_options=None) -> TaskPrompts:
+    """(spec, setting, prompts) for the first ``num_prompts`` queries, built exactly as the lm-eval task builds
+    them within ``max_tokens`` (lm-eval's ``max_length``; None: no budget) and, with ``chat_options``, as
+    ``lm_eval --apply_chat_template`` renders them."""
+    from lm_eval_false_demos.core import prompts as prompts_module
+    from lm_eval_false_demos.core.datasets import get_spec, load_examples
+
+    dataset, setting = parse_task(task)
+    spec = get_spec(dataset)
+    pool, queries = load_examples(dataset)
+    if num_prompts is not None:
+        queries = queries[:num_prompts]
+    k = num_fewshot if num_fewshot is not None else default_num_fewshot(dataset)
+    counter = token_counter(tokenizer)
+    built = [
+        prompts_module.build_prompt(
+            spec, query, pool, k, setting, seed, token_counter=counter, max_tokens=max_tokens
+        )
+        for query in queries
+    ]
+    if chat_options is not None:
+        from lm_eval_false_demos.core.chat import render_prompt
+
+        name = str(getattr(tokenizer, "name_or_path", "") or "model")
+        built = [render_prompt(prompt, tokenizer, chat_options, name) for prompt in built]
+    return TaskPrompts(spec, setting, built)
+
+
+def special_tokens_kwargs(tokenizer, context: str, add_bos_token: bool | None) -> dict:
+    """The ``add_special_tokens`` HFLM.tok_encode passes for ``context`` (lm-eval's ``_add_special_kwargs`` and
+    ``has_bos_prefix`` with its prefix token: BOS, else EOS)."""
+    prefix_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if prefix_id is not None and context.startswith(tokenizer.decode(prefix_id)):
+        return {"add_special_tokens": False}
+    return {} if add_bos_token is None else {"add_special_tokens": bool(add_bos_token)}
+
+
+def encode_context(tokenizer, context: str, add_bos_token: bool | None) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids of ``context`` as HFLM encodes it, and each token's character span (special tokens: (0, 0))."""
+    encoded = tokenizer(context, return_offsets_mapping=True, **special_tokens_kwargs(tokenizer, context, add_bos_token))
+    return list(encoded["input_ids"]), [tuple(span) for span in encoded["offset_mapping"]]
+
+
+def label_token_positions(offsets: Sequence[tuple[int, int]], start: int, end: int) -> list[int]:
+    """Positions of the tokens overlapping characters [start, end) (a label word, with or without its space)."""
+    return [i for i, (lo, hi) in enumerate(offsets) if hi > lo and lo < end and hi > start]

@@ -1,0 +1,126 @@
+"""The files of a ``falsedemo heads`` run: heads.json (strict JSON), heads.csv and the figures; and the
+critical layer read from a sweep.json to mark in them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lm_eval_false_demos.analysis.head_scores import HeadScores, format_heads
+from lm_eval_false_demos.errors import FalseDemoError
+from lm_eval_false_demos.core import files as results_io
+
+FORMAT_VERSION = 1
+
+# Why a value in heads.json can be undefined (written as null, listed under "undefined").
+UNDEFINED_REASONS = {
+    "gap_recovered": "no gap: accuracy with correct demonstrations does not exceed the corrupted one, so the "
+                     "share of the gap recovered is undefined",
+    "mean": "no defined values to average (every gap recovered was undefined)",
+    "sd": "no defined values to average (every gap recovered was undefined)",
+    "max": "no defined values (every gap recovered was undefined)",
+    "top_k": "no gap in the pooled accuracies: the share of the gap recovered is undefined",
+}
+
+
+def critical_layer_from_sweep(path: str | Path, dataset: str) -> int | None:
+    """The critical layer (lens numbering 0..L) a ``sweep.json`` found for ``dataset`` (else its summary's)."""
+    try:
+        payload = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise FalseDemoError(f"cannot read sweep result {str(path)!r}: {error}") from None
+    if payload.get("kind") != "falsedemo.sweep":
+        raise FalseDemoError(f"{str(path)!r} is not a sweep.json (kind {payload.get('kind')!r})")
+    entry = (payload.get("datasets") or {}).get(dataset) or {}
+    layer = entry.get("critical_layer")
+    if layer is None:
+        layer = (payload.get("summary") or {}).get("critical_layer")
+    return int(layer) if isinstance(layer, (int, float)) else None
+
+
+def write_figures(scores: HeadScores, top: Sequence[tuple[int, int]], directory: Path, title: str,
+                  critical_layer: int | None = None) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pm, lp = scores.pm_mean, scores.lp_mean
+    num_layers, num_heads = pm.shape
+    written = []
+
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    axis.bar(range(num_layers), pm.sum(1), color="tab:blue")
+    axis.axhline(0, color="black", linewidth=0.8)
+    if critical_layer is not None:
+        # Lens layer c is the residual entering block c: heads of blocks >= c act after the critical layer.
+        axis.axvline(critical_layer - 0.5, color="tab:red", linestyle="--", label=f"critical layer {critical_layer}")
+        axis.legend()
+    axis.set_xlabel("block (layer of the head)")
+    axis.set_ylabel("sum of prefix-matching scores")
+    axis.set_title(title, fontsize=9)
+    figure.tight_layout()
+    written.append(results_io.save_figure_atomic(figure, directory / "prefix_matching_by_layer.png", dpi=120))
+    plt.close(figure)
+
+    figure, axes = plt.subplots(1, 2, figsize=(2 + 1.2 * num_heads, 0.35 * num_layers + 2))
+    for axis, values, name, cmap in ((axes[0], pm, "prefix-matching", "viridis"), (axes[1], lp, "label-promoting", "RdBu_r")):
+        limit = float(np.nanmax(np.abs(values))) or 1.0
+        image = axis.imshow(values, aspect="auto", cmap=cmap,
+                            **({"vmin": -limit, "vmax": limit} if cmap == "RdBu_r" else {}))
+        for layer, head in top:
+            axis.add_patch(matplotlib.patches.Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False,
+                                                        edgecolor="red", linewidth=1.5))
+        axis.set_xlabel("head")
+        axis.set_ylabel("layer")
+        axis.set_xticks(range(num_heads))
+        axis.set_title(name, fontsize=9)
+        figure.colorbar(image, ax=axis, shrink=0.8)
+    figure.suptitle(title + " (red: top-k)", fontsize=9)
+    figure.tight_layout()
+    written.append(results_io.save_figure_atomic(figure, directory / "heads_heatmap.png", dpi=120))
+    plt.close(figure)
+    return written
+
+
+def heads_payload(
+    config: dict, scores: HeadScores | None, top: Sequence[tuple[int, int]], evaluation=None, timing=None
+) -> dict:
+    payload = {
+        "kind": "falsedemo.heads",
+        "format_version": FORMAT_VERSION,
+        "config": config,
+        "timing": timing or {},
+        "heads": scores.ranked() if scores is not None else [],
+        "top_k": format_heads(top),
+    }
+    if evaluation is not None:
+        payload["evaluation"] = evaluation
+    return payload
+
+
+def write_outputs(payload: dict, scores: HeadScores | None, directory: Path, plots: bool,
+                  critical_layer: int | None) -> list[Path]:
+    written = [results_io.write_json_atomic(directory / "heads.json", payload, reasons=UNDEFINED_REASONS)]
+    if scores is not None:
+        header = ["rank", "layer", "head", "prefix_matching", "prefix_matching_sd", "label_promoting",
+                  "label_promoting_sd"]
+        written.append(results_io.write_csv_atomic(
+            directory / "heads.csv", header, ([row[name] for name in header] for row in payload["heads"])
+        ))
+        if plots:
+            config = payload["config"]
+            title = f"{model_args_text(config.get('model_args'))} · {config.get('task')} · N={scores.num_prompts}"
+            top = [(row["layer"], row["head"]) for row in payload["heads"][: config.get("top_k")]]
+            written += write_figures(scores, top, directory, title, critical_layer)
+    return written
+
+
+def model_args_text(model_args) -> str:
+    """Recorded model args as lm-eval's ``key=value,...`` text (older files recorded that text itself)."""
+    if isinstance(model_args, Mapping):
+        return ",".join(f"{key}={value}" for key, value in model_args.items())
+    return str(model_args)
