@@ -77,21 +77,26 @@ def test_compare_settings_finds_the_split_and_the_early_exit_with_seeded_interva
     first = layer_curves.compare_settings(correct, corrupted, gold, bootstrap_iters=200, seed=5, confidence=0.9)
     second = layer_curves.compare_settings(correct, corrupted, gold, bootstrap_iters=200, seed=5, confidence=0.9)
     assert first == second  # seeded: identical numbers run to run
-    assert first["gap_per_layer"][0] == pytest.approx(0.0)
-    assert first["last_layer"]["gap"] > 0.3
-    assert first["early_exit_layer"] in (2, 3) and first["early_exit_gain"] > 0.1
-    assert first["critical_layer"] is not None and 1 <= first["critical_layer"] <= 5
+    assert first.gap_per_layer[0] == pytest.approx(0.0)
+    assert first.last_gap > 0.3
+    assert first.early_exit_layer in (2, 3) and first.early_exit_gain > 0.1
+    assert first.critical_layer is not None and 1 <= first.critical_layer <= 5
     for name in ("correct", "corrupted", "gap", "early_exit_gain"):
-        low, high = first["intervals"][name]
+        low, high = getattr(first.intervals, name)
         assert low <= high
-    low, high = first["intervals"]["gap"]
-    assert low <= first["last_layer"]["gap"] <= high
-    held_out = first["held_out"]
-    assert held_out["choose_n"] + held_out["report_n"] == len(gold)
-    assert held_out["early_exit_gain"] == pytest.approx(
-        held_out["early_exit_accuracy"] - held_out["last_layer_accuracy"]
-    )
-    assert held_out["interval"][0] <= held_out["interval"][1]
+    low, high = first.intervals.gap
+    assert low <= first.last_gap <= high
+    held_out = first.held_out
+    assert held_out.choose_n + held_out.report_n == len(gold)
+    assert held_out.early_exit_gain == pytest.approx(held_out.early_exit_accuracy - held_out.last_layer_accuracy)
+    assert held_out.interval[0] <= held_out.interval[1]
+    # the file layout: "last_layer" nested, optional numbers absent rather than null
+    assert first.to_json()["last_layer"] == {"correct": first.last_correct, "corrupted": first.last_corrupted,
+                                             "gap": first.last_gap}
+    unsplit = layer_curves.compare_settings(correct[:1], corrupted[:1], gold[:1], bootstrap_iters=0, seed=5,
+                                            confidence=0.9).to_json()
+    assert unsplit["held_out"] == {"seed": 5, "choose_n": 0, "report_n": 1}
+    assert unsplit["intervals"] == {"confidence": 0.9, "iterations": 0, "seed": 5}
 
 
 def test_bootstrap_is_paired_over_queries():
@@ -99,9 +104,9 @@ def test_bootstrap_is_paired_over_queries():
     are resampled with the same queries; independent resampling would spread the interval."""
     correct, _, gold = _synthetic_scores()
     result = layer_curves.compare_settings(correct, correct.copy(), gold, bootstrap_iters=100, seed=0, confidence=0.95)
-    assert result["intervals"]["gap"] == [0.0, 0.0]
-    assert result["intervals"]["correct"] == result["intervals"]["corrupted"]
-    assert result["intervals"]["correct"][0] < result["intervals"]["correct"][1]
+    assert result.intervals.gap == (0.0, 0.0)
+    assert result.intervals.correct == result.intervals.corrupted
+    assert result.intervals.correct[0] < result.intervals.correct[1]
 
 
 # ------------------------------------------------------------------------------- tiny-model fixtures

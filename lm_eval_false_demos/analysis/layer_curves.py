@@ -6,11 +6,15 @@ to L (the model's output), never a block index. The metric functions come from :
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from lm_eval_false_demos.analysis.records import PromptRecord, TaskInfo
+from lm_eval_false_demos.analysis.sweep_results import (
+    DatasetComparison, HeldOutExit, Intervals, SettingComparison, TaskCurves, TaskScores,
+)
 from lm_eval_false_demos.core.corruption import FOLLOW_SETTINGS
 from lm_eval_false_demos.core.datasets import MAIN_DATASETS
 from lm_eval_false_demos.core import metrics
@@ -83,7 +87,7 @@ def compare_settings(
     bootstrap_iters: int,
     seed: int,
     confidence: float,
-) -> dict[str, Any]:
+) -> SettingComparison:
     """Derived numbers for one dataset and one corrupted setting; both score arrays [N, L+1, K] paired by row.
 
     - critical layer, early-exit layer and gain: chosen on all N queries and reported on them (the paper);
@@ -115,7 +119,7 @@ def compare_settings(
             early_exit_gain=report_exit - report_last,
         )
 
-    intervals: dict[str, Any] = {"confidence": confidence, "iterations": bootstrap_iters, "seed": seed}
+    intervals: dict[str, Any] = {}
     if bootstrap_iters > 0 and n > 1:
         # Only the rows the statistics read; one seed for all, so every statistic sees the same resamples.
         correct_last = correct_scores[:, last, :]
@@ -129,30 +133,28 @@ def compare_settings(
                                 (corrupted_exit, corrupted_last, gold)),
         }
         for name, (statistic, arrays) in statistics.items():
-            intervals[name] = list(paired_bootstrap(statistic, arrays, bootstrap_iters, seed, confidence))
+            intervals[name] = tuple(paired_bootstrap(statistic, arrays, bootstrap_iters, seed, confidence))
         if "early_exit_layer" in held_out and len(report) > 1:
             chosen_layer = held_out["early_exit_layer"]
-            held_out["interval"] = list(paired_bootstrap(
+            held_out["interval"] = tuple(paired_bootstrap(
                 lambda e, w, g: _calibrated(e, g) - _calibrated(w, g),
                 (corrupted_scores[report, chosen_layer, :], corrupted_scores[report, last, :], gold[report]),
                 bootstrap_iters, seed, confidence,
             ))
 
-    return {
-        "n": int(n),
-        "critical_layer": critical_layer(gap),
-        "early_exit_layer": exit_layer,
-        "early_exit_gain": gain,
-        "early_exit_accuracy": float(corrupted_curve[exit_layer]),
-        "last_layer": {
-            "correct": float(correct_curve[last]),
-            "corrupted": float(corrupted_curve[last]),
-            "gap": float(gap[last]),
-        },
-        "gap_per_layer": [float(value) for value in gap],
-        "held_out": held_out,
-        "intervals": intervals,
-    }
+    return SettingComparison(
+        n=int(n),
+        critical_layer=critical_layer(gap),
+        early_exit_layer=exit_layer,
+        early_exit_gain=gain,
+        early_exit_accuracy=float(corrupted_curve[exit_layer]),
+        last_correct=float(correct_curve[last]),
+        last_corrupted=float(corrupted_curve[last]),
+        last_gap=float(gap[last]),
+        gap_per_layer=tuple(float(value) for value in gap),
+        held_out=HeldOutExit(**held_out),
+        intervals=Intervals(confidence=confidence, iterations=bootstrap_iters, seed=seed, **intervals),
+    )
 
 
 def task_metrics(setting: str) -> tuple[str, ...]:
@@ -163,8 +165,8 @@ def task_metrics(setting: str) -> tuple[str, ...]:
 
 def summarise_tasks(
     infos: Mapping[str, TaskInfo], records: Sequence[PromptRecord], outputs: Mapping[int, np.ndarray]
-) -> tuple[dict, dict]:
-    """Per-task curves (JSON-ready) and the per-task arrays the dataset analysis needs."""
+) -> tuple[dict[str, TaskCurves], dict[str, TaskScores]]:
+    """Per-task curves and the per-task probabilities the dataset analysis needs."""
     functions = _metric_functions()
     results, arrays = {}, {}
     for name, info in infos.items():
@@ -195,65 +197,48 @@ def summarise_tasks(
                 ]
                 for layer in range(probabilities.shape[1])
             ]
-        results[name] = {
-            "dataset": info.dataset,
-            "setting": info.setting,
-            "n": len(task_records),
-            "k": info.num_fewshot,
-            "num_classes": info.num_classes,
-            "chance": 1.0 / info.num_classes,
-            "label_words": list(info.label_words),
-            "per_layer": per_layer,
-            "per_position": per_position,
-        }
-        arrays[name] = {
-            "query_keys": [record.query_key for record in task_records],
-            "query_scores": query_scores,
-            "gold": gold,
-            "position_scores": probabilities,
-            "position_targets": position_targets,
-        }
+        results[name] = TaskCurves(
+            dataset=info.dataset, setting=info.setting, n=len(task_records), k=info.num_fewshot,
+            num_classes=info.num_classes, label_words=tuple(info.label_words), per_layer=per_layer,
+            per_position=per_position,
+        )
+        arrays[name] = TaskScores(
+            query_keys=[record.query_key for record in task_records], query_scores=query_scores, gold=gold,
+            position_scores=probabilities, position_targets=position_targets,
+        )
     return results, arrays
 
 
 def analyse_datasets(
-    infos: Mapping[str, TaskInfo], arrays: Mapping[str, Mapping], bootstrap_iters: int, seed: int, confidence: float
-) -> dict:
+    infos: Mapping[str, TaskInfo], arrays: Mapping[str, TaskScores], bootstrap_iters: int, seed: int,
+    confidence: float,
+) -> dict[str, DatasetComparison]:
     """Per dataset: correct against each corrupted setting present, paired query by query."""
     by_dataset: dict[str, dict[str, str]] = {}
     for name, info in infos.items():
         by_dataset.setdefault(info.dataset, {})[info.setting] = name
     datasets = {}
     for dataset, settings in by_dataset.items():
-        entry: dict[str, Any] = {"tasks": dict(settings)}
         correct_name = settings.get("correct")
         corrupted = [setting for setting in CORRUPTED_SETTINGS if setting in settings]
         corrupted += sorted(set(settings) - set(CORRUPTED_SETTINGS) - {"correct", "zeroshot"})
         if correct_name is None or not corrupted:
-            entry["note"] = "needs a correct and a corrupted setting of this dataset for the derived numbers"
-            datasets[dataset] = entry
+            datasets[dataset] = DatasetComparison(tasks=dict(settings))
             continue
         correct = arrays[correct_name]
-        any_info = infos[correct_name]
-        entry.update(num_classes=any_info.num_classes, chance=1.0 / any_info.num_classes, k=any_info.num_fewshot)
         by_setting = {}
         for setting in corrupted:
             other = arrays[settings[setting]]
-            order = _pair_queries(correct["query_keys"], other["query_keys"], correct_name, settings[setting])
+            order = _pair_queries(correct.query_keys, other.query_keys, correct_name, settings[setting])
             comparison = compare_settings(
-                correct["query_scores"], other["query_scores"][order], correct["gold"],
+                correct.query_scores, other.query_scores[order], correct.gold,
                 bootstrap_iters=bootstrap_iters, seed=seed, confidence=confidence,
             )
-            comparison["gap_per_position"] = _position_gap(correct, other, order)
-            by_setting[setting] = comparison
-        primary = corrupted[0]
-        entry["corrupted_setting"] = primary
-        # The headline fields are the primary corrupted setting's (permuted when present), flat for readers.
-        for key in ("critical_layer", "early_exit_layer", "early_exit_gain", "early_exit_accuracy", "last_layer",
-                    "held_out", "intervals", "gap_per_layer", "gap_per_position", "n"):
-            entry[key] = by_setting[primary][key]
-        entry["by_setting"] = by_setting
-        datasets[dataset] = entry
+            by_setting[setting] = dataclasses.replace(comparison, gap_per_position=_position_gap(correct, other, order))
+        datasets[dataset] = DatasetComparison(
+            tasks=dict(settings), by_setting=by_setting, primary_setting=corrupted[0],
+            num_classes=infos[correct_name].num_classes, k=infos[correct_name].num_fewshot,
+        )
     return datasets
 
 
@@ -267,21 +252,21 @@ def _pair_queries(reference: Sequence[str], other: Sequence[str], reference_task
     return np.array([where[key] for key in reference])
 
 
-def _position_gap(correct: Mapping, other: Mapping, order: np.ndarray) -> list[list[float]]:
+def _position_gap(correct: TaskScores, other: TaskScores, order: np.ndarray) -> tuple[tuple[float, ...], ...]:
     """Calibrated-accuracy gap [L+1][k+1] at each readout position (demos paired by query and position)."""
-    scores_c, scores_o = correct["position_scores"], other["position_scores"][order]
-    targets = correct["position_targets"]
-    return [
-        [
+    scores_c, scores_o = correct.position_scores, other.position_scores[order]
+    targets = correct.position_targets
+    return tuple(
+        tuple(
             _calibrated(scores_c[:, layer, position, :], targets[:, position])
             - _calibrated(scores_o[:, layer, position, :], targets[:, position])
             for position in range(scores_c.shape[2])
-        ]
+        )
         for layer in range(scores_c.shape[1])
-    ]
+    )
 
 
-def summarise_run(datasets: Mapping[str, Mapping], tasks: Mapping[str, Mapping]) -> dict:
+def summarise_run(datasets: Mapping[str, DatasetComparison], tasks: Mapping[str, TaskCurves]) -> dict:
     """Run-level numbers per corrupted setting.
 
     ``mean_by_setting`` averages the per-dataset numbers over every dataset with derived numbers.
@@ -289,22 +274,22 @@ def summarise_run(datasets: Mapping[str, Mapping], tasks: Mapping[str, Mapping])
     (unnatural and the sst2_ab control excluded): the calibrated-accuracy curves are averaged over datasets,
     then the critical layer, early-exit layer and gain are taken from the mean curves.
     """
-    summary: dict[str, Any] = {"datasets": sorted(name for name, entry in datasets.items() if "by_setting" in entry)}
+    summary: dict[str, Any] = {"datasets": sorted(name for name, entry in datasets.items() if entry.by_setting)}
     per_setting: dict[str, dict[str, list[float]]] = {}
     for entry in datasets.values():
-        for setting, comparison in entry.get("by_setting", {}).items():
+        for setting, comparison in entry.by_setting.items():
             values = per_setting.setdefault(setting, {})
-            values.setdefault("correct", []).append(comparison["last_layer"]["correct"])
-            values.setdefault("corrupted", []).append(comparison["last_layer"]["corrupted"])
-            values.setdefault("gap", []).append(comparison["last_layer"]["gap"])
-            values.setdefault("early_exit_gain", []).append(comparison["early_exit_gain"])
-            if "early_exit_gain" in comparison["held_out"]:
-                values.setdefault("held_out_early_exit_gain", []).append(comparison["held_out"]["early_exit_gain"])
+            values.setdefault("correct", []).append(comparison.last_correct)
+            values.setdefault("corrupted", []).append(comparison.last_corrupted)
+            values.setdefault("gap", []).append(comparison.last_gap)
+            values.setdefault("early_exit_gain", []).append(comparison.early_exit_gain)
+            if comparison.held_out.early_exit_gain is not None:
+                values.setdefault("held_out_early_exit_gain", []).append(comparison.held_out.early_exit_gain)
     summary["mean_by_setting"] = {
         setting: {name: float(np.mean(values)) for name, values in metrics.items()} | {"datasets": len(metrics["gap"])}
         for setting, metrics in per_setting.items()
     }
-    curves = {(task["dataset"], task["setting"]): task["per_layer"]["calibrated_acc"] for task in tasks.values()}
+    curves = {(task.dataset, task.setting): task.per_layer["calibrated_acc"] for task in tasks.values()}
     for setting in per_setting:
         main = sorted(
             dataset for dataset in datasets

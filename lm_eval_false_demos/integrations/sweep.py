@@ -152,12 +152,11 @@ def run_sweep(
         "kind": "falsedemo.sweep",
         "format_version": 1,
         "config": config,
-        "tasks": task_results,
-        "datasets": datasets,
+        "tasks": {name: curves.to_json() for name, curves in task_results.items()},
+        "datasets": {name: comparison.to_json() for name, comparison in datasets.items()},
         "summary": summary,
         # write_outputs moves these arrays into query_scores.npz (intervals pooled over datasets)
-        "query_scores": {name: {key: arrays[name][key] for key in ("query_keys", "query_scores", "gold")}
-                         for name in arrays},
+        "query_scores": {name: scores.for_file() for name, scores in arrays.items()},
         "timing": {
             "total_seconds": clock.total(),
             "forward_seconds": clock.phases["tokenisation"] + clock.phases["forward"],
