@@ -15,15 +15,17 @@ import numpy as np
 Interval = tuple[float, float]
 
 
-def _present(instance) -> dict[str, Any]:
-    """The fields that are set, in declaration order (tuples as lists, as JSON has them)."""
-    return {field.name: list(value) if isinstance(value, tuple) else value
-            for field in dataclasses.fields(instance)
-            if (value := getattr(instance, field.name)) is not None}
+class _SetFieldsOnly:
+    """``to_json``: the fields that are set, in declaration order (tuples as lists, as JSON has them); the file
+    leaves a number out when it was not computed."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {field.name: list(value) if isinstance(value, tuple) else value
+                for field in dataclasses.fields(self) if (value := getattr(self, field.name)) is not None}
 
 
 @dataclasses.dataclass(frozen=True)
-class HeldOutExit:
+class HeldOutExit(_SetFieldsOnly):
     """The early-exit layer chosen on one seeded half of the queries, its gain reported on the other half."""
 
     seed: int
@@ -36,12 +38,9 @@ class HeldOutExit:
     early_exit_gain: float | None = None
     interval: Interval | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return _present(self)
-
 
 @dataclasses.dataclass(frozen=True)
-class Intervals:
+class Intervals(_SetFieldsOnly):
     """Paired-bootstrap percentile intervals over queries (None: not computed)."""
 
     confidence: float
@@ -51,9 +50,6 @@ class Intervals:
     corrupted: Interval | None = None
     gap: Interval | None = None
     early_exit_gain: Interval | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return _present(self)
 
 
 @dataclasses.dataclass(frozen=True)
