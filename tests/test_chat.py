@@ -363,3 +363,24 @@ def test_sweep_names_a_model_without_chat_template(tiny_model_dir, tmp_path):
     assert f"model '{tiny_model_dir('llama')}': its tokenizer has no chat template" in out.stderr
     assert "Loading weights" not in out.stderr  # refused from the tokenizer alone, before the model loads
     assert not list(tmp_path.glob("sweep_*"))
+
+
+def test_heads_names_a_model_without_chat_template_before_loading_it(tiny_model_dir, tmp_path):
+    command = [
+        str(FALSEDEMO), "heads", "--model_args", f"pretrained={tiny_model_dir('llama')},dtype=float32",
+        "-o", str(tmp_path), "--no_progress", "--no_plots", "-n", "2", "--apply_chat_template",
+    ]
+    out = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=600, cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert f"model '{tiny_model_dir('llama')}': its tokenizer has no chat template" in out.stderr
+    assert "Loading weights" not in out.stderr
+    assert not list(tmp_path.glob("heads_*"))
+
+
+def test_heads_refuses_ablation_model_args_with_its_own_hint(tmp_path, capsys):
+    from lm_eval_false_demos.cli import main as cli
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["heads", "--model_args", "pretrained=gemma-3-270m,attn_layers=3", "-o", str(tmp_path)])
+    assert exited.value.code == 2
+    assert "attn_layers= is not read by falsedemo heads" in capsys.readouterr().err

@@ -112,12 +112,32 @@ def _in_hub_cache(repo_id: str, revision: str | None = None) -> bool:
     return isinstance(try_to_load_from_cache(repo_id, "config.json", revision=revision), str)
 
 
-def check_model_args(model: str, model_args: Mapping[str, Any], read_by_caller: tuple[str, ...] = ()) -> None:
+def check_chat_template(model_args: Mapping[str, Any]) -> None:
+    """A tokenizer without a chat template is refused before the model loads: only the tokenizer is read (the
+    same cached load the tasks use later)."""
+    from lm_eval_false_demos.core.chat import check_has_template
+    from lm_eval_false_demos.core.embedded_models import is_embedded, resolve_pretrained
+    from lm_eval_false_demos.integrations.tasks import load_tokenizer_and_length
+
+    named = str(model_args.get("pretrained", ""))
+    pretrained = resolve_pretrained(named) if is_embedded(named) else named
+    max_length = model_args.get("max_length")
+    tokenizer, _ = load_tokenizer_and_length(
+        pretrained, model_args.get("tokenizer"), model_args.get("gguf_file"), model_args.get("revision"),
+        str(model_args.get("trust_remote_code", False)).lower() in ("true", "1"),
+        int(max_length) if max_length else None,
+    )
+    check_has_template(tokenizer, named)
+
+
+def check_model_args(model: str, model_args: Mapping[str, Any], read_by_caller: tuple[str, ...] = (),
+                     plain_hf_hint: str | None = None) -> None:
     """Typos of lm-eval's ``hf`` arguments (and ours) fail here instead of deep inside ``from_pretrained``.
 
     Unknown keys stay allowed: HFLM forwards them to ``from_pretrained`` (``attn_implementation``, ...).
     Only a key one or two letters away from a known one is refused. ``read_by_caller``: keys the command
-    itself reads (the sweep's ``lens=`` and module paths), allowed with every model.
+    itself reads (the sweep's ``lens=`` and module paths), allowed with every model. ``plain_hf_hint``: what to
+    say instead of "use hf-earlyexit or hf-ablate" where the command always loads the plain hf model.
     """
     if model not in ("hf", "hf-earlyexit", "hf-ablate", "huggingface"):
         return
@@ -129,6 +149,7 @@ def check_model_args(model: str, model_args: Mapping[str, Any], read_by_caller: 
             continue
         if model in ("hf", "huggingface") and key in OWN_ARGS:
             raise FalseDemoError(
+                f"model arg {key}= {plain_hf_hint}" if plain_hf_hint else
                 f"model arg {key}= needs --model hf-earlyexit or hf-ablate; the plain hf model would pass it to "
                 "from_pretrained"
             )

@@ -102,7 +102,11 @@ def check_arguments(args: argparse.Namespace) -> None:
     else:
         cli_args.check_output_folder(args.output_path)
     # last: it imports lm-eval's HF model
-    cli_args.check_model_args("hf", model_args)
+    cli_args.check_model_args("hf", model_args, plain_hf_hint=(
+        "is not read by falsedemo heads (it loads the plain hf model and ablates with --heads / --evaluate); "
+        "use lm_eval --model hf-ablate for ablations"))
+    if getattr(args, "apply_chat_template", False):
+        cli_args.check_chat_template(model_args)
     shape = cli_args.model_shape_from_config(model_args)
     if shape is not None:
         given = len(parse_heads(args.heads)) if args.heads and not args.heads.strip() == "auto" else args.top_k

@@ -99,26 +99,8 @@ def check_arguments(args: argparse.Namespace) -> int:
     # last: it imports lm-eval's HF model
     cli_args.check_model_args(args.model, args.model_args or {}, read_by_caller=("lens", *PATH_OVERRIDE_KEYS))
     if apply_chat_template:
-        check_chat_template(args.model_args or {})
+        cli_args.check_chat_template(args.model_args or {})
     return batch_size
-
-
-def check_chat_template(model_args: Mapping[str, Any]) -> None:
-    """A tokenizer without a chat template is refused before the model loads: only the tokenizer is read (the
-    same cached load the tasks use later)."""
-    from lm_eval_false_demos.core.chat import check_has_template
-    from lm_eval_false_demos.core.embedded_models import is_embedded, resolve_pretrained
-    from lm_eval_false_demos.integrations.tasks import load_tokenizer_and_length
-
-    named = str(model_args.get("pretrained", ""))
-    pretrained = resolve_pretrained(named) if is_embedded(named) else named
-    max_length = model_args.get("max_length")
-    tokenizer, _ = load_tokenizer_and_length(
-        pretrained, model_args.get("tokenizer"), model_args.get("gguf_file"), model_args.get("revision"),
-        str(model_args.get("trust_remote_code", False)).lower() in ("true", "1"),
-        int(max_length) if max_length else None,
-    )
-    check_has_template(tokenizer, named)
 
 
 def run(args: argparse.Namespace) -> int:
