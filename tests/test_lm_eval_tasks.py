@@ -17,6 +17,12 @@ TASKS = ["falsedemo_unnatural_correct", "falsedemo_unnatural_permuted", "falsede
 
 
 def test_generated_yamls_are_in_sync():
+    from pathlib import Path
+
+    from lm_eval_false_demos._hook import task_config_dir
+
+    # the generator writes the folder lm-eval reads (the one installed as lm_eval_false_demos.task_configs)
+    assert task_yamls.TASK_CONFIG_DIR.resolve() == Path(task_config_dir()).resolve()
     assert task_yamls.stale_files() == [], "run: python -m lm_eval_false_demos.integrations.task_yamls"
 
 
