@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from lm_eval_false_demos.analysis import head_evaluation, head_prompts, head_scores  # noqa: E402
 from lm_eval_false_demos.cli import heads  # noqa: E402
 from lm_eval_false_demos.core.architectures import resolve_modules  # noqa: E402
-from lm_eval_false_demos.core.interventions import make_ablation  # noqa: E402
+from lm_eval_false_demos.core.ablation_specs import make_ablation  # noqa: E402
 from lm_eval_false_demos.core.prompts import label_token_ids  # noqa: E402
 
 

@@ -21,7 +21,8 @@ SCRIPT = textwrap.dedent(
     from lm_eval_false_demos.results import heads_files
     from lm_eval_false_demos.core import metrics
     from lm_eval_false_demos.core.datasets import get_spec, load_examples
-    from lm_eval_false_demos.core.interventions import ablate, make_ablation
+    from lm_eval_false_demos.core.ablation_specs import make_ablation
+    from lm_eval_false_demos.core.interventions import ablate
     from lm_eval_false_demos.core.lens import read_label_logits
     from lm_eval_false_demos.core.lens_parity import check_parity
     from lm_eval_false_demos.analysis.lens_training import demonstration_documents

@@ -144,7 +144,8 @@ def test_hand_built_false_induction_head_ranks_first(false_induction_model):
     assert max(abs(row["label_promoting"]) for row in others) < 0.5 * ranked[0]["label_promoting"]
     assert scores.top_k(1) == [(1, FALSE_HEAD)]
     # The mechanism is real: zeroing the head makes the model stop following the shown label.
-    from lm_eval_false_demos.core.interventions import ablate, make_ablation
+    from lm_eval_false_demos.core.ablation_specs import make_ablation
+    from lm_eval_false_demos.core.interventions import ablate
 
     item = permuted_items(num_prompts=1, seed=3)[0]
     ids = torch.tensor([item.input_ids])
@@ -288,7 +289,7 @@ def test_random_heads_are_distinct_reproducible_and_cover_all_heads():
 
 
 def test_format_heads_round_trips_through_the_ablation_parser():
-    from lm_eval_false_demos.core.interventions import parse_heads
+    from lm_eval_false_demos.core.ablation_specs import parse_heads
 
     pairs = [(14, 6), (16, 7), (3, 0)]
     assert head_scores.format_heads(pairs) == "14:6;16:7;3:0"
@@ -301,7 +302,8 @@ def test_format_heads_round_trips_through_the_ablation_parser():
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_cached_query_readout_matches_full_forward_with_and_without_ablation(arch, tiny_model_factory):
-    from lm_eval_false_demos.core.interventions import ablate, make_ablation
+    from lm_eval_false_demos.core.ablation_specs import make_ablation
+    from lm_eval_false_demos.core.interventions import ablate
     from lm_eval_false_demos.core.lens import read_label_logits
 
     model, _ = tiny_model_factory(arch)
@@ -326,7 +328,8 @@ def test_cached_query_readout_matches_full_forward_with_and_without_ablation(arc
 @pytest.mark.parametrize("arch", ["gpt2", "gemma3"])
 def test_batched_conditions_equal_one_ablated_forward_each(arch, tiny_model_factory):
     """Conditions batched as rows (in chunks that do not divide C) give each row's own ablation, no leakage."""
-    from lm_eval_false_demos.core.interventions import ablate, make_ablation
+    from lm_eval_false_demos.core.ablation_specs import make_ablation
+    from lm_eval_false_demos.core.interventions import ablate
     from lm_eval_false_demos.core.lens import read_label_logits
 
     model, _ = tiny_model_factory(arch)
@@ -347,7 +350,8 @@ def test_batched_conditions_equal_one_ablated_forward_each(arch, tiny_model_fact
 
 
 def test_per_row_head_zeroing_rejects_other_ablations(tiny_model_factory):
-    from lm_eval_false_demos.core.interventions import make_ablation, zero_heads_per_row
+    from lm_eval_false_demos.core.ablation_specs import make_ablation
+    from lm_eval_false_demos.core.interventions import zero_heads_per_row
 
     model, _ = tiny_model_factory("llama")
     with pytest.raises(FalseDemoError, match="head zeroing at the last position only"):

@@ -8,7 +8,8 @@ import torch
 
 from lm_eval_false_demos.core.architectures import resolve_modules
 from lm_eval_false_demos.errors import FalseDemoError
-from lm_eval_false_demos.core.interventions import ablate, make_ablation, parse_heads, parse_blocks
+from lm_eval_false_demos.core.ablation_specs import make_ablation, parse_heads, parse_blocks
+from lm_eval_false_demos.core.interventions import ablate
 
 LAYER, HEAD = 2, 1
 

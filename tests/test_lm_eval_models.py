@@ -6,7 +6,8 @@ import transformers
 from lm_eval.api.instance import Instance
 
 from lm_eval_false_demos.errors import FalseDemoError
-from lm_eval_false_demos.core.interventions import ablate, make_ablation
+from lm_eval_false_demos.core.ablation_specs import make_ablation
+from lm_eval_false_demos.core.interventions import ablate
 from lm_eval_false_demos.core.lens import early_exit_logits, read_label_logits
 from lm_eval_false_demos.integrations.models import AblatedHFLM, EarlyExitHFLM
 

@@ -130,7 +130,7 @@ def evaluate_heads(
     ``checkpoint`` each finished dataset and setting is saved, and one an interrupted run saved is read back
     instead of recomputed."""
     from lm_eval_false_demos.core.chat import label_lead
-    from lm_eval_false_demos.core.interventions import make_ablation
+    from lm_eval_false_demos.core.ablation_specs import make_ablation
     from lm_eval_false_demos.core.metrics import calibrated_accuracy, gap_recovered, normalise
     from lm_eval_false_demos.core.prompts import label_token_ids
 

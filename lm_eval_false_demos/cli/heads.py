@@ -79,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Every argument, before any model or data loads."""
-    from lm_eval_false_demos.core.interventions import parse_heads
+    from lm_eval_false_demos.core.ablation_specs import parse_heads
 
     model_args = args.model_args or {}
     cli_args.check_at_least(args.top_k, 1, "--top_k", "heads exported and ablated")
@@ -126,7 +126,7 @@ def load_lm(model_args: Mapping[str, Any], device: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from lm_eval_false_demos.core.interventions import parse_heads
+    from lm_eval_false_demos.core.ablation_specs import parse_heads
 
     given = None
     if args.heads:

@@ -6,7 +6,6 @@ the run folder and its checkpoint, then the files (:mod:`results.sweep_files`) a
 from __future__ import annotations
 
 import argparse
-from typing import Any, Mapping
 
 from lm_eval_false_demos.cli import args as cli_args
 from lm_eval_false_demos.errors import FalseDemoError

@@ -35,7 +35,8 @@ from lm_eval_false_demos.analysis import head_scores as head_discovery
 from lm_eval_false_demos.core.architectures import PATH_OVERRIDES, resolve_modules
 from lm_eval_false_demos.core.chat import label_token_index
 from lm_eval_false_demos.errors import FalseDemoError
-from lm_eval_false_demos.core.interventions import HEAD_METHODS, POSITIONS, ablate, make_ablation, parse_heads, parse_blocks
+from lm_eval_false_demos.core.ablation_specs import HEAD_METHODS, POSITIONS, make_ablation, parse_heads, parse_blocks
+from lm_eval_false_demos.core.interventions import ablate
 from lm_eval_false_demos.core.lens import check_layer, early_exit_logits, lens_logits, residuals
 from lm_eval_false_demos.core.lens_parity import check_parity
 from lm_eval_false_demos.core.task_names import TASK_PREFIX
