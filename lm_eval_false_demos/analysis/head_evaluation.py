@@ -24,6 +24,13 @@ from lm_eval_false_demos.analysis.head_prompts import build_task_prompts, encode
 from lm_eval_false_demos.analysis.head_readout import ReadoutCapture, label_promotion, run_to_last_block
 from lm_eval_false_demos.analysis.head_scores import format_heads
 from lm_eval_false_demos.core.architectures import ModelModules, resolve_modules
+from lm_eval_false_demos.core.ablation_specs import make_ablation
+from lm_eval_false_demos.core.chat import label_lead
+from lm_eval_false_demos.core.interventions import zero_heads_per_row
+from lm_eval_false_demos.core.lens import lens_label_logits
+from lm_eval_false_demos.core.metrics import calibrated_accuracy, gap_recovered, normalise
+from lm_eval_false_demos.core.metrics import pooled_gap_recovered_by_condition
+from lm_eval_false_demos.core.prompts import label_token_ids
 
 DEFAULT_RANDOM_DRAWS = 10
 CONDITION_BATCH_SIZE = 6  # ablation conditions per one-token forward in --evaluate (cache copies held at once)
@@ -70,9 +77,6 @@ def query_readouts(
     bounds the cache copies held at once. With ``with_promotion`` the unablated condition (``ablations[0]``
     must be None) also returns the [L, H] label-promoting scores.
     """
-    from lm_eval_false_demos.core.interventions import zero_heads_per_row
-    from lm_eval_false_demos.core.lens import lens_label_logits
-
     if with_promotion and ablations[0] is not None:
         raise ValueError("label promotion is read from the unablated condition, which must come first")
     device = next(model.parameters()).device
@@ -129,11 +133,6 @@ def evaluate_heads(
     (pass ``lm.max_length`` and ``lm.add_bos_token``). ``log`` receives one line per finished dataset. With
     ``checkpoint`` each finished dataset and setting is saved, and one an interrupted run saved is read back
     instead of recomputed."""
-    from lm_eval_false_demos.core.chat import label_lead
-    from lm_eval_false_demos.core.ablation_specs import make_ablation
-    from lm_eval_false_demos.core.metrics import calibrated_accuracy, gap_recovered, normalise
-    from lm_eval_false_demos.core.prompts import label_token_ids
-
     modules = resolve_modules(model)
     conditions = [None, make_ablation(model, heads=list(top_heads), modules=modules)]
     conditions += [make_ablation(model, heads=list(draw), modules=modules) for draw in random_draws]
@@ -218,8 +217,6 @@ def evaluate_heads(
 def summarise_evaluation(per_dataset: dict, top_heads, random_draws, corrupted_setting: str) -> dict:
     """Means over datasets (of per-dataset ratios, as the paper) and the gap recovered pooled over datasets;
     the random control's spread is over draws."""
-    from lm_eval_false_demos.core.metrics import pooled_gap_recovered_by_condition
-
     keys = list(per_dataset)
 
     def dataset_mean(values):

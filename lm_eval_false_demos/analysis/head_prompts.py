@@ -16,6 +16,9 @@ from lm_eval_false_demos.core.corruption import SETTINGS
 from lm_eval_false_demos.core.datasets import DATASETS
 from lm_eval_false_demos.core.task_names import DEFAULT_NUM_FEWSHOT, TASK_PREFIX, parse_task_name
 from lm_eval_false_demos.errors import FalseDemoError
+from lm_eval_false_demos.core import prompts as prompts_module
+from lm_eval_false_demos.core.chat import render_prompt
+from lm_eval_false_demos.core.datasets import get_spec, load_examples
 
 DEFAULT_TASK = "falsedemo_unnatural_permuted"
 DEFAULT_NUM_PROMPTS = 100
@@ -56,9 +59,6 @@ def build_task_prompts(task: str, num_prompts: int | None, seed: int, num_fewsho
     """(spec, setting, prompts) for the first ``num_prompts`` queries, built exactly as the lm-eval task builds
     them within ``max_tokens`` (lm-eval's ``max_length``; None: no budget) and, with ``chat_options``, as
     ``lm_eval --apply_chat_template`` renders them."""
-    from lm_eval_false_demos.core import prompts as prompts_module
-    from lm_eval_false_demos.core.datasets import get_spec, load_examples
-
     dataset, setting = parse_task(task)
     spec = get_spec(dataset)
     pool, queries = load_examples(dataset)
@@ -73,8 +73,6 @@ def build_task_prompts(task: str, num_prompts: int | None, seed: int, num_fewsho
         for query in queries
     ]
     if chat_options is not None:
-        from lm_eval_false_demos.core.chat import render_prompt
-
         name = str(getattr(tokenizer, "name_or_path", "") or "model")
         built = [render_prompt(prompt, tokenizer, chat_options, name) for prompt in built]
     return TaskPrompts(spec, setting, built)

@@ -32,6 +32,8 @@ from lm_eval_false_demos.analysis.head_readout import ReadoutCapture, label_prom
 from lm_eval_false_demos.core.architectures import ModelModules, resolve_modules
 from lm_eval_false_demos.core.readout_attention import weights_capturing_attention
 from lm_eval_false_demos.errors import FalseDemoError
+from lm_eval_false_demos.core.chat import label_lead
+from lm_eval_false_demos.core.prompts import label_token_ids
 
 DEFAULT_TOP_K = 5
 
@@ -162,9 +164,6 @@ def score_task(model, tokenizer, task, num_prompts, seed, num_fewshot=None, show
     """Scores of every head over the first ``num_prompts`` prompts of ``task``, built within ``max_length``
     tokens and encoded with ``add_bos_token`` as lm-eval's HFLM does (pass ``lm.max_length`` and
     ``lm.add_bos_token``; ``max_length=None``: no token budget)."""
-    from lm_eval_false_demos.core.chat import label_lead
-    from lm_eval_false_demos.core.prompts import label_token_ids
-
     spec, _, prompts = build_task_prompts(task, num_prompts, seed, num_fewshot, tokenizer, max_length, chat_options)
     words = list(spec.label_word_list)
     ids = label_token_ids(tokenizer, words, lead=label_lead(tokenizer, chat_options))

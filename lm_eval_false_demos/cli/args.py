@@ -18,8 +18,11 @@ from typing import Any, Mapping
 from lm_eval_false_demos.core.files import check_output_folder  # noqa: F401  (the shared check, re-exported for commands)
 from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.integrations import compat
+from lm_eval_false_demos.core.chat import check_has_template
+from lm_eval_false_demos.core.embedded_models import EMBEDDED_MODELS
+from lm_eval_false_demos.core.embedded_models import is_embedded
+from lm_eval_false_demos.core.embedded_models import resolve_pretrained
 
-# Room a run needs beside its results: atomic writes hold a temporary copy of each file next to it.
 # lm-eval adds these to the model's constructor from its own flags; they are never typos.
 RUNTIME_MODEL_ARGS = ("batch_size", "max_batch_size", "device")
 DEFAULT_SEED_STRING = "0,1234,1234,1234"  # lm-eval's default --seed (python, numpy, torch, fewshot)
@@ -80,8 +83,6 @@ def check_pretrained(pretrained: Any, key: str = "pretrained", revision: str | N
     ``org/name``, name characters only); anything else (``./x``, ``/abs/x``, ``a/b/c``, ``~/x``) is a missing
     local path. Offline (``HF_HUB_OFFLINE``) a hub id must also be in the local cache.
     """
-    from lm_eval_false_demos.core.embedded_models import EMBEDDED_MODELS
-
     if not isinstance(pretrained, str) or pretrained in EMBEDDED_MODELS:
         return
     text = pretrained.strip()
@@ -115,8 +116,6 @@ def _in_hub_cache(repo_id: str, revision: str | None = None) -> bool:
 def check_chat_template(model_args: Mapping[str, Any]) -> None:
     """A tokenizer without a chat template is refused before the model loads: only the tokenizer is read (the
     same cached load the tasks use later)."""
-    from lm_eval_false_demos.core.chat import check_has_template
-    from lm_eval_false_demos.core.embedded_models import is_embedded, resolve_pretrained
     from lm_eval_false_demos.integrations.tasks import load_tokenizer_and_length
 
     named = str(model_args.get("pretrained", ""))
@@ -166,8 +165,6 @@ def model_shape_from_config(model_args: Mapping[str, Any]) -> tuple[int, int] | 
     """(blocks, heads per block) from the model's config file alone, when that is on disk; else None (the
     packaged short names are checked once converted, right after the load)."""
     import transformers
-
-    from lm_eval_false_demos.core.embedded_models import is_embedded
 
     if is_embedded(model_args["pretrained"]):
         return None

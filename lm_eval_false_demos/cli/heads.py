@@ -29,6 +29,9 @@ from lm_eval_false_demos.integrations import loading
 from lm_eval_false_demos.core import files as results_io
 from lm_eval_false_demos.results import checkpoints
 from lm_eval_false_demos.results.heads_files import critical_layer_from_sweep, heads_payload, write_outputs
+from lm_eval_false_demos.core.ablation_specs import parse_heads
+from lm_eval_false_demos.core.chat import ChatOptions
+from lm_eval_false_demos.core.chat import check_has_template, template_sha256
 
 # Scores are sums over attention rows and a frozen-norm logit attribution: float32 unless dtype= says otherwise
 # (lm_eval's own default, auto, would take a bf16 checkpoint's bf16 on CPU).
@@ -79,8 +82,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Every argument, before any model or data loads."""
-    from lm_eval_false_demos.core.ablation_specs import parse_heads
-
     model_args = args.model_args or {}
     cli_args.check_at_least(args.top_k, 1, "--top_k", "heads exported and ablated")
     cli_args.check_at_least(args.num_prompts, 1, "--num_prompts")
@@ -126,8 +127,6 @@ def load_lm(model_args: Mapping[str, Any], device: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from lm_eval_false_demos.core.ablation_specs import parse_heads
-
     given = None
     if args.heads:
         given = parse_heads(args.heads)
@@ -239,8 +238,6 @@ def _run(args, model_args, given, datasets, checkpoint, chat_options) -> int:
 
 def _chat_options(args):
     """lm_eval's chat flags (``--apply_chat_template`` alone is multi-turn), checked before the model loads."""
-    from lm_eval_false_demos.core.chat import ChatOptions
-
     multiturn = getattr(args, "fewshot_as_multiturn", None)
     system_instruction = getattr(args, "system_instruction", None)
     if not getattr(args, "apply_chat_template", False):
@@ -251,8 +248,6 @@ def _chat_options(args):
 
 
 def _prompt_format(tokenizer, chat_options, model_name: str) -> dict:
-    from lm_eval_false_demos.core.chat import check_has_template, template_sha256
-
     if chat_options is None:
         return {"prompt_mode": "raw", "chat_template_sha256": None}
     template = check_has_template(tokenizer, model_name)

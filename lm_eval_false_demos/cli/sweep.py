@@ -13,6 +13,7 @@ from lm_eval_false_demos.integrations import compat, loading
 from lm_eval_false_demos.integrations.sweep import check_no_exit_layer, run_sweep
 from lm_eval_false_demos.results import checkpoints
 from lm_eval_false_demos.results.sweep_files import format_summary, model_label, write_outputs
+from lm_eval_false_demos.core.sst2_formats import parse_formats
 
 
 DEFAULT_SEED_STRING = cli_args.DEFAULT_SEED_STRING
@@ -79,8 +80,6 @@ def check_arguments(args: argparse.Namespace) -> int:
     if getattr(args, "system_instruction", None) and not apply_chat_template:
         raise FalseDemoError("--system_instruction needs --apply_chat_template (it becomes the system message)")
     if args.sst2_format is not None:
-        from lm_eval_false_demos.core.sst2_formats import parse_formats
-
         parse_formats(args.sst2_format)
     cli_args.check_limit(args.limit)
     cli_args.check_confidence(args.confidence)
@@ -125,8 +124,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_from_arguments(args, batch_size, checkpoint):
-    from lm_eval_false_demos.core.sst2_formats import parse_formats
-
     apply_chat_template = getattr(args, "apply_chat_template", False)
     multiturn = getattr(args, "fewshot_as_multiturn", None)
     sst2_formats = None if args.sst2_format is None else parse_formats(args.sst2_format)

@@ -14,6 +14,7 @@ import re
 
 from lm_eval_false_demos.core.datasets import DatasetSpec, get_spec
 from lm_eval_false_demos.errors import FalseDemoError
+from lm_eval_false_demos.core.corruption import SETTINGS
 
 BASE_KEY = "sst2"
 _RSQUO = "\u2019"  # format 2's apostrophes are typographic in the authors' code
@@ -124,8 +125,6 @@ def expand_task_names(task_names, formats: tuple[int, ...] | None, available=Non
     the tasks of exactly those formats. ``available`` maps an all-formats task to the formats it kept (it
     leaves out formats its tokenizer cannot score). Other names pass unchanged; order is kept, duplicates dropped.
     """
-    from lm_eval_false_demos.core.corruption import SETTINGS
-
     prefix = f"falsedemo_{BASE_KEY}_"
     expanded: list[str] = []
     for name in task_names:

@@ -25,6 +25,7 @@ import torch
 
 from lm_eval_false_demos.core.digests import sha256_file
 from lm_eval_false_demos.errors import FalseDemoError
+from lm_eval_false_demos.core import files as results_io
 
 CONFIG_FILE = "config.json"
 PARAMS_FILES = ("params.safetensors", "params.pt")
@@ -157,8 +158,6 @@ class TunedLens(torch.nn.Module):
 
     def save(self, folder: str | Path, overwrite: bool = False) -> Path:
         """``config.json`` + ``params.pt`` as tuned-lens writes them (``params.pt`` last: it marks completion)."""
-        from lm_eval_false_demos.core import files as results_io
-
         folder = Path(folder)
         buffer = io.BytesIO()
         state = {key: value.detach().cpu().contiguous() for key, value in self.layer_translators.state_dict().items()}

@@ -14,6 +14,8 @@ from typing import Any, Mapping
 from lm_eval_false_demos.core.architectures import PATH_OVERRIDES
 from lm_eval_false_demos.core.digests import sha256_file
 from lm_eval_false_demos.integrations import compat
+from lm_eval_false_demos.core.embedded_models import is_embedded, resolve_pretrained
+from lm_eval_false_demos.core.embedded_models import model_identity as embedded_identity
 
 # Keys of --model_args that select modules for the lens (architectures.PATH_OVERRIDES); our model classes
 # accept them too, so they are forwarded to both.
@@ -41,8 +43,6 @@ def create_model(model: str, model_args: Mapping[str, Any], batch_size: int, dev
 
 def resolve_embedded(model_args: Mapping[str, Any]) -> dict:
     """``pretrained=gemma-3-270m`` (a packaged GGUF's short name) -> its converted HF folder, for every model type."""
-    from lm_eval_false_demos.core.embedded_models import is_embedded, resolve_pretrained
-
     resolved = dict(model_args)
     if is_embedded(resolved.get("pretrained")):
         resolved["pretrained"] = resolve_pretrained(resolved["pretrained"])
@@ -73,8 +73,6 @@ def model_identity(model_args: Mapping[str, Any], lm) -> dict[str, Any]:
             if gguf_path.is_file():
                 identity.update(kind="gguf", path=str(gguf_path), sha256=sha256_file(gguf_path))
         elif folder.is_dir():
-            from lm_eval_false_demos.core.embedded_models import model_identity as embedded_identity
-
             # A converted packaged GGUF records the file's sha256: that, not the conversion, is the identity.
             embedded = embedded_identity(str(folder))
             if embedded:

@@ -10,6 +10,9 @@ from typing import Any, Mapping, Sequence
 from lm_eval_false_demos.analysis.records import EncodedPrompt, PromptRecord, TaskInfo
 from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.integrations import compat
+from lm_eval_false_demos.core.chat import check_has_template, prompt_mode, template_sha256
+from lm_eval_false_demos.core.chat import label_token_index
+from lm_eval_false_demos.core.prompts import label_token_ids
 
 
 def resolve_task_names(tasks: Sequence[str], task_manager) -> list[str]:
@@ -112,8 +115,6 @@ def encode_record(lm, record: PromptRecord, index: int) -> EncodedPrompt:
     lm-eval feeds ``context_enc + continuation_enc`` minus the last token; the logits after the last context
     token score the continuation's first token, which is the label token we read.
     """
-    from lm_eval_false_demos.core.chat import label_token_index
-
     context_ids = None
     label_ids = []
     moved = 0
@@ -154,8 +155,6 @@ def encode_record(lm, record: PromptRecord, index: int) -> EncodedPrompt:
 def _demo_label_ids(tokenizer, record: PromptRecord, context_ids: list[int], positions: list[int],
                     query_ids: list[int]) -> list[int]:
     """The K labels' first tokens as spelt at the demo positions, checked against each demo's token in the prompt."""
-    from lm_eval_false_demos.core.prompts import label_token_ids
-
     if not positions:
         return query_ids
     words = [continuation.strip() for continuation in record.continuations]
@@ -212,8 +211,6 @@ def check_falsedemo_tasks(task_names: Sequence[str]) -> None:
 
 def prompt_format(lm, model_args, apply_chat_template, fewshot_as_multiturn, system_instruction) -> tuple[dict, dict]:
     """(what sweep.json records about the rendering, the chat arguments lm_eval's evaluate passes to tasks)."""
-    from lm_eval_false_demos.core.chat import check_has_template, prompt_mode, template_sha256
-
     template = None
     chat_args = {"system_instruction": system_instruction}
     if apply_chat_template:
