@@ -248,7 +248,11 @@ def test_training_lowers_held_out_kl_at_every_layer_and_resumes(tiny_model_dir, 
     cut[cut.index("--tokens") + 1] = str(10 * 8 * 32)
     assert cli.main(cut) == 0
     assert "resuming from" in capsys.readouterr().out
-    assert json.loads((tmp_path / "cut" / "training.json").read_text())["steps"] == 10
+    cut_summary = json.loads((tmp_path / "cut" / "training.json").read_text())
+    assert cut_summary["steps"] == 10
+    # "before" is the logit lens (zero translators) on a resumed run too, not the checkpoint's translators.
+    assert cut_summary["held_out"]["kl_logit_lens"] == pytest.approx(before, abs=1e-6)
+    assert cut_summary["held_out"]["kl_tuned_lens"] != pytest.approx(before, abs=1e-6)
     assert (resumed / "checkpoint.pt").exists() and not (resumed / "params.pt").exists()
     assert cli.main(argv[:5] + [str(resumed)] + argv[6:]) == 0
     assert "resuming from" in capsys.readouterr().out

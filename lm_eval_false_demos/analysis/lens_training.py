@@ -166,8 +166,9 @@ class LensTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.seconds = int(state["step"]), float(state["seconds"])
 
-    def estimate(self, text: TrainingText, steps: int) -> CostEstimate:
-        """The cost of ``steps`` steps, with one timed probe step on the first training batch (no update)."""
+    def estimate(self, text: TrainingText, steps: int, done: int = 0) -> CostEstimate:
+        """The cost of ``steps`` steps (``done`` of them already trained), with one timed probe step on the first
+        training batch (no update)."""
         settings = self.settings
         scored = steps * settings.batch_size * (settings.positions or settings.seq_len)
         vocab = settings.vocab or self.vocab_size
@@ -180,7 +181,7 @@ class LensTrainer:
         self.objective.layer_losses(rows, torch.Generator().manual_seed(settings.seed), train=True)
         self.lens.zero_grad(set_to_none=True)
         return CostEstimate(
-            steps=steps, remaining_steps=steps - self.step, tokens=tokens,
+            steps=steps, remaining_steps=steps - done, tokens=tokens,
             passes_over_text=steps * settings.batch_size / len(text.training), scored_positions=scored,
             vocab=vocab, full_vocab=not settings.vocab, forward_flops=forward_flops, lens_flops=lens_flops,
             seconds_per_step=time.perf_counter() - probe,

@@ -161,12 +161,13 @@ def train(args: argparse.Namespace, settings: TrainingSettings) -> dict:
     recorded_args = canonical_model_args(model_args)
     fingerprint = {"model_args": recorded_args, "datasets": list(settings.datasets), **settings.recorded()}
     checkpoint_path = output / lens_files.CHECKPOINT
+    resumed = None
     if checkpoint_path.exists():
-        trainer.load_state_dict(lens_files.load_checkpoint(checkpoint_path, fingerprint))
-        steps = max(steps, trainer.step)  # a budget below the checkpoint's keeps what was trained
-        print(f"resuming from {checkpoint_path} at step {trainer.step}/{steps}")
+        resumed = lens_files.load_checkpoint(checkpoint_path, fingerprint)
+        steps = max(steps, int(resumed["step"]))  # a budget below the checkpoint's keeps what was trained
+        print(f"resuming from {checkpoint_path} at step {int(resumed['step'])}/{steps}")
 
-    cost = trainer.estimate(text, steps)
+    cost = trainer.estimate(text, steps, done=int(resumed["step"]) if resumed else 0)
     print(
         f"cost estimate: {steps} steps x {settings.batch_size} x {settings.seq_len} = {cost.tokens:,} "
         f"tokens ({cost.passes_over_text:.2f} passes over {len(text.training)} windows of demonstration text from "
@@ -178,7 +179,9 @@ def train(args: argparse.Namespace, settings: TrainingSettings) -> dict:
     if args.estimate_only:
         return {"estimate_only": True, "seconds_per_step": cost.seconds_per_step, "steps": steps}
 
-    before = trainer.held_out_kl(text.held_out)
+    before = trainer.held_out_kl(text.held_out)  # zero translators: the logit lens, on a resumed run too
+    if resumed is not None:
+        trainer.load_state_dict(resumed)
     progress = tqdm(total=steps, initial=trainer.step, desc="lens train", unit="step")
 
     def on_step(step: int, losses: list[float]) -> None:
