@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent(
     from lm_eval_false_demos.core.interventions import ablate
     from lm_eval_false_demos.core.lens import read_label_logits
     from lm_eval_false_demos.core.lens_parity import check_parity
-    from lm_eval_false_demos.analysis.lens_training import demonstration_documents
+    from lm_eval_false_demos.analysis.lens_text import demonstration_documents
     from lm_eval_false_demos.core.prompts import build_prompt, label_token_ids
     from lm_eval_false_demos.core.tuned_lens import TunedLens
 

@@ -228,27 +228,31 @@ def test_training_lowers_held_out_kl_at_every_layer_and_resumes(tiny_model_dir, 
 
     # Interrupted after a checkpoint: rerunning the command resumes there and ends with the same lens.
     resumed = tmp_path / "resumed"
-    import lm_eval_false_demos.analysis.lens_training as training
+    from lm_eval_false_demos.results import lens_files
 
-    original = training._save_checkpoint
+    original = lens_files.save_checkpoint
 
     def save_then_stop(*args, **kwargs):
         original(*args, **kwargs)
         raise KeyboardInterrupt
 
-    training._save_checkpoint = save_then_stop
+    lens_files.save_checkpoint = save_then_stop
     try:
         for folder in (resumed, tmp_path / "cut"):
             with pytest.raises(KeyboardInterrupt):
                 cli.main(argv[:5] + [str(folder)] + argv[6:])
     finally:
-        training._save_checkpoint = original
+        lens_files.save_checkpoint = original
     # Another budget on resume: here one that the checkpoint (step 10) already reached, so training stops there.
     cut = argv[:5] + [str(tmp_path / "cut")] + argv[6:]
     cut[cut.index("--tokens") + 1] = str(10 * 8 * 32)
     assert cli.main(cut) == 0
     assert "resuming from" in capsys.readouterr().out
-    assert json.loads((tmp_path / "cut" / "training.json").read_text())["steps"] == 10
+    cut_summary = json.loads((tmp_path / "cut" / "training.json").read_text())
+    assert cut_summary["steps"] == 10
+    # "before" is the logit lens (zero translators) on a resumed run too, not the checkpoint's translators.
+    assert cut_summary["held_out"]["kl_logit_lens"] == pytest.approx(before, abs=1e-6)
+    assert cut_summary["held_out"]["kl_tuned_lens"] != pytest.approx(before, abs=1e-6)
     assert (resumed / "checkpoint.pt").exists() and not (resumed / "params.pt").exists()
     assert cli.main(argv[:5] + [str(resumed)] + argv[6:]) == 0
     assert "resuming from" in capsys.readouterr().out
@@ -271,16 +275,79 @@ def test_vocabulary_subset_training_runs_and_helps(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("flag, value, message", [
     ("--vocab", "some", "--vocab='some' is not allowed"),
     ("--datasets", "nope", "nope"),
-    ("--tokens", "0", "--tokens=0 must be >= 1"),
+    ("--tokens", "0", "--tokens=0 is not allowed"),
+    ("--positions", "-1", "--positions=-1 is not allowed"),
+    ("--seq_len", "64", "--seq_len=64 is longer than the model arg max_length=48"),
 ])
-def test_bad_training_arguments_fail_before_loading(flag, value, message, tmp_path):
-    args = cli.build_parser(["lens"]).parse_args(
-        ["lens", "train", "--model_args", "pretrained=/does/not/exist", "--output", str(tmp_path), flag, value]
-    )
-    from lm_eval_false_demos.analysis.lens_training import train
+def test_bad_training_arguments_fail_before_loading(flag, value, message, tiny_model_dir, tmp_path, monkeypatch,
+                                                    capsys):
+    from lm_eval_false_demos.integrations import loading
 
-    with pytest.raises(FalseDemoError, match=message):
-        train(args)
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad argument was reported")
+
+    monkeypatch.setattr(loading, "create_model", loaded)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["lens", "train", "--model_args", f"pretrained={tiny_model_dir('llama')},max_length=48",
+                  "--output", str(tmp_path / "lens"), "--seq_len", "32", flag, value])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "lens").exists()
+
+
+def test_lens_train_loads_through_lm_evals_registry(tiny_model_dir, tmp_path, monkeypatch):
+    """`falsedemo lens train` loads lm-eval's `hf` model from its registry, in float32 unless dtype= says
+    otherwise, frozen: model args only lm-eval knows (max_length, add_bos_token) reach it and are recorded."""
+    from lm_eval_false_demos.integrations import loading
+
+    created = []
+    real_create = loading.create_model
+
+    def create(*args):
+        lm = real_create(*args)
+        created.append((args, lm))
+        return lm
+
+    monkeypatch.setattr(loading, "create_model", create)
+    path = str(tiny_model_dir("llama"))
+    output = tmp_path / "lens"
+    assert cli.main(["lens", "train", "--model_args", f"pretrained={path},max_length=48,add_bos_token=True",
+                     "--output", str(output), "--datasets", "trec", "--tokens", "512", "--seq_len", "32",
+                     "--batch_size", "4", "--held_out_sequences", "2", "--device", "cpu"]) == 0
+    (model, model_args, batch_size, device), lm = created[-1]
+    assert model == "hf" and device == "cpu" and batch_size == 4
+    assert model_args == {"pretrained": path, "max_length": 48, "add_bos_token": True, "dtype": "float32"}
+    assert lm.max_length == 48 and lm.add_bos_token is True
+    assert lm.model.dtype == torch.float32 and not any(p.requires_grad for p in lm.model.parameters())
+    summary = json.loads((output / "training.json").read_text())
+    assert summary["model_args"] == {"pretrained": path, "max_length": 48, "add_bos_token": True}
+    assert summary["steps"] == 4 and load_tuned_lens(output).source["sha256"] == summary["params_sha256"]
+
+
+def test_lens_training_runs_from_settings_without_the_command_line(tiny_model_dir):
+    """The analysis takes a model, tokenizer, modules and TrainingSettings: no argparse, no files."""
+    from lm_eval_false_demos.analysis.lens_text import TrainingSettings, planned_steps, training_text
+    from lm_eval_false_demos.analysis.lens_training import LensTrainer
+
+    path = tiny_model_dir("llama")
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval().requires_grad_(False)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    settings = TrainingSettings(datasets=("trec",), tokens=4096, seq_len=32, batch_size=8, positions=0, lr=5.0,
+                                held_out_sequences=8, seed=1)
+    settings.check()
+    text = training_text(tokenizer, settings)
+    trainer = LensTrainer(model, resolve_modules(model), settings, "cpu")
+    steps = planned_steps(settings, text)
+    assert steps == 16 and trainer.estimate(text, steps).tokens == 4096
+    before = trainer.held_out_kl(text.held_out)
+    seen, saved = [], []
+    trainer.fit(text.training, steps, on_step=lambda step, losses: seen.append(step),
+                on_checkpoint=lambda state: saved.append(state.step))
+    after = trainer.held_out_kl(text.held_out)
+    assert seen == list(range(16)) and saved == [] and trainer.step == 16
+    assert all(a < b for a, b in zip(after, before)), (before, after)
+    with pytest.raises(FalseDemoError, match="vocab=1 is not allowed"):
+        TrainingSettings(vocab=1).check()
 
 
 # ------------------------------------------------------------------------------- sweep
@@ -379,7 +446,7 @@ def test_hub_ids_resolve_like_tuned_lens_and_fail_in_one_line_offline(tmp_path, 
 
 def test_training_text_never_contains_an_evaluated_query():
     from lm_eval_false_demos.core.datasets import load_examples
-    from lm_eval_false_demos.analysis.lens_training import DEFAULT_DATASETS, demonstration_documents
+    from lm_eval_false_demos.analysis.lens_text import DEFAULT_DATASETS, demonstration_documents
 
     assert "unnatural" not in DEFAULT_DATASETS
     text = "\n".join(demonstration_documents(["trec"], seed=0))

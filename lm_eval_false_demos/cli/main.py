@@ -18,7 +18,7 @@ SUBCOMMANDS = {
     "heads": ("lm_eval_false_demos.cli.heads", "find false induction heads, score label promotion, ablate vs random"),
     "leaderboard": ("lm_eval_false_demos.cli.leaderboard", "build leaderboard tables and page from results files"),
     "data": ("lm_eval_false_demos.cli.data", "write a local copy of the datasets from the hub, or check one"),
-    "lens": ("lm_eval_false_demos.analysis.lens_training", "train a tuned lens (tuned-lens layout) on demonstration text"),
+    "lens": ("lm_eval_false_demos.cli.lens", "train a tuned lens (tuned-lens layout) on demonstration text"),
 }
 
 
