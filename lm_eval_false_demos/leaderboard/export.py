@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import yaml
 
 from lm_eval_false_demos.core.datasets import MAIN_DATASETS
-from lm_eval_false_demos.leaderboard.collect import Row
+from lm_eval_false_demos.leaderboard.rows import Row
 from lm_eval_false_demos.leaderboard.columns import CORRUPTED_COLUMNS_ORDER, SETTINGS_SHOWN
 
 DEFAULT_HUB_DATASET_ID = "lm-eval-false-demos/overthinking-the-truth"
