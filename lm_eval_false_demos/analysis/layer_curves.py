@@ -25,7 +25,7 @@ from lm_eval_false_demos.errors import FalseDemoError
 LAYER_METRICS = ("calibrated_acc", "acc", "follow_acc")
 
 
-CORRUPTED_SETTINGS = ("permuted", "half", "random")  # preference order for a dataset's headline numbers
+HEADLINE_CORRUPTED_PREFERENCE = ("permuted", "half", "random")  # a dataset's headline setting: the first one run
 
 
 def _metric_functions():
@@ -220,8 +220,8 @@ def analyse_datasets(
     datasets = {}
     for dataset, settings in by_dataset.items():
         correct_name = settings.get("correct")
-        corrupted = [setting for setting in CORRUPTED_SETTINGS if setting in settings]
-        corrupted += sorted(set(settings) - set(CORRUPTED_SETTINGS) - {"correct", "zeroshot"})
+        corrupted = [setting for setting in HEADLINE_CORRUPTED_PREFERENCE if setting in settings]
+        corrupted += sorted(set(settings) - set(HEADLINE_CORRUPTED_PREFERENCE) - {"correct", "zeroshot"})
         if correct_name is None or not corrupted:
             datasets[dataset] = DatasetComparison(tasks=dict(settings))
             continue

@@ -12,12 +12,12 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from lm_eval_false_demos.core.datasets import MAIN_DATASETS
-from lm_eval_false_demos.leaderboard.collect import GROUP_DATASET, Row, identity_text
+from lm_eval_false_demos.leaderboard.rows import GROUP_DATASET, Row, identity_text
 from lm_eval_false_demos.leaderboard.headline import dataset_value, main_values, setting_headline
 from lm_eval_false_demos.leaderboard.values import joined, mean
 
-CORRUPTED_SETTINGS = ("permuted", "random", "half")
-SETTINGS_SHOWN = ("correct",) + CORRUPTED_SETTINGS
+CORRUPTED_COLUMNS_ORDER = ("permuted", "random", "half")  # the corrupted settings with columns, in column order
+SETTINGS_SHOWN = ("correct",) + CORRUPTED_COLUMNS_ORDER
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def summarise(row: Row, iterations: int = 1000, seed: int = 0) -> dict[str, Any]
         str(min(sizes)) if len(sizes) == 1 else f"{min(sizes)}-{max(sizes)}")
     summary["sst2_formats"] = joined(formats)
     summary["curves"], summary["bands"] = {}, {}
-    for setting in CORRUPTED_SETTINGS:
+    for setting in CORRUPTED_COLUMNS_ORDER:
         headline = setting_headline(row, setting, iterations=iterations if setting == "permuted" else 0, seed=seed)
         summary[f"gap_{setting}"] = headline.get("gap")
         if setting != "permuted":

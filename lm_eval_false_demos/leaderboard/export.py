@@ -19,8 +19,8 @@ from typing import Any, Mapping
 import yaml
 
 from lm_eval_false_demos.core.datasets import MAIN_DATASETS
-from lm_eval_false_demos.leaderboard.collect import Row
-from lm_eval_false_demos.leaderboard.columns import CORRUPTED_SETTINGS, SETTINGS_SHOWN
+from lm_eval_false_demos.leaderboard.rows import Row
+from lm_eval_false_demos.leaderboard.columns import CORRUPTED_COLUMNS_ORDER, SETTINGS_SHOWN
 
 DEFAULT_HUB_DATASET_ID = "lm-eval-false-demos/overthinking-the-truth"
 EXPORT_FOLDER = "eval_results"
@@ -72,7 +72,7 @@ def eval_result_entries(summary: Mapping[str, Any], row: Row, dataset_id: str) -
             low = summary.get(f"{setting}_acc_low")
             entries.append(entry(f"falsedemo_main_{setting}", value, f"calibrated_acc, {setting} demonstrations",
                                  [low, summary[f"{setting}_acc_high"]] if low is not None else None))
-    for setting in CORRUPTED_SETTINGS:
+    for setting in CORRUPTED_COLUMNS_ORDER:
         value = summary.get(f"gap_{setting}")
         if value is not None:
             low = summary.get(f"gap_{setting}_low")

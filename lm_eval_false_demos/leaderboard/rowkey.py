@@ -4,7 +4,8 @@ lm-eval writes every configuration of one checkpoint (exit layers, ablations) in
 keyed by the checkpoint plus the model args that change results, with values in canonical form
 (``exit_layer=-1`` and ``exit_layer=L`` are the same readout), plus readout-defining fields that live
 outside the model args. Those are listed once, in ``READOUT_FIELDS``: a new one (a lens kind and hash, a
-chat template hash) is one entry there.
+chat template hash) is one entry there, named as the field of :class:`results.schema.Readout` that our
+sweep and heads files record it in.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from lm_eval_false_demos.leaderboard.values import integer, parse_model_args, text
+from lm_eval_false_demos.results.schema import Readout, integer, parse_model_args, text
 
 # Model args that change where or how fast a model runs, not what it computes.
 RUNTIME_ONLY_ARGS = frozenset(
@@ -24,25 +25,25 @@ CHECKPOINT_ARGS = ("pretrained", "model", "path", "engine")
 
 @dataclass(frozen=True)
 class ReadoutField:
-    """A readout-defining value recorded outside the model args: its name in the row's config text, the
-    places writers put it (key paths from the top of the results file, ``*`` for any key; first found wins),
-    and values that mean "the default" (a file that does not record the field is taken to have it)."""
+    """A readout-defining value recorded outside the model args: its name in the row's config text (also the
+    ``Readout`` field our sweep and heads files record it in), the places it is in an lm-eval results file
+    (key paths from the top, ``*`` for any key; first found wins), and values that mean "the default" (a file
+    that does not record the field is taken to have it)."""
 
     name: str
-    paths: tuple[tuple[str, ...], ...]
+    lm_eval_paths: tuple[tuple[str, ...], ...]
     defaults: tuple[Any, ...] = ()
 
 
 READOUT_FIELDS: tuple[ReadoutField, ...] = (
-    # chat rendering (chat.py): the sweep's config, every lm-eval task's metadata; raw prompts are the default
-    ReadoutField("prompt_mode", (("config", "prompt_mode"), ("configs", "*", "metadata", "prompt_mode")), ("raw",)),
-    ReadoutField("chat_template_sha256", (("config", "chat_template_sha256"),
-                                          ("configs", "*", "metadata", "chat_template_sha256"),
+    # chat rendering (chat.py): every lm-eval task's metadata; raw prompts are the default
+    ReadoutField("prompt_mode", (("configs", "*", "metadata", "prompt_mode"),), ("raw",)),
+    ReadoutField("chat_template_sha256", (("configs", "*", "metadata", "chat_template_sha256"),
                                           ("chat_template_sha",))),  # lm-eval's own, when ours is absent
-    ReadoutField("system_instruction", (("config", "system_instruction"), ("system_instruction_sha",))),
-    # the lens layers are read through (tuned_lens.describe): the sweep's config, our lm-eval models' record;
-    # the plain logit lens records none
-    ReadoutField("lens_sha256", (("config", "lens", "sha256"), ("config", "falsedemo", "lens", "sha256"))),
+    ReadoutField("system_instruction", (("system_instruction_sha",),)),
+    # the lens layers are read through (tuned_lens.describe): our lm-eval models' record; the plain logit lens
+    # records none
+    ReadoutField("lens_sha256", (("config", "falsedemo", "lens", "sha256"),)),
 )
 
 
@@ -75,9 +76,31 @@ def canonical_args(args: dict[str, str], num_layers: int | None) -> dict[str, st
     return args
 
 
-def row_key(model: Any, model_args: Any, payload: Mapping[str, Any], num_layers: int | None
+def _recorded(value: Any, field: ReadoutField) -> bool:
+    return value not in (None, "", False) and value not in field.defaults
+
+
+def lm_eval_readout(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The readout fields of an lm-eval results file: {name: the first non-default value found}."""
+    found = {}
+    for field in READOUT_FIELDS:
+        for path in field.lm_eval_paths:
+            value = _lookup(payload, path)
+            if _recorded(value, field):
+                found[field.name] = value
+                break
+    return found
+
+
+def schema_readout(readout: Readout) -> dict[str, Any]:
+    """The readout fields a sweep or heads file records (results.schema.Readout)."""
+    return {field.name: getattr(readout, field.name) for field in READOUT_FIELDS}
+
+
+def row_key(model: Any, model_args: Any, readout: Mapping[str, Any], num_layers: int | None
             ) -> tuple[str, tuple[tuple[str, str], ...], str | None]:
-    """(checkpoint, sorted readout-defining (name, value) pairs, lm-eval model type) for one results file."""
+    """(checkpoint, sorted readout-defining (name, value) pairs, lm-eval model type) for one results file;
+    ``readout``: its readout fields by name (lm_eval_readout, schema_readout)."""
     args = parse_model_args(model_args)
     if args is None:
         raise RowKeyError(f"model_args is neither a string nor an object: {model_args!r:.80}")
@@ -93,9 +116,7 @@ def row_key(model: Any, model_args: Any, payload: Mapping[str, Any], num_layers:
     args = canonical_args(args, num_layers)
     pairs = {name: value for name, value in args.items() if name not in RUNTIME_ONLY_ARGS}
     for field in READOUT_FIELDS:
-        for path in field.paths:
-            value = _lookup(payload, path)
-            if value not in (None, "", False) and value not in field.defaults:
-                pairs[field.name] = str(value) if not isinstance(value, str) else " ".join(value.split())
-                break
+        value = readout.get(field.name)
+        if _recorded(value, field):
+            pairs[field.name] = str(value) if not isinstance(value, str) else " ".join(value.split())
     return checkpoint, tuple(sorted(pairs.items())), model_type

@@ -1,85 +1,17 @@
-"""Defensive readers of single values in results files: a hostile or partial file never raises here."""
+"""Defensive walking of lm-eval's results files (a layout not ours; a hostile or partial file never raises
+here) and small helpers of the tables. Single values are read with the results schemas' own readers
+(:mod:`results.schema`: number, accuracy, integer, text, model args)."""
 
 from __future__ import annotations
 
-import json
-import math
 import re
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from lm_eval_false_demos.results.schema import text
+
 _TIMESTAMP_IN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})T(\d{2})[-:](\d{2})[-:](\d{2})")
-
-
-def parse_model_args(model_args: Any) -> dict[str, str] | None:
-    """lm-eval model args (``"a=1,b=2"`` or a dict) as ``{name: text}``; None if neither."""
-    if model_args is None:
-        return {}
-    if isinstance(model_args, dict):
-        return {str(name).strip(): arg_text(value) for name, value in model_args.items() if str(name).strip()}
-    if isinstance(model_args, str):
-        parsed = {}
-        for part in model_args.split(","):
-            name, sep, value = part.partition("=")
-            if name.strip():
-                parsed[name.strip()] = value.strip() if sep else ""
-        return parsed
-    return None
-
-
-def arg_text(value: Any) -> str:
-    if isinstance(value, str):
-        return value.strip()
-    if isinstance(value, bool) or value is None:
-        return str(value)
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))  # lm-eval's CLI turns exit_layer=-1 into -1.0
-    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-
-
-def number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def accuracy(value: Any) -> float | None:
-    found = number(value)
-    return found if found is not None and 0.0 <= found <= 1.0 else None
-
-
-def integer(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        try:
-            parsed = float(value.strip())  # lm-eval's CLI writes exit_layer=-1 as "-1.0"
-        except ValueError:
-            return None
-        return int(parsed) if parsed.is_integer() else None
-    return None
-
-
-def curve(value: Any) -> list[float] | None:
-    if not isinstance(value, list) or len(value) < 2:
-        return None
-    values = [accuracy(item) for item in value]
-    return None if any(item is None for item in values) else values
-
-
-def text(value: Any) -> str | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, str) and value.strip():
-        return " ".join(value.split())
-    return None
 
 
 def first(mapping: Mapping[str, Any], names: Iterable[str]) -> Any:
@@ -96,12 +28,7 @@ def mapping_at(node: Any, *path: str) -> dict:
 
 
 def data_source_text(source: Any) -> str | None:
-    """``hub``, or ``local`` for a folder: a machine's paths say nothing to a reader.
-
-    Accepts the sweep's ``{"kind": "local", "path": ...}`` as well as plain text.
-    """
-    if isinstance(source, dict):
-        source = source.get("kind")
+    """``hub``, or ``local`` for a folder: a machine's paths say nothing to a reader."""
     found = text(source)
     if found is None:
         return None
@@ -111,19 +38,6 @@ def data_source_text(source: Any) -> str | None:
     if lowered.startswith("local") or "/" in found or "\\" in found:
         return "local"
     return found
-
-
-def date_of(config: Mapping[str, Any]) -> float | None:
-    value = first(config, ("date", "timestamp", "created"))
-    if number(value) is not None:
-        return number(value)
-    if isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return date_from_name(Path(value))
-        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
-    return None
 
 
 def date_from_name(path: Path) -> float | None:

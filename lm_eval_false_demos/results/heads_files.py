@@ -3,15 +3,14 @@ critical layer read from a sweep.json to mark in them."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from lm_eval_false_demos.analysis.head_scores import HeadScores, format_heads
-from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.core import files as results_io
+from lm_eval_false_demos.results.sweep_schema import SweepFile
 
 FORMAT_VERSION = 1
 
@@ -27,18 +26,10 @@ UNDEFINED_REASONS = {
 
 
 def critical_layer_from_sweep(path: str | Path, dataset: str) -> int | None:
-    """The critical layer (lens numbering 0..L) a ``sweep.json`` found for ``dataset`` (else its summary's)."""
-    try:
-        payload = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise FalseDemoError(f"cannot read sweep result {str(path)!r}: {error}") from None
-    if payload.get("kind") != "falsedemo.sweep":
-        raise FalseDemoError(f"{str(path)!r} is not a sweep.json (kind {payload.get('kind')!r})")
-    entry = (payload.get("datasets") or {}).get(dataset) or {}
-    layer = entry.get("critical_layer")
-    if layer is None:
-        layer = (payload.get("summary") or {}).get("critical_layer")
-    return int(layer) if isinstance(layer, (int, float)) else None
+    """The critical layer (lens numbering 0..L) a ``sweep.json`` found for ``dataset`` (None when it has none);
+    FalseDemoError (results.schema.SchemaError) when the file is not a sweep.json this version reads."""
+    derived = SweepFile.load(path).datasets.get(dataset)
+    return derived.critical_layer if derived is not None else None
 
 
 def write_figures(scores: HeadScores, top: Sequence[tuple[int, int]], directory: Path, title: str,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from lm_eval_false_demos.analysis.layer_curves import CORRUPTED_SETTINGS, LAYER_METRICS
+from lm_eval_false_demos.analysis.layer_curves import HEADLINE_CORRUPTED_PREFERENCE, LAYER_METRICS
 from lm_eval_false_demos.core import files as results_io
 from lm_eval_false_demos.results import query_scores
 
@@ -96,7 +96,7 @@ def layer_panels(result: Mapping) -> list[dict]:
         derived = result["datasets"].get(dataset, {})
         curves = {
             setting: settings[setting]["per_layer"]["calibrated_acc"]
-            for setting in ("correct", *CORRUPTED_SETTINGS, "zeroshot") if setting in settings
+            for setting in ("correct", *HEADLINE_CORRUPTED_PREFERENCE, "zeroshot") if setting in settings
         }
         if "zeroshot" not in curves and "correct" in settings:
             # Without a zero-shot task, demo 0 of the correct prompts is read with no preceding demos.

@@ -1,0 +1,237 @@
+"""``sweep.json`` read back typed: the configuration, each task's per-layer curves, each dataset's derived numbers
+and the run summary, as ``integrations.sweep.run_sweep`` builds them and ``results.sweep_files`` writes them.
+
+Versions read: ``format_version`` 1, in every layout written so far (``datasets``, ``summary`` and
+``summary.mean_by_setting`` are absent from the earliest files, ``per_position`` and ``label_words`` from some).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from lm_eval_false_demos.results.schema import (
+    RunConfig, SchemaError, check_header, curve, integer, interval, number, numbers, read_json, section, string,
+    text,
+)
+
+KIND = "falsedemo.sweep"
+FORMAT_VERSIONS = (1,)  # every version integrations.sweep has written
+CURVE_METRIC = "calibrated_acc"  # the curve every task has; the others (acc, follow_acc) are in per_layer
+
+
+@dataclass(frozen=True)
+class SweepConfig(RunConfig):
+    date: float | None  # config.date: seconds since the epoch
+    k: tuple[int, ...]  # demonstrations per prompt, over the tasks
+    fewshot_seed: int | None  # config.seed.fewshot
+
+    @classmethod
+    def from_json(cls, config: Mapping[str, Any], path: str | Path) -> "SweepConfig":
+        ks = config.get("k") if isinstance(config.get("k"), list) else []
+        seed = config.get("seed") if isinstance(config.get("seed"), dict) else {}
+        return cls(**RunConfig.fields_from_json(config, path), date=number(config.get("date")),
+                   k=tuple(k for k in map(integer, ks) if k), fewshot_seed=integer(seed.get("fewshot")))
+
+
+@dataclass(frozen=True)
+class TaskCurves:
+    """``tasks.<task>``: one task's metrics at every lens layer 0..L (the query's readout position)."""
+
+    name: str
+    dataset: str  # a dataset key, SST-2's formats as sst2_f<i>
+    setting: str
+    n: int | None
+    k: int | None
+    chance: float | None
+    calibrated_acc: tuple[float, ...]  # per_layer.calibrated_acc, layers 0..L
+    per_layer: Mapping[str, tuple[float | None, ...]]  # every metric recorded
+
+    @classmethod
+    def from_json(cls, name: str, entry: Any) -> "TaskCurves":
+        """Raises ValueError naming what is missing (the caller skips the task, not the file)."""
+        if not isinstance(entry, dict):
+            raise ValueError(f"ignored task {name!r}: not an object")
+        dataset, setting = string(entry.get("dataset")), string(entry.get("setting"))
+        if dataset is None or setting is None:
+            raise ValueError(f"ignored task {name!r}: no dataset and setting")
+        per_layer = entry.get("per_layer") if isinstance(entry.get("per_layer"), dict) else {}
+        calibrated = curve(per_layer.get(CURVE_METRIC))
+        if calibrated is None:
+            raise ValueError(f"ignored task {name}: per_layer.{CURVE_METRIC} is not a list of accuracies in [0, 1]")
+        return cls(name, dataset, setting, integer(entry.get("n")), integer(entry.get("k")), number(entry.get("chance")),
+                   calibrated, {metric: numbers(values) for metric, values in per_layer.items()})
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Correct against one corrupted setting, paired query by query (``datasets.<d>.by_setting.<setting>``)."""
+
+    n: int | None
+    critical_layer: int | None  # first lens layer where the gap reaches half its last-layer value
+    early_exit_layer: int | None
+    early_exit_gain: float | None
+    early_exit_accuracy: float | None
+    last_correct: float | None  # last_layer.{correct, corrupted, gap}
+    last_corrupted: float | None
+    last_gap: float | None
+    intervals: Mapping[str, tuple[float, float]]  # intervals.{correct, corrupted, gap, early_exit_gain}
+    held_out_early_exit_layer: int | None  # held_out: the exit layer chosen on half the queries
+    held_out_early_exit_gain: float | None
+    held_out_interval: tuple[float, float] | None
+    gap_per_layer: tuple[float | None, ...]
+
+    @classmethod
+    def from_json(cls, entry: Mapping[str, Any]) -> "Comparison":
+        last = entry.get("last_layer") if isinstance(entry.get("last_layer"), dict) else {}
+        intervals = entry.get("intervals") if isinstance(entry.get("intervals"), dict) else {}
+        held_out = entry.get("held_out") if isinstance(entry.get("held_out"), dict) else {}
+        return cls(
+            n=integer(entry.get("n")),
+            critical_layer=integer(entry.get("critical_layer")),
+            early_exit_layer=integer(entry.get("early_exit_layer")),
+            early_exit_gain=number(entry.get("early_exit_gain")),
+            early_exit_accuracy=number(entry.get("early_exit_accuracy")),
+            last_correct=number(last.get("correct")),
+            last_corrupted=number(last.get("corrupted")),
+            last_gap=number(last.get("gap")),
+            intervals={name: found for name in ("correct", "corrupted", "gap", "early_exit_gain")
+                       if (found := interval(intervals.get(name))) is not None},
+            held_out_early_exit_layer=integer(held_out.get("early_exit_layer")),
+            held_out_early_exit_gain=number(held_out.get("early_exit_gain")),
+            held_out_interval=interval(held_out.get("interval")),
+            gap_per_layer=numbers(entry.get("gap_per_layer")),
+        )
+
+
+@dataclass(frozen=True)
+class DatasetDerived:
+    """``datasets.<d>``: one dataset's derived numbers; a dataset without a correct and a corrupted setting has
+    only ``tasks`` and a ``note``."""
+
+    dataset: str
+    tasks: Mapping[str, str]  # setting -> task name
+    k: int | None
+    num_classes: int | None
+    note: str | None
+    corrupted_setting: str | None  # the headline's (permuted when run)
+    headline: Comparison | None  # the entry's flat fields: by_setting[corrupted_setting]
+    by_setting: Mapping[str, Comparison]
+
+    @property
+    def critical_layer(self) -> int | None:
+        return self.headline.critical_layer if self.headline is not None else None
+
+    @classmethod
+    def from_json(cls, dataset: str, entry: Mapping[str, Any], path: str | Path) -> "DatasetDerived":
+        tasks = section(entry, "tasks", path)
+        by_setting = section(entry, "by_setting", path)
+        for setting, comparison in by_setting.items():
+            if not isinstance(comparison, dict):
+                raise SchemaError(path, f"datasets.{dataset}.by_setting.{setting} is not an object")
+        return cls(
+            dataset=dataset,
+            tasks={str(setting): str(name) for setting, name in tasks.items()},
+            k=integer(entry.get("k")),
+            num_classes=integer(entry.get("num_classes")),
+            note=text(entry.get("note")),
+            corrupted_setting=string(entry.get("corrupted_setting")),
+            headline=Comparison.from_json(entry) if by_setting else None,
+            by_setting={setting: Comparison.from_json(comparison) for setting, comparison in by_setting.items()},
+        )
+
+
+@dataclass(frozen=True)
+class SettingMeans:
+    """``summary.mean_by_setting.<setting>``: per-dataset numbers averaged over the datasets with them."""
+
+    datasets: int | None
+    correct: float | None
+    corrupted: float | None
+    gap: float | None
+    early_exit_gain: float | None
+    held_out_early_exit_gain: float | None
+
+
+@dataclass(frozen=True)
+class SettingHeadline:
+    """``summary.<setting>``: the paper's headline on the main datasets' mean curves."""
+
+    datasets: tuple[str, ...]
+    correct_last: float | None
+    corrupted_last: float | None
+    gap: float | None
+    critical_layer: int | None
+    early_exit_layer: int | None
+    early_exit_gain: float | None
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    datasets: tuple[str, ...]  # the datasets with derived numbers
+    mean_by_setting: Mapping[str, SettingMeans]
+    headline: Mapping[str, SettingHeadline]  # by corrupted setting: summary.<setting>
+
+    @classmethod
+    def from_json(cls, summary: Mapping[str, Any], path: str | Path) -> "SweepSummary":
+        means = section(summary, "mean_by_setting", path)
+        headline = {key: value for key, value in summary.items() if key not in ("datasets", "mean_by_setting")}
+        for key, value in (*means.items(), *headline.items()):
+            if not isinstance(value, dict):
+                raise SchemaError(path, f"summary entry {key!r} is not an object")
+        return cls(
+            datasets=_names(summary.get("datasets")),
+            mean_by_setting={setting: SettingMeans(
+                integer(value.get("datasets")), number(value.get("correct")), number(value.get("corrupted")),
+                number(value.get("gap")), number(value.get("early_exit_gain")),
+                number(value.get("held_out_early_exit_gain"))) for setting, value in means.items()},
+            headline={setting: SettingHeadline(
+                _names(value.get("datasets")), number(value.get("correct_last")), number(value.get("corrupted_last")),
+                number(value.get("gap")), integer(value.get("critical_layer")), integer(value.get("early_exit_layer")),
+                number(value.get("early_exit_gain"))) for setting, value in headline.items()},
+        )
+
+
+@dataclass(frozen=True)
+class SweepFile:
+    """A whole ``sweep.json``. ``tasks`` holds the usable tasks; ``ignored`` says why any other was left out."""
+
+    path: str
+    format_version: int
+    config: SweepConfig
+    tasks: Mapping[str, TaskCurves]
+    ignored: tuple[str, ...]
+    datasets: Mapping[str, DatasetDerived]
+    summary: SweepSummary
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SweepFile":
+        payload = read_json(path)
+        if not isinstance(payload, dict):
+            raise SchemaError(path, f"not a {KIND} file (top level is {type(payload).__name__})")
+        return cls.from_json(payload, path)
+
+    @classmethod
+    def from_json(cls, payload: Mapping[str, Any], path: str | Path = "<sweep.json>") -> "SweepFile":
+        version = check_header(payload, KIND, FORMAT_VERSIONS, path)
+        config = SweepConfig.from_json(section(payload, "config", path, required=True), path)
+        tasks, ignored = {}, []
+        for name, entry in sorted(section(payload, "tasks", path, required=True).items()):
+            try:
+                tasks[name] = TaskCurves.from_json(name, entry)
+            except ValueError as problem:
+                ignored.append(str(problem))
+        datasets = section(payload, "datasets", path)
+        for dataset, entry in datasets.items():
+            if not isinstance(entry, dict):
+                raise SchemaError(path, f"datasets.{dataset} is not an object")
+        return cls(
+            path=str(path), format_version=version, config=config, tasks=tasks, ignored=tuple(ignored),
+            datasets={dataset: DatasetDerived.from_json(dataset, entry, path) for dataset, entry in datasets.items()},
+            summary=SweepSummary.from_json(section(payload, "summary", path), path),
+        )
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    return tuple(item for item in value if isinstance(item, str)) if isinstance(value, list) else ()
