@@ -2,7 +2,8 @@
 
 Each type's ``to_json`` gives exactly the dict ``sweep.json`` holds (format_version 1): key names and order,
 and optional numbers left out rather than written as null where the file always left them out. Layers are
-lens layers 0..L throughout.
+lens layers 0..L throughout. Files are read back (any vintage, leniently) by
+:mod:`lm_eval_false_demos.results.sweep_schema`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """``sweep.json`` read back typed: the configuration, each task's per-layer curves, each dataset's derived numbers
 and the run summary, as ``integrations.sweep.run_sweep`` builds them and ``results.sweep_files`` writes them.
 
+The records here are what a file of any vintage holds (numbers may be missing); the exact results a run
+computes are :mod:`lm_eval_false_demos.analysis.sweep_results`, whose ``to_json`` writes the layout read here.
+
 Versions read: ``format_version`` 1, in every layout written so far (``datasets``, ``summary`` and
 ``summary.mean_by_setting`` are absent from the earliest files, ``per_position`` and ``label_words`` from some).
 """
@@ -36,7 +39,7 @@ class SweepConfig(RunConfig):
 
 
 @dataclass(frozen=True)
-class TaskCurves:
+class TaskRecord:
     """``tasks.<task>``: one task's metrics at every lens layer 0..L (the query's readout position)."""
 
     name: str
@@ -49,7 +52,7 @@ class TaskCurves:
     per_layer: Mapping[str, tuple[float | None, ...]]  # every metric recorded
 
     @classmethod
-    def from_json(cls, name: str, entry: Any) -> "TaskCurves":
+    def from_json(cls, name: str, entry: Any) -> "TaskRecord":
         """Raises ValueError naming what is missing (the caller skips the task, not the file)."""
         if not isinstance(entry, dict):
             raise ValueError(f"ignored task {name!r}: not an object")
@@ -65,7 +68,7 @@ class TaskCurves:
 
 
 @dataclass(frozen=True)
-class Comparison:
+class ComparisonRecord:
     """Correct against one corrupted setting, paired query by query (``datasets.<d>.by_setting.<setting>``)."""
 
     n: int | None
@@ -83,7 +86,7 @@ class Comparison:
     gap_per_layer: tuple[float | None, ...]
 
     @classmethod
-    def from_json(cls, entry: Mapping[str, Any]) -> "Comparison":
+    def from_json(cls, entry: Mapping[str, Any]) -> "ComparisonRecord":
         last = entry.get("last_layer") if isinstance(entry.get("last_layer"), dict) else {}
         intervals = entry.get("intervals") if isinstance(entry.get("intervals"), dict) else {}
         held_out = entry.get("held_out") if isinstance(entry.get("held_out"), dict) else {}
@@ -106,7 +109,7 @@ class Comparison:
 
 
 @dataclass(frozen=True)
-class DatasetDerived:
+class DatasetRecord:
     """``datasets.<d>``: one dataset's derived numbers; a dataset without a correct and a corrupted setting has
     only ``tasks`` and a ``note``."""
 
@@ -116,15 +119,15 @@ class DatasetDerived:
     num_classes: int | None
     note: str | None
     corrupted_setting: str | None  # the headline's (permuted when run)
-    headline: Comparison | None  # the entry's flat fields: by_setting[corrupted_setting]
-    by_setting: Mapping[str, Comparison]
+    headline: ComparisonRecord | None  # the entry's flat fields: by_setting[corrupted_setting]
+    by_setting: Mapping[str, ComparisonRecord]
 
     @property
     def critical_layer(self) -> int | None:
         return self.headline.critical_layer if self.headline is not None else None
 
     @classmethod
-    def from_json(cls, dataset: str, entry: Mapping[str, Any], path: str | Path) -> "DatasetDerived":
+    def from_json(cls, dataset: str, entry: Mapping[str, Any], path: str | Path) -> "DatasetRecord":
         tasks = section(entry, "tasks", path)
         by_setting = section(entry, "by_setting", path)
         for setting, comparison in by_setting.items():
@@ -137,8 +140,8 @@ class DatasetDerived:
             num_classes=integer(entry.get("num_classes")),
             note=text(entry.get("note")),
             corrupted_setting=string(entry.get("corrupted_setting")),
-            headline=Comparison.from_json(entry) if by_setting else None,
-            by_setting={setting: Comparison.from_json(comparison) for setting, comparison in by_setting.items()},
+            headline=ComparisonRecord.from_json(entry) if by_setting else None,
+            by_setting={setting: ComparisonRecord.from_json(comparison) for setting, comparison in by_setting.items()},
         )
 
 
@@ -200,9 +203,9 @@ class SweepFile:
     path: str
     format_version: int
     config: SweepConfig
-    tasks: Mapping[str, TaskCurves]
+    tasks: Mapping[str, TaskRecord]
     ignored: tuple[str, ...]
-    datasets: Mapping[str, DatasetDerived]
+    datasets: Mapping[str, DatasetRecord]
     summary: SweepSummary
 
     @classmethod
@@ -219,7 +222,7 @@ class SweepFile:
         tasks, ignored = {}, []
         for name, entry in sorted(section(payload, "tasks", path, required=True).items()):
             try:
-                tasks[name] = TaskCurves.from_json(name, entry)
+                tasks[name] = TaskRecord.from_json(name, entry)
             except ValueError as problem:
                 ignored.append(str(problem))
         datasets = section(payload, "datasets", path)
@@ -228,7 +231,7 @@ class SweepFile:
                 raise SchemaError(path, f"datasets.{dataset} is not an object")
         return cls(
             path=str(path), format_version=version, config=config, tasks=tasks, ignored=tuple(ignored),
-            datasets={dataset: DatasetDerived.from_json(dataset, entry, path) for dataset, entry in datasets.items()},
+            datasets={dataset: DatasetRecord.from_json(dataset, entry, path) for dataset, entry in datasets.items()},
             summary=SweepSummary.from_json(section(payload, "summary", path), path),
         )
 
