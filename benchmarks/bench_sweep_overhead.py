@@ -10,11 +10,14 @@ it (``falsedemo sweep`` in a fresh process, ``--no_plots --bootstrap_iters 0``) 
   task_prompts  tasks built and their requests turned into prompt records
   configuration the run's record (model identity: remembered weight digests, data provenance, versions)
   tokenisation  every prompt encoded as HFLM encodes it, readout positions found
-  forward       the forward passes (this is the work; excluded from the overhead)
+  forward       the forward passes (this is the work; excluded from the overhead); the first batch's also
+                checks lens parity, running on to the model's head at the scored positions
   analysis      curves, critical layer, early exit, summaries
 
-Next to it, a bare ``import lm_eval.models.huggingface`` in a fresh process (the import floor any lm-eval run
-pays). Each measurement runs ``--repeats`` times one after the other; the table shows every run.
+Next to it, in fresh processes: a bare ``import lm_eval.models.huggingface`` and a bare model load (that import
+plus lm-eval's ``hf`` model created for the same checkpoint): the floor any ``lm_eval --model hf`` run pays
+before its first forward. "ours" is what the sweep adds to that floor outside its forwards (outside forward -
+bare load). Each measurement runs ``--repeats`` times one after the other; the table shows every run.
 
 Usage (the figures in benchmarks/README.md come from this exact command):
   python benchmarks/bench_sweep_overhead.py --repeats 2
@@ -32,6 +35,14 @@ import tempfile
 import time
 
 PHASES = ("task_index", "model_load", "task_prompts", "configuration", "tokenisation", "forward", "analysis")
+
+
+BARE_LOAD = """
+import lm_eval.api.registry, lm_eval.models
+from lm_eval_false_demos.core.embedded_models import resolve_pretrained
+lm_eval.api.registry.get_model("hf").create_from_arg_obj(
+    {{"pretrained": resolve_pretrained("{pretrained}"), "dtype": "float32"}}, {{"batch_size": 4, "device": "cpu"}})
+"""
 
 
 def timed(command: list[str], env: dict) -> float:
@@ -52,6 +63,7 @@ def main() -> None:
     rows = []
     for repeat in range(args.repeats):
         imports = timed([sys.executable, "-c", "import lm_eval.models.huggingface"], env)
+        bare_load = timed([sys.executable, "-c", BARE_LOAD.format(pretrained=args.pretrained)], env)
         with tempfile.TemporaryDirectory() as output:
             wall = timed([sys.executable, "-m", "lm_eval_false_demos.cli", "sweep",
                           "--model_args", f"pretrained={args.pretrained},dtype=float32", "--tasks", args.tasks,
@@ -59,16 +71,17 @@ def main() -> None:
                           "--output_path", output, "--no_plots", "--bootstrap_iters", "0"], env)
             timing = json.loads(open(glob.glob(f"{output}/*/sweep.json")[0]).read())["timing"]
         phases = timing["phases"]
-        rows.append({"repeat": repeat + 1, "wall": wall, "imports": imports, "start-up": wall - timing["total_seconds"],
+        rows.append({"repeat": repeat + 1, "wall": wall, "imports": imports, "bare_load": bare_load, "start-up": wall - timing["total_seconds"],
                      **phases, "prompts": timing["prompts"]})
     header = ["repeat", "wall", "forward", "outside forward", "ratio", "start-up", *[p for p in PHASES if p != "forward"],
-              "bare import"]
+              "bare import", "bare load", "ours"]
     print(" | ".join(header))
     for row in rows:
         outside = row["wall"] - row["forward"]
         print(" | ".join([str(row["repeat"]), f"{row['wall']:.1f}", f"{row['forward']:.1f}", f"{outside:.1f}",
                           f"{outside / row['forward']:.3f}", f"{row['start-up']:.1f}",
-                          *[f"{row[p]:.2f}" for p in PHASES if p != "forward"], f"{row['imports']:.1f}"]))
+                          *[f"{row.get(p, 0.0):.2f}" for p in PHASES if p != "forward"], f"{row['imports']:.1f}", f"{row['bare_load']:.1f}",
+                          f"{outside - row['bare_load']:.1f}"]))
     print(f"({rows[0]['prompts']} prompts; ratio = outside forward / forward, measured in the same run)")
 
 

@@ -378,3 +378,21 @@ def test_the_sweeps_own_loading_reads_the_tokenizer_once_and_indexes_only_our_ta
 def test_tasks_other_than_ours_are_refused_before_anything_loads():
     with pytest.raises(FalseDemoError, match="hellaswag: not a falsedemo task"):
         sweep_run.run_sweep(model="hf", model_args={"pretrained": "/nonexistent"}, tasks=["hellaswag"])
+
+
+def test_the_lens_parity_check_rides_on_the_first_batch_forward(tiny_lm, task_manager, tiny_model_dir):
+    """One forward per batch, parity included: the first batch's forward runs on to the model's head (at the
+    scored positions) instead of a separate forward for the check."""
+    calls = []
+    handle = tiny_lm.model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        result = sweep_run.run_sweep(
+            model="hf", model_args={"pretrained": str(tiny_model_dir("llama")), "dtype": "float32"}, tasks=TASKS,
+            limit=LIMIT, num_fewshot=NUM_FEWSHOT, seed=[0, 1234, 1234, FEWSHOT_SEED], batch_size=3,
+            bootstrap_iters=0, task_manager=task_manager, lm=tiny_lm, show_progress=False,
+        )
+    finally:
+        handle.remove()
+    assert len(calls) == -(-2 * LIMIT // 3)  # 24 prompts in batches of 3
+    parity = result["config"]["lens_parity"]
+    assert parity["max_abs_diff"] < 1e-4 and parity["positions"] == 3 * (NUM_FEWSHOT + 1)

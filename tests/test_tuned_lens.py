@@ -154,6 +154,20 @@ def test_parity_passes_on_every_architecture(tiny_model):
     assert record["max_abs_diff"] < 1e-4 and record["positions"] == 4 and record["dtype"] == "float32", arch
 
 
+def test_parity_runs_the_models_head_only_at_the_scored_positions(tiny_model):
+    arch, model, tokenizer = tiny_model
+    inputs = _inputs(tokenizer)
+    widths = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda m, args, out: widths.append(args[0].shape[1]))
+    try:
+        record = check_parity(model, inputs, [[-1, 3], [2, -1]])
+    finally:
+        handle.remove()
+    # positions 2, 3 and the last: the head reads 3 rows per sequence, not every position (the lens reads 4)
+    assert 3 in widths and inputs.shape[1] not in widths, (arch, widths)
+    assert record["max_abs_diff"] < 1e-4
+
+
 def test_parity_fails_naming_architecture_and_paths_on_a_wrong_norm_override():
     from tiny_models import build_tiny_model
 

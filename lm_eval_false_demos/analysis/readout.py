@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 from lm_eval_false_demos.core.interventions import ablate
 from lm_eval_false_demos.core.lens import read_label_logits
+from lm_eval_false_demos.core.lens_parity import check_parity, read_label_logits_checked
 
 from lm_eval_false_demos.analysis.records import EncodedPrompt
 
@@ -24,13 +25,14 @@ def _ablation_context(ablation, model, modules, attention_mask):
 
 
 def read_prompts(model, encoded: Sequence[EncodedPrompt], batch_size: int, modules, *, pad_id: int,
-                 ablation=None, progress=None, translator=None, on_first_batch=None, chunks=None
+                 ablation=None, progress=None, translator=None, parity: dict | None = None, chunks=None
                  ) -> dict[int, np.ndarray]:
     """{index: label logits [L+1, P, K] float32} from one forward per prompt, batched by similar length.
 
     ``ablation`` (an ``interventions.Ablation``) is applied around each forward; ``pad_id`` pads the batch.
-    ``translator`` is a tuned lens (None: the logit lens); ``on_first_batch(input_ids, attention_mask,
-    positions)`` runs once, before the first readout (the lens parity check).
+    ``translator`` is a tuned lens (None: the logit lens). With ``parity`` (a dict, filled in) the first batch is
+    read with the lens parity check (:func:`core.lens_parity.read_label_logits_checked`): its forward runs on to
+    the model's own logits at the scored positions, so the check costs no forward of its own.
 
     Sequences are right-padded: in a causal model padding after a position cannot change it, so every readout
     equals the unpadded one. Prompts with different K or readout counts never share a batch. With ``chunks``
@@ -48,7 +50,8 @@ def read_prompts(model, encoded: Sequence[EncodedPrompt], batch_size: int, modul
         for start in range(0, len(group), batch_size):
             batch = group[start:start + batch_size]
             stored = chunks is not None and all(prompt.index in chunks.done for prompt in batch)
-            if stored and on_first_batch is None:
+            check = parity is not None and not parity
+            if stored and not check:
                 outputs.update({prompt.index: chunks.done[prompt.index] for prompt in batch})
                 if progress is not None:
                     progress.update(len(batch))
@@ -63,20 +66,25 @@ def read_prompts(model, encoded: Sequence[EncodedPrompt], batch_size: int, modul
             label_ids = torch.tensor([prompt.label_token_ids + prompt.demo_label_token_ids for prompt in batch],
                                      dtype=torch.long)
             input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-            if on_first_batch is not None:
-                # on the first batch of the plan even when it is stored, so a resumed run checks the same prompts
-                on_first_batch(input_ids, attention_mask, positions.to(device))
-                on_first_batch = None
             if stored:
+                if check:  # the first batch of the plan even when stored: a resumed run checks the same prompts
+                    parity.update(check_parity(model, input_ids, positions.to(device), attention_mask, modules))
                 outputs.update({prompt.index: chunks.done[prompt.index] for prompt in batch})
                 if progress is not None:
                     progress.update(len(batch))
                 continue
             with _ablation_context(ablation, model, modules, attention_mask):
-                logits = read_label_logits(
-                    model, input_ids, positions.to(device), label_ids.to(device),
-                    attention_mask=attention_mask, modules=modules, translator=translator,
-                )  # [L+1, B, P, K]
+                if check:
+                    logits, record = read_label_logits_checked(
+                        model, input_ids, positions.to(device), label_ids.to(device),
+                        attention_mask=attention_mask, modules=modules, translator=translator,
+                    )
+                    parity.update(record)
+                else:
+                    logits = read_label_logits(
+                        model, input_ids, positions.to(device), label_ids.to(device),
+                        attention_mask=attention_mask, modules=modules, translator=translator,
+                    )  # [L+1, B, P, K]
             logits = logits.float().cpu().numpy()
             for row, prompt in enumerate(batch):
                 outputs[prompt.index] = _labels_by_position(logits[:, row], prompt)

@@ -13,6 +13,7 @@ with hooks on the blocks themselves, never from ``output_hidden_states``: transf
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -156,6 +157,22 @@ def residuals(
     Returns [len(layers), B, P, d] for ``positions`` ([P] or [B, P], negative counts from the end) or
     [len(layers), B, T, d] for ``positions=None``. Only the requested rows are kept.
     """
+    return residuals_and_output(model, input_ids, layers, positions, attention_mask, modules, run_to_end=False,
+                                **forward_kwargs)[0]
+
+
+def residuals_and_output(
+    model,
+    input_ids: torch.Tensor,
+    layers: Sequence[int] | int | None = None,
+    positions=None,
+    attention_mask: torch.Tensor | None = None,
+    modules: ModelModules | None = None,
+    run_to_end: bool = True,
+    **forward_kwargs,
+) -> tuple[torch.Tensor, Any]:
+    """:func:`residuals` and, with ``run_to_end``, the model's own output of the same forward (the forward is
+    not stopped after the deepest layer); None otherwise."""
     modules = modules or resolve_modules(model)
     num_layers = modules.num_layers
     layer_list = _normalise_layers(layers, num_layers)
@@ -173,14 +190,14 @@ def residuals(
     def make_post_hook(layer: int):
         def hook(module, args, output):
             captured[layer] = take(_block_output(output))
-            if layer == deepest:
+            if layer == deepest and not run_to_end:
                 raise _StopForward
 
         return hook
 
     def pre_hook(module, args, kwargs):
         captured[0] = take(_block_input(args, kwargs))
-        if deepest == 0:
+        if deepest == 0 and not run_to_end:
             raise _StopForward
 
     handles = []
@@ -189,9 +206,10 @@ def residuals(
             handles.append(modules.blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
         for layer in sorted(set(layer_list) - {0}):
             handles.append(modules.blocks[layer - 1].register_forward_hook(make_post_hook(layer)))
+        output = None
         try:
             with torch.no_grad():
-                model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **forward_kwargs)
+                output = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **forward_kwargs)
         except _StopForward:
             pass
     finally:
@@ -201,7 +219,7 @@ def residuals(
     if missing:
         raise RuntimeError(f"the forward pass never reached layers {missing}; are the block paths right?")
     device = _head_weight(modules.output_head).device
-    return torch.stack([captured[layer].to(device) for layer in layer_list])
+    return torch.stack([captured[layer].to(device) for layer in layer_list]), output
 
 
 def read_label_logits(
@@ -222,6 +240,12 @@ def read_label_logits(
     """
     modules = modules or resolve_modules(model)
     rows = residuals(model, input_ids, layers, positions, attention_mask, modules, **forward_kwargs)
+    return label_logits_of_rows(model, rows, label_token_ids, layers, modules, translator)
+
+
+def label_logits_of_rows(model, rows: torch.Tensor, label_token_ids, layers: Sequence[int] | None,
+                         modules: ModelModules, translator=None) -> torch.Tensor:
+    """[len(layers), B, P, K] label logits of residual rows [len(layers), B, P, d] read at ``layers``."""
     with torch.no_grad():
         if translator is not None:
             layer_list = _normalise_layers(layers, modules.num_layers)

@@ -10,11 +10,13 @@ tuned lens: translators stop before layer L.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from lm_eval_false_demos.core.architectures import ModelModules, resolve_modules
 from lm_eval_false_demos.errors import FalseDemoError
-from lm_eval_false_demos.core.lens import _block_output, _normalise_positions, lens_logits
+from lm_eval_false_demos.core.lens import _normalise_positions, label_logits_of_rows, lens_logits, residuals_and_output
 
 # Relative to the largest logit magnitude (at least 1): float32 rounding in a differently blocked matmul is
 # ~1e-6 of it, a wrong norm or a missing soft-cap several percent.
@@ -35,6 +37,13 @@ def describe_paths(modules: ModelModules) -> str:
     return f"architecture {modules.model_type!r} ({shown}, softcap={modules.softcap})"
 
 
+def _accepts_logits_to_keep(model) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def check_parity(
     model,
     input_ids: torch.Tensor,
@@ -48,28 +57,51 @@ def check_parity(
     ``positions`` is [P] or [B, P] (negative counts from the end): the positions the run scores.
     """
     modules = modules or resolve_modules(model)
+    return _checked_forward(model, input_ids, positions, attention_mask, modules, [modules.num_layers],
+                            **forward_kwargs)[1]
+
+
+def read_label_logits_checked(
+    model,
+    input_ids: torch.Tensor,
+    positions,
+    label_token_ids,
+    attention_mask: torch.Tensor | None = None,
+    modules: ModelModules | None = None,
+    translator=None,
+    **forward_kwargs,
+) -> tuple[torch.Tensor, dict]:
+    """:func:`lens.read_label_logits` at every layer 0..L and :func:`check_parity`, from the same single forward:
+    it runs to the model's head (at the scored positions only) instead of stopping after the last block."""
+    modules = modules or resolve_modules(model)
+    rows, record = _checked_forward(model, input_ids, positions, attention_mask, modules, None, **forward_kwargs)
+    return label_logits_of_rows(model, rows, label_token_ids, None, modules, translator), record
+
+
+def _checked_forward(model, input_ids, positions, attention_mask, modules: ModelModules, layers, **forward_kwargs):
+    """(residual rows at ``layers`` and the scored positions, the parity record) from one full forward."""
     batch, length = input_ids.shape[:2]
     index = _normalise_positions(positions, batch, length, input_ids.device)
-    captured = {}
-
-    def hook(module, args, output):
-        hidden = _block_output(output)
-        gather = index.to(hidden.device)[:, :, None].expand(-1, -1, hidden.shape[-1])
-        captured["rows"] = torch.gather(hidden, 1, gather)
-
-    handle = modules.blocks[-1].register_forward_hook(hook)
+    # The model's head only at the scored positions (transformers' logits_to_keep), not the full vocabulary at
+    # every position, which for a large vocabulary costs more than the forward itself.
+    kept = torch.unique(index)
+    if _accepts_logits_to_keep(model):
+        forward_kwargs = {"logits_to_keep": kept, **forward_kwargs}
     try:
-        with torch.no_grad():
-            output = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **forward_kwargs)
-    finally:
-        handle.remove()
-    if "rows" not in captured:
-        raise FalseDemoError(f"lens parity check: the forward pass never ran the last block of {describe_paths(modules)}")
+        rows, output = residuals_and_output(model, input_ids, layers, index, attention_mask, modules, run_to_end=True,
+                                            **forward_kwargs)
+    except RuntimeError as error:
+        if "never reached" not in str(error):
+            raise
+        raise FalseDemoError(
+            f"lens parity check: the forward pass never ran the last block of {describe_paths(modules)}") from None
     logits = output.logits
+    if logits.shape[1] == kept.numel() and logits.shape[1] != length:
+        index = torch.searchsorted(kept, index)  # positions -> their rows among the kept ones
     gather = index.to(logits.device)[:, :, None].expand(-1, -1, logits.shape[-1])
     expected = torch.gather(logits, 1, gather).float()
     with torch.no_grad():
-        lensed = lens_logits(model, captured["rows"], modules.num_layers, modules).float().to(expected.device)
+        lensed = lens_logits(model, rows[-1], modules.num_layers, modules).float().to(expected.device)
     if lensed.shape != expected.shape:
         raise FalseDemoError(
             f"lens parity check failed: the lens gives {lensed.shape[-1]} logits, the model {expected.shape[-1]}; "
@@ -83,7 +115,7 @@ def check_parity(
             f"{difference:.4g} (tolerance {allowed:.3g} for {str(logits.dtype).replace('torch.', '')}); "
             f"{describe_paths(modules)}: check norm_path=, head_path= and layers_path="
         )
-    return {
+    return rows, {
         "max_abs_diff": difference,
         "tolerance": allowed,
         "dtype": str(logits.dtype).replace("torch.", ""),

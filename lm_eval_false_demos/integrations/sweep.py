@@ -26,7 +26,6 @@ from lm_eval_false_demos.analysis.layer_curves import analyse_datasets, summaris
 from lm_eval_false_demos.analysis.records import PromptRecord, TaskInfo
 from lm_eval_false_demos.core import tuned_lens
 from lm_eval_false_demos.core.architectures import resolve_modules
-from lm_eval_false_demos.core.lens_parity import check_parity
 from lm_eval_false_demos.core.datasets import data_provenance_for, data_source_summary
 from lm_eval_false_demos.core.sst2_formats import expand_task_names, parse_variant_key
 from lm_eval_false_demos.errors import FalseDemoError
@@ -230,9 +229,6 @@ def _read_my_share(lm, encoded, rank, world_size, batch_size, modules, translato
     by_length = sorted(range(len(encoded)), key=lambda index: len(encoded[index].input_ids), reverse=True)
     mine = [encoded[index] for index in by_length[rank::world_size]]
 
-    def check_lens_parity(input_ids, attention_mask, positions):
-        parity.update(check_parity(lm.model, input_ids, positions, attention_mask, modules))
-
     pad_id = lm.tokenizer.pad_token_id
     if pad_id is None:
         pad_id = lm.tokenizer.eos_token_id or 0
@@ -240,7 +236,7 @@ def _read_my_share(lm, encoded, rank, world_size, batch_size, modules, translato
     try:
         with torch.no_grad():
             return readout.read_prompts(lm.model, mine, batch_size, modules, pad_id=pad_id, ablation=model_ablation(lm),
-                                        progress=progress, translator=translator, on_first_batch=check_lens_parity,
+                                        progress=progress, translator=translator, parity=parity,
                                         chunks=chunks)
     finally:
         if chunks is not None:

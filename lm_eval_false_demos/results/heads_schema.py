@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from lm_eval_false_demos.core.metrics import pooled_gap_recovered
 from lm_eval_false_demos.results.schema import (
-    RunConfig, SchemaError, check_header, integer, number, read_json, section, string, text,
+    RunConfig, check_header, integer, number, read_object, section, string, text,
 )
 
 KIND = "falsedemo.heads"
@@ -115,10 +115,7 @@ class HeadsFile:
 
     @classmethod
     def load(cls, path: str | Path) -> "HeadsFile":
-        payload = read_json(path)
-        if not isinstance(payload, dict):
-            raise SchemaError(path, f"not a {KIND} file (top level is {type(payload).__name__})")
-        return cls.from_json(payload, path)
+        return cls.from_json(read_object(path, KIND), path)
 
     @classmethod
     def from_json(cls, payload: Mapping[str, Any], path: str | Path = "<heads.json>") -> "HeadsFile":

@@ -53,6 +53,14 @@ def read_json(path: str | Path) -> Any:
         raise SchemaError(path, f"cannot read ({error.__class__.__name__}: {error})") from None
 
 
+def read_object(path: str | Path, kind: str) -> dict:
+    """The file's top-level JSON object, or SchemaError (a list or a number is no results file)."""
+    payload = read_json(path)
+    if not isinstance(payload, dict):
+        raise SchemaError(path, f"not a {kind} file (top level is {type(payload).__name__})")
+    return payload
+
+
 def section(payload: Mapping[str, Any], name: str, path: str | Path, required: bool = False) -> dict:
     """An object-valued field: {} when absent (older files) unless ``required``; SchemaError when not an object."""
     value = payload.get(name)

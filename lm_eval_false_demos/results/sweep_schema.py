@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from lm_eval_false_demos.results.schema import (
-    RunConfig, SchemaError, check_header, curve, integer, interval, number, numbers, read_json, section, string,
+    RunConfig, SchemaError, check_header, curve, integer, interval, number, numbers, read_object, section, string,
     text,
 )
 
@@ -210,10 +210,7 @@ class SweepFile:
 
     @classmethod
     def load(cls, path: str | Path) -> "SweepFile":
-        payload = read_json(path)
-        if not isinstance(payload, dict):
-            raise SchemaError(path, f"not a {KIND} file (top level is {type(payload).__name__})")
-        return cls.from_json(payload, path)
+        return cls.from_json(read_object(path, KIND), path)
 
     @classmethod
     def from_json(cls, payload: Mapping[str, Any], path: str | Path = "<sweep.json>") -> "SweepFile":
