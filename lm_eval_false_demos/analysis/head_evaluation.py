@@ -23,13 +23,17 @@ from tqdm.auto import tqdm
 from lm_eval_false_demos.analysis.head_prompts import build_task_prompts, encode_context
 from lm_eval_false_demos.analysis.head_readout import ReadoutCapture, label_promotion, run_to_last_block
 from lm_eval_false_demos.analysis.head_scores import format_heads
-from lm_eval_false_demos.core.architectures import ModelModules, resolve_modules
 from lm_eval_false_demos.core.ablation_specs import make_ablation
+from lm_eval_false_demos.core.architectures import ModelModules, resolve_modules
 from lm_eval_false_demos.core.chat import label_lead
 from lm_eval_false_demos.core.interventions import zero_heads_per_row
 from lm_eval_false_demos.core.lens import lens_label_logits
-from lm_eval_false_demos.core.metrics import calibrated_accuracy, gap_recovered, normalise
-from lm_eval_false_demos.core.metrics import pooled_gap_recovered_by_condition
+from lm_eval_false_demos.core.metrics import (
+    calibrated_accuracy,
+    gap_recovered,
+    normalise,
+    pooled_gap_recovered_by_condition,
+)
 from lm_eval_false_demos.core.prompts import label_token_ids
 
 DEFAULT_RANDOM_DRAWS = 10

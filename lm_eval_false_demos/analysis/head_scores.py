@@ -26,14 +26,19 @@ import torch
 from tqdm.auto import tqdm
 
 from lm_eval_false_demos.analysis.head_prompts import (
-    DEFAULT_NUM_PROMPTS, DEFAULT_SEED, DEFAULT_TASK, build_task_prompts, encode_context, label_token_positions,
+    DEFAULT_NUM_PROMPTS,
+    DEFAULT_SEED,
+    DEFAULT_TASK,
+    build_task_prompts,
+    encode_context,
+    label_token_positions,
 )
 from lm_eval_false_demos.analysis.head_readout import ReadoutCapture, label_promotion, run_to_last_block
 from lm_eval_false_demos.core.architectures import ModelModules, resolve_modules
-from lm_eval_false_demos.core.readout_attention import weights_capturing_attention
-from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.core.chat import label_lead
 from lm_eval_false_demos.core.prompts import label_token_ids
+from lm_eval_false_demos.core.readout_attention import weights_capturing_attention
+from lm_eval_false_demos.errors import FalseDemoError
 
 DEFAULT_TOP_K = 5
 

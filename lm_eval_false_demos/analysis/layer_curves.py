@@ -13,14 +13,18 @@ import numpy as np
 
 from lm_eval_false_demos.analysis.records import PromptRecord, TaskInfo
 from lm_eval_false_demos.analysis.sweep_results import (
-    DatasetComparison, HeldOutExit, Intervals, SettingComparison, TaskCurves, TaskScores,
+    DatasetComparison,
+    HeldOutExit,
+    Intervals,
+    SettingComparison,
+    TaskCurves,
+    TaskScores,
 )
+from lm_eval_false_demos.core import metrics
 from lm_eval_false_demos.core.corruption import FOLLOW_SETTINGS
 from lm_eval_false_demos.core.datasets import MAIN_DATASETS
-from lm_eval_false_demos.core import metrics
 from lm_eval_false_demos.core.metrics import normalise, paired_bootstrap
 from lm_eval_false_demos.errors import FalseDemoError
-
 
 LAYER_METRICS = ("calibrated_acc", "acc", "follow_acc")
 

@@ -37,7 +37,6 @@ from lm_eval_false_demos.analysis.lens_text import TrainingSettings, TrainingTex
 from lm_eval_false_demos.core.lens import lens_label_logits, lens_logits, residuals
 from lm_eval_false_demos.core.tuned_lens import TunedLens
 
-
 # ------------------------------------------------------------------------------------- objective
 
 

@@ -10,11 +10,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from lm_eval_false_demos.analysis.records import EncodedPrompt
 from lm_eval_false_demos.core.interventions import ablate
 from lm_eval_false_demos.core.lens import read_label_logits
 from lm_eval_false_demos.core.lens_parity import check_parity, read_label_logits_checked
-
-from lm_eval_false_demos.analysis.records import EncodedPrompt
 
 
 def _ablation_context(ablation, model, modules, attention_mask):

@@ -15,13 +15,11 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+from lm_eval_false_demos.core.chat import check_has_template
+from lm_eval_false_demos.core.embedded_models import EMBEDDED_MODELS, is_embedded, resolve_pretrained
 from lm_eval_false_demos.core.files import check_output_folder  # noqa: F401  (the shared check, re-exported for commands)
 from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.integrations import compat
-from lm_eval_false_demos.core.chat import check_has_template
-from lm_eval_false_demos.core.embedded_models import EMBEDDED_MODELS
-from lm_eval_false_demos.core.embedded_models import is_embedded
-from lm_eval_false_demos.core.embedded_models import resolve_pretrained
 
 # lm-eval adds these to the model's constructor from its own flags; they are never typos.
 RUNTIME_MODEL_ARGS = ("batch_size", "max_batch_size", "device")

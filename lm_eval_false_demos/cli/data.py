@@ -15,11 +15,16 @@ from collections import Counter
 from pathlib import Path
 
 from lm_eval_false_demos.core.datasets import (
-    MAIN_DATASETS, PULLED_FROM_FILE, normalise_name, to_examples, get_spec, read_hub_checked,
+    MAIN_DATASETS,
+    PULLED_FROM_FILE,
+    get_spec,
+    normalise_name,
+    read_hub_checked,
     read_local_examples,
+    to_examples,
 )
-from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.core.files import write_json_atomic, write_text_atomic
+from lm_eval_false_demos.errors import FalseDemoError
 
 
 def add_arguments(parser) -> None:

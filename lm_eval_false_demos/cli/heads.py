@@ -16,22 +16,29 @@ from typing import Any
 
 from lm_eval_false_demos.analysis.head_evaluation import DEFAULT_RANDOM_DRAWS, evaluate_heads
 from lm_eval_false_demos.analysis.head_prompts import (
-    DEFAULT_NUM_PROMPTS, DEFAULT_SEED, DEFAULT_TASK, default_num_fewshot, parse_task,
+    DEFAULT_NUM_PROMPTS,
+    DEFAULT_SEED,
+    DEFAULT_TASK,
+    default_num_fewshot,
+    parse_task,
 )
 from lm_eval_false_demos.analysis.head_scores import (
-    DEFAULT_TOP_K, HeadScores, draw_random_heads, format_heads, score_task,
+    DEFAULT_TOP_K,
+    HeadScores,
+    draw_random_heads,
+    format_heads,
+    score_task,
 )
 from lm_eval_false_demos.cli import args as cli_args
+from lm_eval_false_demos.core import files as results_io
+from lm_eval_false_demos.core.ablation_specs import parse_heads
 from lm_eval_false_demos.core.architectures import resolve_modules
+from lm_eval_false_demos.core.chat import ChatOptions, check_has_template, template_sha256
 from lm_eval_false_demos.core.datasets import data_provenance_for, data_source_summary
 from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.integrations import loading
-from lm_eval_false_demos.core import files as results_io
 from lm_eval_false_demos.results import checkpoints
 from lm_eval_false_demos.results.heads_files import critical_layer_from_sweep, heads_payload, write_outputs
-from lm_eval_false_demos.core.ablation_specs import parse_heads
-from lm_eval_false_demos.core.chat import ChatOptions
-from lm_eval_false_demos.core.chat import check_has_template, template_sha256
 
 # Scores are sums over attention rows and a frozen-norm logit attribution: float32 unless dtype= says otherwise
 # (lm_eval's own default, auto, would take a bf16 checkpoint's bf16 on CPU).

@@ -8,13 +8,12 @@ from __future__ import annotations
 import argparse
 
 from lm_eval_false_demos.cli import args as cli_args
+from lm_eval_false_demos.core.sst2_formats import parse_formats
 from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.integrations import compat, loading
 from lm_eval_false_demos.integrations.sweep import check_no_exit_layer, run_sweep
 from lm_eval_false_demos.results import checkpoints
 from lm_eval_false_demos.results.sweep_files import format_summary, model_label, write_outputs
-from lm_eval_false_demos.core.sst2_formats import parse_formats
-
 
 DEFAULT_SEED_STRING = cli_args.DEFAULT_SEED_STRING
 

@@ -46,7 +46,13 @@ from pathlib import Path
 
 # DATA_DIR_ENV and HUB_MIRROR_ENV are re-exported: the settings users know from this module.
 from lm_eval_false_demos.core.data_readers import (  # noqa: F401
-    DATA_DIR_ENV, HUB_MIRROR_ENV, describe_hub, describe_read, hub_location, read_hub, read_local_split,
+    DATA_DIR_ENV,
+    HUB_MIRROR_ENV,
+    describe_hub,
+    describe_read,
+    hub_location,
+    read_hub,
+    read_local_split,
 )
 from lm_eval_false_demos.errors import FalseDemoError
 

@@ -17,8 +17,9 @@ import torch
 
 from lm_eval_false_demos.core.ablation_specs import Ablation
 from lm_eval_false_demos.core.architectures import ModelModules, resolve_modules
-from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.core.lens import _block_input
+from lm_eval_false_demos.errors import FalseDemoError
+
 
 class _Rows:
     """Which (sequence, position) rows the current forward pass ablates; updated per batch."""

@@ -15,8 +15,8 @@ import inspect
 import torch
 
 from lm_eval_false_demos.core.architectures import ModelModules, resolve_modules
-from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.core.lens import _normalise_positions, label_logits_of_rows, lens_logits, residuals_and_output
+from lm_eval_false_demos.errors import FalseDemoError
 
 # Relative to the largest logit magnitude (at least 1): float32 rounding in a differently blocked matmul is
 # ~1e-6 of it, a wrong norm or a missing soft-cap several percent.

@@ -12,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from lm_eval_false_demos.core.corruption import SETTINGS
 from lm_eval_false_demos.core.datasets import DatasetSpec, get_spec
 from lm_eval_false_demos.errors import FalseDemoError
-from lm_eval_false_demos.core.corruption import SETTINGS
 
 BASE_KEY = "sst2"
 _RSQUO = "\u2019"  # format 2's apostrophes are typographic in the authors' code

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
+from lm_eval_false_demos.core import files as results_io
 from lm_eval_false_demos.core.digests import sha256_file
 from lm_eval_false_demos.errors import FalseDemoError
-from lm_eval_false_demos.core import files as results_io
 
 CONFIG_FILE = "config.json"
 PARAMS_FILES = ("params.safetensors", "params.pt")

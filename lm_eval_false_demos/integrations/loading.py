@@ -13,9 +13,9 @@ from typing import Any, Mapping
 
 from lm_eval_false_demos.core.architectures import PATH_OVERRIDES
 from lm_eval_false_demos.core.digests import sha256_file
-from lm_eval_false_demos.integrations import compat
 from lm_eval_false_demos.core.embedded_models import is_embedded, resolve_pretrained
 from lm_eval_false_demos.core.embedded_models import model_identity as embedded_identity
+from lm_eval_false_demos.integrations import compat
 
 # Keys of --model_args that select modules for the lens (architectures.PATH_OVERRIDES); our model classes
 # accept them too, so they are forwarded to both.

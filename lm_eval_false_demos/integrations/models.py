@@ -29,18 +29,18 @@ from typing import Any, Mapping
 import torch
 from lm_eval.models.huggingface import HFLM
 
-from lm_eval_false_demos.core import embedded_models
-from lm_eval_false_demos.integrations import compat
 from lm_eval_false_demos.analysis import head_scores as head_discovery
+from lm_eval_false_demos.core import embedded_models
+from lm_eval_false_demos.core.ablation_specs import HEAD_METHODS, POSITIONS, make_ablation, parse_blocks, parse_heads
 from lm_eval_false_demos.core.architectures import PATH_OVERRIDES, resolve_modules
 from lm_eval_false_demos.core.chat import label_token_index
-from lm_eval_false_demos.errors import FalseDemoError
-from lm_eval_false_demos.core.ablation_specs import HEAD_METHODS, POSITIONS, make_ablation, parse_heads, parse_blocks
 from lm_eval_false_demos.core.interventions import ablate
 from lm_eval_false_demos.core.lens import check_layer, early_exit_logits, lens_logits, residuals
 from lm_eval_false_demos.core.lens_parity import check_parity
 from lm_eval_false_demos.core.task_names import TASK_PREFIX
 from lm_eval_false_demos.core.tuned_lens import build_lens, describe, parse_lens
+from lm_eval_false_demos.errors import FalseDemoError
+from lm_eval_false_demos.integrations import compat
 
 LABEL_SCORING = ("first", "full")
 OWN_ARGS = (

@@ -27,16 +27,21 @@ from lm_eval_false_demos.analysis.records import PromptRecord, TaskInfo
 from lm_eval_false_demos.core import tuned_lens
 from lm_eval_false_demos.core.architectures import resolve_modules
 from lm_eval_false_demos.core.datasets import data_provenance_for, data_source_summary
+from lm_eval_false_demos.core.files import versions
 from lm_eval_false_demos.core.sst2_formats import expand_task_names, parse_variant_key
 from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.integrations import loading
 from lm_eval_false_demos.integrations.models import canonical_model_args
-from lm_eval_false_demos.integrations.tasks import lend_tokenizer
 from lm_eval_false_demos.integrations.sweep_prompts import (
-    build_records, check_falsedemo_tasks, encode_record, load_tasks, prompt_format, resolve_task_names,
+    build_records,
+    check_falsedemo_tasks,
+    encode_record,
+    load_tasks,
+    prompt_format,
+    resolve_task_names,
 )
+from lm_eval_false_demos.integrations.tasks import lend_tokenizer
 from lm_eval_false_demos.results import checkpoints
-from lm_eval_false_demos.core.files import versions
 
 
 def check_no_exit_layer(model_args: Mapping[str, Any]) -> None:

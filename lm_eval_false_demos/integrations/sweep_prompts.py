@@ -8,11 +8,10 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from lm_eval_false_demos.analysis.records import EncodedPrompt, PromptRecord, TaskInfo
+from lm_eval_false_demos.core.chat import check_has_template, label_token_index, prompt_mode, template_sha256
+from lm_eval_false_demos.core.prompts import label_token_ids
 from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.integrations import compat
-from lm_eval_false_demos.core.chat import check_has_template, prompt_mode, template_sha256
-from lm_eval_false_demos.core.chat import label_token_index
-from lm_eval_false_demos.core.prompts import label_token_ids
 
 
 def resolve_task_names(tasks: Sequence[str], task_manager) -> list[str]:

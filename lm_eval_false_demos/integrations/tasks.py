@@ -26,21 +26,20 @@ from __future__ import annotations
 
 import functools
 import logging
-
 from typing import Any, Mapping
 
 import numpy as np
 from lm_eval.api.task import ConfigurableTask
 
-from lm_eval_false_demos.core import chat, embedded_models
-from lm_eval_false_demos.integrations import compat
-from lm_eval_false_demos.core.corruption import FOLLOW_SETTINGS, check_setting, check_wrong_share
 from lm_eval_false_demos import __version__
+from lm_eval_false_demos.core import chat, embedded_models
+from lm_eval_false_demos.core.corruption import FOLLOW_SETTINGS, check_setting, check_wrong_share
 from lm_eval_false_demos.core.datasets import data_provenance, data_source, get_spec, load_examples
-from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.core.metrics import calibrated_accuracy, normalise
 from lm_eval_false_demos.core.prompts import build_prompt, label_token_ids, query_shift, render_query
 from lm_eval_false_demos.core.sst2_formats import check_format, format_spec, variant_key
+from lm_eval_false_demos.errors import FalseDemoError
+from lm_eval_false_demos.integrations import compat
 
 logger = logging.getLogger(__name__)
 

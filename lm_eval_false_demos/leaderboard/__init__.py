@@ -5,13 +5,19 @@ keyed by rowkey) -> headline (means, layer statistics, bootstrap intervals) ->
 columns (one summary per row) -> render (markdown, CSV, page) and export (.eval_results) -> command (CLI).
 """
 
+from lm_eval_false_demos.core.task_names import parse_task_name
 from lm_eval_false_demos.leaderboard.collect import Leaderboard
-from lm_eval_false_demos.leaderboard.rows import Measurement, Row
-from lm_eval_false_demos.leaderboard.columns import COLUMNS, DEFAULT_COLUMNS, MARKDOWN_COLUMNS, SETTINGS_SHOWN, summarise
+from lm_eval_false_demos.leaderboard.columns import (
+    COLUMNS,
+    DEFAULT_COLUMNS,
+    MARKDOWN_COLUMNS,
+    SETTINGS_SHOWN,
+    summarise,
+)
 from lm_eval_false_demos.leaderboard.publish import OUTPUT_NAMES, build
 from lm_eval_false_demos.leaderboard.render import embed_json, render_curves_svg
 from lm_eval_false_demos.leaderboard.rowkey import READOUT_FIELDS, row_key
-from lm_eval_false_demos.core.task_names import parse_task_name
+from lm_eval_false_demos.leaderboard.rows import Measurement, Row
 from lm_eval_false_demos.results.schema import parse_model_args
 
 __all__ = [

@@ -27,9 +27,11 @@ from lm_eval_false_demos.leaderboard.rowkey import RowKeyError, row_key, schema_
 from lm_eval_false_demos.leaderboard.rows import METRIC, Measurement, Row, SkipFile
 from lm_eval_false_demos.leaderboard.values import data_source_text, date_from_name
 from lm_eval_false_demos.results import query_scores
-from lm_eval_false_demos.results.heads_schema import KIND as HEADS_KIND, HeadsEvaluation, HeadsFile
+from lm_eval_false_demos.results.heads_schema import KIND as HEADS_KIND
+from lm_eval_false_demos.results.heads_schema import HeadsEvaluation, HeadsFile
 from lm_eval_false_demos.results.schema import ModelIdentity, RunConfig, SchemaError, number, text
-from lm_eval_false_demos.results.sweep_schema import KIND as SWEEP_KIND, SweepFile
+from lm_eval_false_demos.results.sweep_schema import KIND as SWEEP_KIND
+from lm_eval_false_demos.results.sweep_schema import SweepFile
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from lm_eval_false_demos.core.datasets import MAIN_DATASETS
-from lm_eval_false_demos.leaderboard.rows import GROUP_DATASET, Row, identity_text
 from lm_eval_false_demos.leaderboard.headline import dataset_value, main_values, setting_headline
+from lm_eval_false_demos.leaderboard.rows import GROUP_DATASET, Row, identity_text
 from lm_eval_false_demos.leaderboard.values import joined, mean
 
 CORRUPTED_COLUMNS_ORDER = ("permuted", "random", "half")  # the corrupted settings with columns, in column order

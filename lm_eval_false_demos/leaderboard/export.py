@@ -19,8 +19,8 @@ from typing import Any, Mapping
 import yaml
 
 from lm_eval_false_demos.core.datasets import MAIN_DATASETS
-from lm_eval_false_demos.leaderboard.rows import Row
 from lm_eval_false_demos.leaderboard.columns import CORRUPTED_COLUMNS_ORDER, SETTINGS_SHOWN
+from lm_eval_false_demos.leaderboard.rows import Row
 
 DEFAULT_HUB_DATASET_ID = "lm-eval-false-demos/overthinking-the-truth"
 EXPORT_FOLDER = "eval_results"

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from lm_eval_false_demos.analysis.layer_curves import critical_layer, early_exit
 from lm_eval_false_demos.core.datasets import MAIN_DATASETS
 from lm_eval_false_demos.core.metrics import calibrated_accuracy_by_layer
 from lm_eval_false_demos.core.sst2_formats import BASE_KEY, parse_variant_key
-from lm_eval_false_demos.analysis.layer_curves import critical_layer, early_exit
 from lm_eval_false_demos.leaderboard.rows import Measurement, Row
 
 SST2_ALL_FORMATS = f"{BASE_KEY}_formats"  # lm-eval's all-formats task

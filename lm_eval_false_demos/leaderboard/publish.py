@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.core.files import write_csv_atomic, write_text_atomic
+from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.leaderboard.collect import Leaderboard
 from lm_eval_false_demos.leaderboard.columns import summarise
 from lm_eval_false_demos.leaderboard.export import DEFAULT_HUB_DATASET_ID, export_files

@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from lm_eval_false_demos.core.datasets import MAIN_DATASETS
-from lm_eval_false_demos.leaderboard.columns import COLUMNS, CSV_KEYS, DEFAULT_COLUMNS, MARKDOWN_COLUMNS, SETTINGS_SHOWN, Column, cell_text
+from lm_eval_false_demos.leaderboard.columns import (
+    COLUMNS,
+    CSV_KEYS,
+    DEFAULT_COLUMNS,
+    MARKDOWN_COLUMNS,
+    SETTINGS_SHOWN,
+    Column,
+    cell_text,
+)
 
 TITLE = "Overthinking leaderboard"
 PAGE_TEMPLATE = Path(__file__).with_name("page.html")

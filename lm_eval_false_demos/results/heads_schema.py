@@ -14,7 +14,14 @@ from typing import Any, Mapping
 
 from lm_eval_false_demos.core.metrics import pooled_gap_recovered
 from lm_eval_false_demos.results.schema import (
-    RunConfig, check_header, integer, number, read_object, section, string, text,
+    RunConfig,
+    check_header,
+    integer,
+    number,
+    read_object,
+    section,
+    string,
+    text,
 )
 
 KIND = "falsedemo.heads"

@@ -15,7 +15,17 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from lm_eval_false_demos.results.schema import (
-    RunConfig, SchemaError, check_header, curve, integer, interval, number, numbers, read_object, section, string,
+    RunConfig,
+    SchemaError,
+    check_header,
+    curve,
+    integer,
+    interval,
+    number,
+    numbers,
+    read_object,
+    section,
+    string,
     text,
 )
 
