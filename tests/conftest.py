@@ -51,9 +51,10 @@ def hub_env(monkeypatch, tmp_path):
     import datasets
 
     from lm_eval_false_demos.core import datasets as fd
+    from lm_eval_false_demos.core import data_loading as dl
 
     monkeypatch.delenv(fd.DATA_DIR_ENV, raising=False)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
-    fd._CACHE.clear()
+    dl._CACHE.clear()
     yield monkeypatch
-    fd._CACHE.clear()
+    dl._CACHE.clear()

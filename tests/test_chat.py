@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from lm_eval_false_demos.core import chat
-from lm_eval_false_demos.core.datasets import get_spec, load_examples
+from lm_eval_false_demos.core.datasets import get_spec
+from lm_eval_false_demos.core.data_loading import load_examples
 from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.core.prompts import build_prompt, label_token_ids
 

@@ -20,7 +20,8 @@ SCRIPT = textwrap.dedent(
     from lm_eval_false_demos.analysis import head_evaluation, head_scores
     from lm_eval_false_demos.results import heads_files
     from lm_eval_false_demos.core import metrics
-    from lm_eval_false_demos.core.datasets import get_spec, load_examples
+    from lm_eval_false_demos.core.datasets import get_spec
+    from lm_eval_false_demos.core.data_loading import load_examples
     from lm_eval_false_demos.core.ablation_specs import make_ablation
     from lm_eval_false_demos.core.interventions import ablate
     from lm_eval_false_demos.core.lens import read_label_logits

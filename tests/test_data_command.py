@@ -7,6 +7,7 @@ import pytest
 
 from hub_layout import build_hub_mirror
 from lm_eval_false_demos.core import datasets as fd
+from lm_eval_false_demos.core import data_loading as dl
 from lm_eval_false_demos.cli.main import main
 
 PULLED = ["trec", "medical_questions_pairs", "mrpc", "ethos", "sst2_ab"]
@@ -34,9 +35,9 @@ def test_pull_writes_the_documented_layout_from_the_hub(tmp_path, hub_env, data_
     assert source == {"kind": "hub", "repo": "iamollas/ethos", "revision": "refs/convert/parquet", "config": None,
                       "data_dir": "binary", "resolved_commit": None,
                       "mirror": str((mirror / "iamollas/ethos").resolve()), "split_rows": {"train": 998}}
-    hub_print = fd.data_provenance("trec")["fingerprint"]
+    hub_print = dl.data_provenance("trec")["fingerprint"]
     hub_env.setenv(fd.DATA_DIR_ENV, str(target))
-    pulled = fd.data_provenance("trec")
+    pulled = dl.data_provenance("trec")
     assert pulled["fingerprint"] == hub_print
     assert pulled["source"]["kind"] == "local" and pulled["source"]["pulled_from"]["repo"] == "CogComp/trec"
     # A second pull refuses to replace the files, before reading anything.

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from lm_eval_false_demos.core import datasets as fd
+from lm_eval_false_demos.core import data_loading as dl
 from lm_eval_false_demos.errors import FalseDemoError
 
 SPEC_KEYS = (
@@ -15,9 +16,9 @@ SPEC_KEYS = (
 
 @pytest.fixture(autouse=True)
 def fresh_cache():
-    fd._CACHE.clear()
+    dl._CACHE.clear()
     yield
-    fd._CACHE.clear()
+    dl._CACHE.clear()
 
 
 def test_table_has_the_spec_keys():
@@ -38,7 +39,7 @@ def test_label_words_follow_class_names():
 
 def test_trec_maps_coarse_label_ids_by_name(data_dir):
     rows = [json.loads(line) for line in (data_dir / "trec" / "test.jsonl").read_text().splitlines()]
-    _, queries = fd.load_examples("trec")
+    _, queries = dl.load_examples("trec")
     spec = fd.get_spec("trec")
     by_uid = {q.uid: q for q in queries}
     coarse_names = ["ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM"]
@@ -51,7 +52,7 @@ def test_trec_maps_coarse_label_ids_by_name(data_dir):
 
 
 def test_poem_sentiment_drops_mixed(data_dir):
-    pool, queries = fd.load_examples("poem_sentiment")
+    pool, queries = dl.load_examples("poem_sentiment")
     raw = [json.loads(line) for line in (data_dir / "poem_sentiment" / "train.jsonl").read_text().splitlines()]
     assert len(pool) == sum(row["label"] != 3 for row in raw) < len(raw)
     assert {e.label for e in pool} == {0, 1, 2}
@@ -59,17 +60,17 @@ def test_poem_sentiment_drops_mixed(data_dir):
 
 
 def test_single_split_partition_is_disjoint_and_fixed():
-    pool, queries = fd.load_examples("ethos")
+    pool, queries = dl.load_examples("ethos")
     assert {e.uid for e in pool}.isdisjoint(e.uid for e in queries)
     assert len(pool) + len(queries) == 998
-    fd._CACHE.clear()
-    again_pool, again_queries = fd.load_examples("ethos")
+    dl._CACHE.clear()
+    again_pool, again_queries = dl.load_examples("ethos")
     assert again_pool == pool and again_queries == queries
 
 
 def test_unnatural_is_built_in_with_thirty_objects_per_class(monkeypatch):
     monkeypatch.delenv(fd.DATA_DIR_ENV, raising=False)
-    pool, queries = fd.load_examples("unnatural")
+    pool, queries = dl.load_examples("unnatural")
     assert len(pool) == len(queries) == 90
     names = fd.get_spec("unnatural").class_names
     by_class = {name: {e.fields[0] for e in pool if names[e.label] == name} for name in names}
@@ -78,8 +79,8 @@ def test_unnatural_is_built_in_with_thirty_objects_per_class(monkeypatch):
 
 
 def test_sst2_ab_reads_the_sst2_folder_and_strips_text():
-    pool, queries = fd.load_examples("sst2_ab")
-    sst2_pool, _ = fd.load_examples("sst2")
+    pool, queries = dl.load_examples("sst2_ab")
+    sst2_pool, _ = dl.load_examples("sst2")
     assert [e.fields for e in pool[:5]] == [e.fields for e in sst2_pool[:5]]
     assert not pool[0].fields[0].endswith(" ")
     assert len(queries) == 872
@@ -89,7 +90,7 @@ def test_unknown_key():
     with pytest.raises(FalseDemoError, match=r"unknown dataset key 'sst3'.*allowed: sst2, poem_sentiment"):
         fd.get_spec("sst3")
     with pytest.raises(FalseDemoError, match="unknown dataset key"):
-        fd.load_examples("imdb")
+        dl.load_examples("imdb")
 
 
 def _write(folder, split, rows):
@@ -101,7 +102,7 @@ def test_local_folder_missing_split(tmp_path, monkeypatch):
     _write(tmp_path / "rte", "train", [{"sentence1": "a", "sentence2": "b", "label": 0}])
     monkeypatch.setenv(fd.DATA_DIR_ENV, str(tmp_path))
     with pytest.raises(FalseDemoError, match=r"'rte': split 'validation' not found .*present: train.*FALSEDEMO_DATA_DIR"):
-        fd.load_examples("rte")
+        dl.load_examples("rte")
 
 
 def test_local_folder_missing_column(tmp_path, monkeypatch):
@@ -110,7 +111,7 @@ def test_local_folder_missing_column(tmp_path, monkeypatch):
     monkeypatch.setenv(fd.DATA_DIR_ENV, str(tmp_path))
     with pytest.raises(FalseDemoError, match=r"^dataset 'rte': .*/rte/train.jsonl:1 lacks column\(s\) sentence2; "
                                              r"needed: sentence1, sentence2, label$"):
-        fd.load_examples("rte")
+        dl.load_examples("rte")
 
 
 def test_local_folder_empty_file(tmp_path, monkeypatch):
@@ -119,7 +120,7 @@ def test_local_folder_empty_file(tmp_path, monkeypatch):
     monkeypatch.setenv(fd.DATA_DIR_ENV, str(tmp_path))
     with pytest.raises(FalseDemoError, match=r"^dataset 'rte': .*/rte/validation.jsonl is empty; allowed: one JSON "
                                              r"object per line with sentence1, sentence2, label$"):
-        fd.load_examples("rte")
+        dl.load_examples("rte")
 
 
 def test_local_folder_blank_line(tmp_path, monkeypatch):
@@ -129,7 +130,7 @@ def test_local_folder_blank_line(tmp_path, monkeypatch):
     monkeypatch.setenv(fd.DATA_DIR_ENV, str(tmp_path))
     with pytest.raises(FalseDemoError, match=r"^dataset 'sst2': .*/sst2/validation.jsonl:2 is a blank line; allowed: "
                                              r"one JSON object per line with sentence, label, no blank lines$"):
-        fd.load_examples("sst2")
+        dl.load_examples("sst2")
 
 
 def test_local_folder_not_json(tmp_path, monkeypatch):
@@ -137,7 +138,7 @@ def test_local_folder_not_json(tmp_path, monkeypatch):
     (tmp_path / "sst2" / "validation.jsonl").write_text('{"sentence": "a", "label": 0}\n{"sentence": "b",\n')
     monkeypatch.setenv(fd.DATA_DIR_ENV, str(tmp_path))
     with pytest.raises(FalseDemoError, match=r"^dataset 'sst2': .*/sst2/validation.jsonl:2 is not JSON "):
-        fd.load_examples("sst2")
+        dl.load_examples("sst2")
 
 
 def test_label_id_out_of_range_names_file_line_and_allowed_ids(tmp_path, monkeypatch):
@@ -147,7 +148,7 @@ def test_label_id_out_of_range_names_file_line_and_allowed_ids(tmp_path, monkeyp
     monkeypatch.setenv(fd.DATA_DIR_ENV, str(tmp_path))
     with pytest.raises(FalseDemoError, match=r"^dataset 'rte': .*/rte/train.jsonl:2: label 2 is not one of the ids "
                                              r"0\.\.1 \(0 entailment, 1 not_entailment\)$"):
-        fd.load_examples("rte")
+        dl.load_examples("rte")
 
 
 def test_text_that_is_not_a_string(tmp_path, monkeypatch):
@@ -156,7 +157,7 @@ def test_text_that_is_not_a_string(tmp_path, monkeypatch):
     monkeypatch.setenv(fd.DATA_DIR_ENV, str(tmp_path))
     with pytest.raises(FalseDemoError,
                        match=r"^dataset 'sst2': .*/sst2/train.jsonl:1: sentence is None; allowed: text$"):
-        fd.load_examples("sst2")
+        dl.load_examples("sst2")
 
 
 def test_unlabelled_split_is_an_error(tmp_path, monkeypatch):
@@ -164,4 +165,4 @@ def test_unlabelled_split_is_an_error(tmp_path, monkeypatch):
     _write(tmp_path / "sst2", "validation", [{"sentence": "fine", "label": -1}])
     monkeypatch.setenv(fd.DATA_DIR_ENV, str(tmp_path))
     with pytest.raises(FalseDemoError, match=r"validation.jsonl:1: label -1 is not one of the ids 0\.\.1 .*unlabelled"):
-        fd.load_examples("sst2")
+        dl.load_examples("sst2")

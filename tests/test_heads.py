@@ -8,7 +8,7 @@ import pytest
 import torch
 import transformers
 
-from lm_eval_false_demos.core import datasets as fd
+from lm_eval_false_demos.core import data_loading as dl
 from lm_eval_false_demos.analysis import head_evaluation, head_prompts, head_readout, head_scores
 from lm_eval_false_demos.results import heads_files
 from lm_eval_false_demos.core.architectures import resolve_modules
@@ -442,7 +442,7 @@ def test_heads_command_scores_evaluates_and_writes_a_complete_run(tiny_model_dir
     assert set(provenance) == {"unnatural", "sst2"}  # the scored task's dataset (unnatural) and the evaluated ones
     assert provenance["sst2"]["source"] == {"kind": "local", "path": str((data_dir / "sst2").resolve())}
     assert provenance["sst2"]["split_rows"] == {"train": 6920, "validation": 872}
-    assert provenance["sst2"]["fingerprint"] == fd.data_provenance("sst2")["fingerprint"]
+    assert provenance["sst2"]["fingerprint"] == dl.data_provenance("sst2")["fingerprint"]
     assert provenance["unnatural"]["source"] == {"kind": "builtin"}
     assert len(payload["heads"]) == 16 and [row["rank"] for row in payload["heads"]] == list(range(1, 17))
     top = [(row["layer"], row["head"]) for row in payload["heads"][:2]]

@@ -15,6 +15,7 @@ import pytest
 
 from hub_layout import build_hub_mirror
 from lm_eval_false_demos.core import datasets as fd
+from lm_eval_false_demos.core import data_loading as dl
 from lm_eval_false_demos.errors import FalseDemoError
 
 SCRIPT_ONLY = ("financial_phrasebank", "ethos", "sick", "trec")
@@ -55,11 +56,11 @@ def test_mirror_is_laid_out_as_the_hub(mirror):
 
 def test_all_14_load_through_the_hub_path_with_the_local_fingerprint(mirror, hub_env, data_dir):
     hub_env.setenv(fd.HUB_MIRROR_ENV, str(mirror))
-    from_hub = {key: fd.data_provenance(key) for key in fd.MAIN_DATASETS}
-    examples_hub = fd.load_examples("medical_questions_pairs")
+    from_hub = {key: dl.data_provenance(key) for key in fd.MAIN_DATASETS}
+    examples_hub = dl.load_examples("medical_questions_pairs")
     hub_env.setenv(fd.DATA_DIR_ENV, str(data_dir))
     for key in fd.MAIN_DATASETS:
-        local = fd.data_provenance(key)
+        local = dl.data_provenance(key)
         hub = from_hub[key]
         assert hub["source"]["kind"] == "hub" and local["source"]["kind"] == "local", key
         assert hub["source"]["repo"] == fd.get_spec(key).hub.repo
@@ -67,12 +68,12 @@ def test_all_14_load_through_the_hub_path_with_the_local_fingerprint(mirror, hub
         assert hub["split_rows"] == local["split_rows"] and hub["queries"] == local["queries"] > 0, key
         assert hub["fingerprint"] == local["fingerprint"], key
     # The explicit "0"/"1" -> different/similar mapping gives the local copy's labels (1 = similar).
-    assert examples_hub == fd.load_examples("medical_questions_pairs")
+    assert examples_hub == dl.load_examples("medical_questions_pairs")
     assert len({from_hub[key]["fingerprint"] for key in fd.MAIN_DATASETS}) == 14
 
 
 def test_fingerprint_changes_with_one_row(data_dir, tmp_path, monkeypatch):
-    before = fd.data_provenance("rte")["fingerprint"]
+    before = dl.data_provenance("rte")["fingerprint"]
     (tmp_path / "rte").mkdir()
     (tmp_path / "rte" / "train.jsonl").write_text((data_dir / "rte" / "train.jsonl").read_text())
     lines = (data_dir / "rte" / "validation.jsonl").read_text().splitlines()
@@ -81,7 +82,7 @@ def test_fingerprint_changes_with_one_row(data_dir, tmp_path, monkeypatch):
     lines[5] = json.dumps(row)
     (tmp_path / "rte" / "validation.jsonl").write_text("\n".join(lines) + "\n")
     monkeypatch.setenv(fd.DATA_DIR_ENV, str(tmp_path))
-    assert fd.data_provenance("rte")["fingerprint"] != before
+    assert dl.data_provenance("rte")["fingerprint"] != before
 
 
 def test_script_only_layout_gives_one_clear_line(tmp_path, hub_env):
@@ -89,7 +90,7 @@ def test_script_only_layout_gives_one_clear_line(tmp_path, hub_env):
     (tmp_path / "iamollas" / "ethos" / "ethos.py").write_text("# a loading script\n")
     hub_env.setenv(fd.HUB_MIRROR_ENV, str(tmp_path))
     with pytest.raises(FalseDemoError) as error:
-        fd.load_examples("ethos")
+        dl.load_examples("ethos")
     message = str(error.value)
     assert "\n" not in message
     assert message.startswith("could not load dataset 'ethos' from the hub, iamollas/ethos@refs/convert/parquet "
@@ -107,7 +108,7 @@ def test_hub_label_names_other_than_documented_are_refused(tmp_path, hub_env, da
     with pytest.raises(FalseDemoError, match=r"^dataset 'rte' from nyu-mll/glue@main config rte \(mirror folder "
                                              r".*\): label names \['yes', 'no'\] differ from the documented "
                                              r"\['entailment', 'not_entailment'\]; refusing"):
-        fd.load_examples("rte")
+        dl.load_examples("rte")
 
 
 def test_missing_split_on_the_hub_names_repo_and_split(tmp_path, hub_env, data_dir):
@@ -117,14 +118,14 @@ def test_missing_split_on_the_hub_names_repo_and_split(tmp_path, hub_env, data_d
     with pytest.raises(FalseDemoError, match=r"^could not load dataset 'trec' from the hub, "
                                              r"CogComp/trec@refs/convert/parquet .*Unknown split \"test\".*"
                                              r"FALSEDEMO_DATA_DIR"):
-        fd.load_examples("trec")
+        dl.load_examples("trec")
 
 
 def test_unreachable_hub_names_dataset_repo_revision_and_ways_out(hub_env):
     hub_env.delenv(fd.HUB_MIRROR_ENV, raising=False)
     hub_env.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(FalseDemoError) as error:
-        fd.load_examples("trec")
+        dl.load_examples("trec")
     message = str(error.value)
     assert message.startswith("could not load dataset 'trec' from the hub, CogComp/trec@refs/convert/parquet: ")
     assert "FALSEDEMO_DATA_DIR" in message and "falsedemo data pull --to DIR --datasets trec" in message
@@ -150,8 +151,8 @@ def test_lm_eval_results_file_records_the_hub_source_and_the_local_fingerprint(m
                                     "config": None, "data_dir": None, "resolved_commit": None,
                                     "mirror": str((mirror / "CogComp/trec").resolve())}
     assert provenance["split_rows"] == {"train": 5452, "test": 500}
-    fd._CACHE.clear()
-    assert provenance["fingerprint"] == fd.data_provenance("trec")["fingerprint"]  # the local copy (conftest)
+    dl._CACHE.clear()
+    assert provenance["fingerprint"] == dl.data_provenance("trec")["fingerprint"]  # the local copy (conftest)
     assert metadata["data_source"].startswith("hub:CogComp/trec@refs/convert/parquet mirror:")
 
 

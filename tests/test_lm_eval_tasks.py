@@ -8,7 +8,8 @@ from lm_eval.tasks import TaskManager
 
 from lm_eval_false_demos.integrations import task_yamls
 from lm_eval_false_demos.core.corruption import SETTINGS
-from lm_eval_false_demos.core.datasets import DATASETS, data_provenance, get_spec, load_examples
+from lm_eval_false_demos.core.datasets import DATASETS, get_spec
+from lm_eval_false_demos.core.data_loading import data_provenance, load_examples
 from lm_eval_false_demos.integrations.tasks import calibrated_accuracy_aggregation
 from lm_eval_false_demos.core.metrics import calibrated_accuracy, normalise
 from lm_eval_false_demos.core.prompts import build_prompt, query_shift

@@ -5,7 +5,8 @@ import random
 import pytest
 from tiny_models import tiny_tokenizer
 
-from lm_eval_false_demos.core.datasets import Example, get_spec, load_examples
+from lm_eval_false_demos.core.datasets import Example, get_spec
+from lm_eval_false_demos.core.data_loading import load_examples
 from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.core.prompts import (
     SEPARATOR, build_prompt, follow_target, label_token_ids, query_shift, render_demo,

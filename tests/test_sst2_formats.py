@@ -7,7 +7,8 @@ import pytest
 from lm_eval.tasks import TaskManager
 
 from lm_eval_false_demos.integrations import task_yamls
-from lm_eval_false_demos.core.datasets import MAIN_DATASETS, get_spec, load_examples
+from lm_eval_false_demos.core.datasets import MAIN_DATASETS, get_spec
+from lm_eval_false_demos.core.data_loading import load_examples
 from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.integrations.tasks import calibrated_accuracy_aggregation
 from lm_eval_false_demos.core.metrics import calibrated_accuracy, normalise

@@ -22,7 +22,7 @@ from lm_eval_false_demos.integrations import sweep as sweep_run
 from lm_eval_false_demos.integrations import sweep_prompts
 from lm_eval_false_demos.results import sweep_files
 from lm_eval_false_demos.core.metrics import normalise
-from lm_eval_false_demos.core.datasets import data_provenance
+from lm_eval_false_demos.core.data_loading import data_provenance
 from lm_eval_false_demos.errors import FalseDemoError
 
 TASKS = ["falsedemo_unnatural_correct", "falsedemo_unnatural_permuted"]

@@ -459,7 +459,7 @@ def test_hub_ids_resolve_like_tuned_lens_and_fail_in_one_line_offline(tmp_path, 
 
 
 def test_training_text_never_contains_an_evaluated_query():
-    from lm_eval_false_demos.core.datasets import load_examples
+    from lm_eval_false_demos.core.data_loading import load_examples
     from lm_eval_false_demos.analysis.lens_text import DEFAULT_DATASETS, demonstration_documents
 
     assert "unnatural" not in DEFAULT_DATASETS

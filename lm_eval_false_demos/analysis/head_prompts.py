@@ -15,7 +15,8 @@ from typing import Any, NamedTuple
 from lm_eval_false_demos.core import prompts as prompts_module
 from lm_eval_false_demos.core.chat import render_prompt
 from lm_eval_false_demos.core.corruption import SETTINGS
-from lm_eval_false_demos.core.datasets import DATASETS, get_spec, load_examples
+from lm_eval_false_demos.core.data_loading import load_examples
+from lm_eval_false_demos.core.datasets import DATASETS, get_spec
 from lm_eval_false_demos.core.task_names import DEFAULT_NUM_FEWSHOT, TASK_PREFIX, parse_task_name
 from lm_eval_false_demos.errors import FalseDemoError
 

@@ -13,7 +13,8 @@ import dataclasses
 import random
 from collections.abc import Sequence
 
-from lm_eval_false_demos.core.datasets import get_spec, load_examples
+from lm_eval_false_demos.core.data_loading import load_examples
+from lm_eval_false_demos.core.datasets import get_spec
 from lm_eval_false_demos.core.prompts import SEPARATOR, render_demo
 from lm_eval_false_demos.errors import FalseDemoError
 

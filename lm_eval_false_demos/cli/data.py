@@ -14,15 +14,14 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from lm_eval_false_demos.core.datasets import (
-    MAIN_DATASETS,
+from lm_eval_false_demos.core.data_loading import (
     PULLED_FROM_FILE,
-    get_spec,
     normalise_name,
     read_hub_checked,
     read_local_examples,
     to_examples,
 )
+from lm_eval_false_demos.core.datasets import MAIN_DATASETS, get_spec
 from lm_eval_false_demos.core.files import write_json_atomic, write_text_atomic
 from lm_eval_false_demos.errors import FalseDemoError
 

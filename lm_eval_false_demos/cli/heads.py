@@ -34,7 +34,7 @@ from lm_eval_false_demos.core import files as results_io
 from lm_eval_false_demos.core.ablation_specs import parse_heads
 from lm_eval_false_demos.core.architectures import resolve_modules
 from lm_eval_false_demos.core.chat import ChatOptions, check_has_template, template_sha256
-from lm_eval_false_demos.core.datasets import data_provenance_for, data_source_summary
+from lm_eval_false_demos.core.data_loading import data_provenance_for, data_source_summary
 from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.integrations import loading
 from lm_eval_false_demos.results import checkpoints

@@ -26,7 +26,7 @@ from lm_eval_false_demos.analysis.layer_curves import analyse_datasets, summaris
 from lm_eval_false_demos.analysis.records import PromptRecord, TaskInfo
 from lm_eval_false_demos.core import tuned_lens
 from lm_eval_false_demos.core.architectures import resolve_modules
-from lm_eval_false_demos.core.datasets import data_provenance_for, data_source_summary
+from lm_eval_false_demos.core.data_loading import data_provenance_for, data_source_summary
 from lm_eval_false_demos.core.files import versions
 from lm_eval_false_demos.core.sst2_formats import expand_task_names, parse_variant_key
 from lm_eval_false_demos.errors import FalseDemoError

@@ -34,7 +34,8 @@ from lm_eval.api.task import ConfigurableTask
 from lm_eval_false_demos import __version__
 from lm_eval_false_demos.core import chat, embedded_models
 from lm_eval_false_demos.core.corruption import FOLLOW_SETTINGS, check_setting, check_wrong_share
-from lm_eval_false_demos.core.datasets import data_provenance, data_source, get_spec, load_examples
+from lm_eval_false_demos.core.data_loading import data_provenance, data_source, load_examples
+from lm_eval_false_demos.core.datasets import get_spec
 from lm_eval_false_demos.core.metrics import calibrated_accuracy, normalise
 from lm_eval_false_demos.core.prompts import build_prompt, label_token_ids, query_shift, render_query
 from lm_eval_false_demos.core.sst2_formats import check_format, format_spec, variant_key
