@@ -161,16 +161,8 @@ def residuals(
                                 **forward_kwargs)[0]
 
 
-def residuals_and_output(
-    model,
-    input_ids: torch.Tensor,
-    layers: Sequence[int] | int | None = None,
-    positions=None,
-    attention_mask: torch.Tensor | None = None,
-    modules: ModelModules | None = None,
-    run_to_end: bool = True,
-    **forward_kwargs,
-) -> tuple[torch.Tensor, Any]:
+def residuals_and_output(model, input_ids: torch.Tensor, layers, positions, attention_mask, modules, *,
+                         run_to_end: bool, **forward_kwargs) -> tuple[torch.Tensor, Any]:
     """:func:`residuals` and, with ``run_to_end``, the model's own output of the same forward (the forward is
     not stopped after the deepest layer); None otherwise."""
     modules = modules or resolve_modules(model)
