@@ -13,16 +13,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from lm_eval_false_demos.core.metrics import pooled_gap_recovered
-from lm_eval_false_demos.results.schema import (
-    RunConfig,
-    check_header,
-    integer,
-    number,
-    read_object,
-    section,
-    string,
-    text,
-)
+from lm_eval_false_demos.results import schema
+from lm_eval_false_demos.results.schema import RunConfig
 
 KIND = "falsedemo.heads"
 FORMAT_VERSIONS = (1,)  # every version results.heads_files has written
@@ -35,8 +27,8 @@ class HeadsConfig(RunConfig):
 
     @classmethod
     def from_json(cls, config: Mapping[str, Any], path: str | Path) -> "HeadsConfig":
-        return cls(**RunConfig.fields_from_json(config, path), task=string(config.get("task")),
-                   k=integer(config.get("k")))
+        return cls(**RunConfig.fields_from_json(config, path), task=schema.string(config.get("task")),
+                   k=schema.integer(config.get("k")))
 
 
 @dataclass(frozen=True)
@@ -65,9 +57,9 @@ class DatasetAblation:
         top_k = entry.get("top_k") if isinstance(entry.get("top_k"), dict) else {}
         random = entry.get("random") if isinstance(entry.get("random"), dict) else {}
         draws = random.get("draws") if isinstance(random.get("draws"), list) else []
-        return cls(number(entry.get("acc_correct")), number(entry.get("acc_corrupted")),
-                   number(top_k.get("acc_corrupted_ablated")),
-                   tuple(number(draw.get("acc_corrupted_ablated")) if isinstance(draw, dict) else None
+        return cls(schema.number(entry.get("acc_correct")), schema.number(entry.get("acc_corrupted")),
+                   schema.number(top_k.get("acc_corrupted_ablated")),
+                   tuple(schema.number(draw.get("acc_corrupted_ablated")) if isinstance(draw, dict) else None
                          for draw in draws))
 
 
@@ -87,13 +79,13 @@ class HeadsEvaluation:
         gap = evaluation.get("gap_recovered") if isinstance(evaluation.get("gap_recovered"), dict) else {}
         control = evaluation.get("random_control") if isinstance(evaluation.get("random_control"), dict) else {}
         return cls(
-            corrupted_setting=string(evaluation.get("corrupted_setting")),
-            top_k=text(evaluation.get("top_k")),
+            corrupted_setting=schema.string(evaluation.get("corrupted_setting")),
+            top_k=schema.text(evaluation.get("top_k")),
             datasets={name: DatasetAblation.from_json(entry)
-                      for name, entry in section(evaluation, "datasets", path).items()},
-            gap_recovered_mean=number(gap.get("mean")),
-            random_gap_recovered_mean=number(control.get("mean")),
-            random_gap_recovered_sd=number(control.get("sd")),
+                      for name, entry in schema.section(evaluation, "datasets", path).items()},
+            gap_recovered_mean=schema.number(gap.get("mean")),
+            random_gap_recovered_mean=schema.number(control.get("mean")),
+            random_gap_recovered_sd=schema.number(control.get("sd")),
         )
 
     def pooled_gap_recovered(self) -> tuple[float, list[float]] | None:
@@ -122,18 +114,18 @@ class HeadsFile:
 
     @classmethod
     def load(cls, path: str | Path) -> "HeadsFile":
-        return cls.from_json(read_object(path, KIND), path)
+        return cls.from_json(schema.read_object(path, KIND), path)
 
     @classmethod
     def from_json(cls, payload: Mapping[str, Any], path: str | Path = "<heads.json>") -> "HeadsFile":
-        version = check_header(payload, KIND, FORMAT_VERSIONS, path)
-        config = HeadsConfig.from_json(section(payload, "config", path, required=True), path)
+        version = schema.check_header(payload, KIND, FORMAT_VERSIONS, path)
+        config = HeadsConfig.from_json(schema.section(payload, "config", path, required=True), path)
         heads = payload.get("heads") if isinstance(payload.get("heads"), list) else []
         evaluation = payload.get("evaluation") if isinstance(payload.get("evaluation"), dict) else None
         return cls(
             path=str(path), format_version=version, config=config,
-            heads=tuple(HeadScore(integer(h.get("layer")), integer(h.get("head")), number(h.get("prefix_matching")),
-                                  number(h.get("label_promoting"))) for h in heads if isinstance(h, dict)),
-            top_k=text(payload.get("top_k")),
+            heads=tuple(HeadScore(schema.integer(h.get("layer")), schema.integer(h.get("head")), schema.number(h.get("prefix_matching")),
+                                  schema.number(h.get("label_promoting"))) for h in heads if isinstance(h, dict)),
+            top_k=schema.text(payload.get("top_k")),
             evaluation=HeadsEvaluation.from_json(evaluation, path) if evaluation is not None else None,
         )

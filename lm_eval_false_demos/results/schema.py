@@ -136,6 +136,18 @@ def interval(value: Any) -> tuple[float, float] | None:
     return (found[0], found[1]) if len(found) == 2 and None not in found else None
 
 
+def at_path(node: Any, path: str) -> Any:
+    """The value at a dotted path (``last_layer.gap``); None where a step is missing or not an object."""
+    for key in path.split("."):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
+def read_fields(node: Mapping[str, Any], fields: Mapping[str, tuple[str, Any]]) -> dict[str, Any]:
+    """{field: reader(value at its one path)} for a table of ``field: (dotted path, reader)``."""
+    return {name: reader(at_path(node, path)) for name, (path, reader) in fields.items()}
+
+
 def arg_text(value: Any) -> str:
     if isinstance(value, str):
         return value.strip()
@@ -165,6 +177,14 @@ def parse_model_args(model_args: Any) -> dict[str, str] | None:
 # ------------------------------------------------------------------------------- run configuration
 
 
+_IDENTITY_FIELDS = {
+    "kind": ("kind", text), "path": ("path", text), "sha256": ("sha256", text), "revision": ("revision", text),
+    "model_sha": ("lm_eval_model_info.model_sha", text),
+    "model_revision": ("lm_eval_model_info.model_revision", text),
+    "model_num_parameters": ("lm_eval_model_info.model_num_parameters", integer),
+}
+
+
 @dataclass(frozen=True)
 class ModelIdentity:
     """``config.model_identity`` (integrations.loading.model_identity): what pins the weights."""
@@ -183,18 +203,8 @@ class ModelIdentity:
     def from_json(cls, node: Mapping[str, Any]) -> "ModelIdentity":
         # older heads files recorded the packaged model's identity itself, not nested under "embedded"
         embedded = node.get("embedded") if isinstance(node.get("embedded"), dict) else node
-        info = node.get("lm_eval_model_info") if isinstance(node.get("lm_eval_model_info"), dict) else {}
-        return cls(
-            kind=text(node.get("kind")),
-            path=text(node.get("path")),
-            sha256=text(node.get("sha256")),
-            revision=text(node.get("revision")),
-            gguf_file=text(embedded.get("gguf_file")),
-            gguf_sha256=text(embedded.get("gguf_sha256")),
-            model_sha=text(info.get("model_sha")),
-            model_revision=text(info.get("model_revision")),
-            model_num_parameters=integer(info.get("model_num_parameters")),
-        )
+        return cls(**read_fields(node, _IDENTITY_FIELDS),
+                   gguf_file=text(embedded.get("gguf_file")), gguf_sha256=text(embedded.get("gguf_sha256")))
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,14 @@ from typing import Any, Mapping
 from lm_eval_false_demos.results.schema import (
     RunConfig,
     SchemaError,
+    at_path,
     check_header,
     curve,
     integer,
     interval,
     number,
     numbers,
+    read_fields,
     read_object,
     section,
     string,
@@ -77,6 +79,23 @@ class TaskRecord:
                    calibrated, {metric: numbers(values) for metric, values in per_layer.items()})
 
 
+# ComparisonRecord's fields: the one path each is written at (analysis.sweep_results.SettingComparison.to_json)
+_COMPARISON_FIELDS = {
+    "n": ("n", integer),
+    "critical_layer": ("critical_layer", integer),
+    "early_exit_layer": ("early_exit_layer", integer),
+    "early_exit_gain": ("early_exit_gain", number),
+    "early_exit_accuracy": ("early_exit_accuracy", number),
+    "last_correct": ("last_layer.correct", number),
+    "last_corrupted": ("last_layer.corrupted", number),
+    "last_gap": ("last_layer.gap", number),
+    "held_out_early_exit_layer": ("held_out.early_exit_layer", integer),
+    "held_out_early_exit_gain": ("held_out.early_exit_gain", number),
+    "held_out_interval": ("held_out.interval", interval),
+    "gap_per_layer": ("gap_per_layer", numbers),
+}
+
+
 @dataclass(frozen=True)
 class ComparisonRecord:
     """Correct against one corrupted setting, paired query by query (``datasets.<d>.by_setting.<setting>``)."""
@@ -97,25 +116,9 @@ class ComparisonRecord:
 
     @classmethod
     def from_json(cls, entry: Mapping[str, Any]) -> "ComparisonRecord":
-        last = entry.get("last_layer") if isinstance(entry.get("last_layer"), dict) else {}
-        intervals = entry.get("intervals") if isinstance(entry.get("intervals"), dict) else {}
-        held_out = entry.get("held_out") if isinstance(entry.get("held_out"), dict) else {}
-        return cls(
-            n=integer(entry.get("n")),
-            critical_layer=integer(entry.get("critical_layer")),
-            early_exit_layer=integer(entry.get("early_exit_layer")),
-            early_exit_gain=number(entry.get("early_exit_gain")),
-            early_exit_accuracy=number(entry.get("early_exit_accuracy")),
-            last_correct=number(last.get("correct")),
-            last_corrupted=number(last.get("corrupted")),
-            last_gap=number(last.get("gap")),
-            intervals={name: found for name in ("correct", "corrupted", "gap", "early_exit_gain")
-                       if (found := interval(intervals.get(name))) is not None},
-            held_out_early_exit_layer=integer(held_out.get("early_exit_layer")),
-            held_out_early_exit_gain=number(held_out.get("early_exit_gain")),
-            held_out_interval=interval(held_out.get("interval")),
-            gap_per_layer=numbers(entry.get("gap_per_layer")),
-        )
+        intervals = {name: found for name in ("correct", "corrupted", "gap", "early_exit_gain")
+                     if (found := interval(at_path(entry, f"intervals.{name}"))) is not None}
+        return cls(**read_fields(entry, _COMPARISON_FIELDS), intervals=intervals)
 
 
 @dataclass(frozen=True)
