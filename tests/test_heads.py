@@ -518,3 +518,17 @@ def test_heads_command_rejects_bad_input_in_one_line(capsys, tmp_path):
         cli.main(["heads", "--model_args", "pretrained=x", "--evaluate", "nosuchset", "-o", str(tmp_path)])
     assert "nosuchset" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_heads_figures_are_written_as_pngs(tmp_path):
+    from PIL import Image
+
+    from lm_eval_false_demos.results.heads_files import write_figures
+
+    rng = np.random.default_rng(0)
+    scores = head_scores.HeadScores(rng.random((3, 4, 2)), rng.normal(size=(3, 4, 2)))
+    written = write_figures(scores, [(2, 1), (3, 0)], tmp_path, "tiny", critical_layer=2)
+    assert [path.name for path in written] == ["prefix_matching_by_layer.png", "heads_heatmap.png"]
+    for path in written:
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size[0] > 100

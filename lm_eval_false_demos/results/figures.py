@@ -1,4 +1,5 @@
-"""Figures of the overthinking analyses: accuracy against layer, and the gap against the number of demos.
+"""Figures of the overthinking analyses: accuracy against layer, the gap against the number of demos, and the
+heads' scores by block (every matplotlib figure of the package is drawn here).
 
 Plotting lives apart from the analyses so ``falsedemo heads`` and the report can reuse it. Every figure is
 drawn with matplotlib's Agg backend (no display needed) and saved through :mod:`results_io`, as PNG and
@@ -12,9 +13,11 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
+from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from lm_eval_false_demos.core import files as results_io  # noqa: E402
@@ -131,4 +134,49 @@ def position_figure(panels: Sequence[Mapping], suptitle: str = ""):
         draw_position_gaps(axis, panel["gaps"], panel.get("title", ""), panel.get("query_position"))
     if suptitle:
         figure.suptitle(suptitle)
+    return figure
+
+
+def save_png(figure, path: Path, dpi: int = 120) -> Path:
+    """Save ``figure`` as one PNG at ``path`` (atomically) and close it."""
+    try:
+        figure.tight_layout()
+        return results_io.save_figure_atomic(figure, path, dpi=dpi)
+    finally:
+        plt.close(figure)
+
+
+def prefix_matching_figure(prefix_matching, title: str, critical_layer: int | None = None):
+    """Sum of prefix-matching scores per block, the sweep's critical layer marked."""
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    axis.bar(range(prefix_matching.shape[0]), prefix_matching.sum(1), color="tab:blue")
+    axis.axhline(0, color="black", linewidth=0.8)
+    if critical_layer is not None:
+        # Lens layer c is the residual entering block c: heads of blocks >= c act after the critical layer.
+        axis.axvline(critical_layer - 0.5, color="tab:red", linestyle="--", label=f"critical layer {critical_layer}")
+        axis.legend()
+    axis.set_xlabel("block (layer of the head)")
+    axis.set_ylabel("sum of prefix-matching scores")
+    axis.set_title(title, fontsize=9)
+    return figure
+
+
+def heads_heatmap_figure(prefix_matching, label_promoting, top, title: str):
+    """Both head scores as block x head maps, the top-k heads outlined."""
+    num_blocks, num_heads = prefix_matching.shape
+    figure, axes = plt.subplots(1, 2, figsize=(2 + 1.2 * num_heads, 0.35 * num_blocks + 2))
+    for axis, values, name, cmap in ((axes[0], prefix_matching, "prefix-matching", "viridis"),
+                                     (axes[1], label_promoting, "label-promoting", "RdBu_r")):
+        limit = float(np.nanmax(np.abs(values))) or 1.0
+        image = axis.imshow(values, aspect="auto", cmap=cmap,
+                            **({"vmin": -limit, "vmax": limit} if cmap == "RdBu_r" else {}))
+        for block, head in top:
+            axis.add_patch(Rectangle((head - 0.5, block - 0.5), 1, 1, fill=False,
+                                    edgecolor="red", linewidth=1.5))
+        axis.set_xlabel("head")
+        axis.set_ylabel("block")
+        axis.set_xticks(range(num_heads))
+        axis.set_title(name, fontsize=9)
+        figure.colorbar(image, ax=axis, shrink=0.8)
+    figure.suptitle(title + " (red: top-k)", fontsize=9)
     return figure

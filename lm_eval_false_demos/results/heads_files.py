@@ -6,10 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from lm_eval_false_demos.analysis.head_scores import HeadScores, format_heads
 from lm_eval_false_demos.core import files as results_io
+from lm_eval_false_demos.results import figures
 from lm_eval_false_demos.results.sweep_schema import SweepFile
 
 FORMAT_VERSION = 1
@@ -34,47 +33,12 @@ def critical_layer_from_sweep(path: str | Path, dataset: str) -> int | None:
 
 def write_figures(scores: HeadScores, top: Sequence[tuple[int, int]], directory: Path, title: str,
                   critical_layer: int | None = None) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pm, lp = scores.pm_mean, scores.lp_mean
-    num_layers, num_heads = pm.shape
-    written = []
-
-    figure, axis = plt.subplots(figsize=(7, 3.5))
-    axis.bar(range(num_layers), pm.sum(1), color="tab:blue")
-    axis.axhline(0, color="black", linewidth=0.8)
-    if critical_layer is not None:
-        # Lens layer c is the residual entering block c: heads of blocks >= c act after the critical layer.
-        axis.axvline(critical_layer - 0.5, color="tab:red", linestyle="--", label=f"critical layer {critical_layer}")
-        axis.legend()
-    axis.set_xlabel("block (layer of the head)")
-    axis.set_ylabel("sum of prefix-matching scores")
-    axis.set_title(title, fontsize=9)
-    figure.tight_layout()
-    written.append(results_io.save_figure_atomic(figure, directory / "prefix_matching_by_layer.png", dpi=120))
-    plt.close(figure)
-
-    figure, axes = plt.subplots(1, 2, figsize=(2 + 1.2 * num_heads, 0.35 * num_layers + 2))
-    for axis, values, name, cmap in ((axes[0], pm, "prefix-matching", "viridis"), (axes[1], lp, "label-promoting", "RdBu_r")):
-        limit = float(np.nanmax(np.abs(values))) or 1.0
-        image = axis.imshow(values, aspect="auto", cmap=cmap,
-                            **({"vmin": -limit, "vmax": limit} if cmap == "RdBu_r" else {}))
-        for layer, head in top:
-            axis.add_patch(matplotlib.patches.Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False,
-                                                        edgecolor="red", linewidth=1.5))
-        axis.set_xlabel("head")
-        axis.set_ylabel("layer")
-        axis.set_xticks(range(num_heads))
-        axis.set_title(name, fontsize=9)
-        figure.colorbar(image, ax=axis, shrink=0.8)
-    figure.suptitle(title + " (red: top-k)", fontsize=9)
-    figure.tight_layout()
-    written.append(results_io.save_figure_atomic(figure, directory / "heads_heatmap.png", dpi=120))
-    plt.close(figure)
-    return written
+    """``prefix_matching_by_layer.png`` and ``heads_heatmap.png`` (drawn by :mod:`results.figures`)."""
+    drawn = {
+        "prefix_matching_by_layer.png": figures.prefix_matching_figure(scores.pm_mean, title, critical_layer),
+        "heads_heatmap.png": figures.heads_heatmap_figure(scores.pm_mean, scores.lp_mean, top, title),
+    }
+    return [figures.save_png(figure, directory / name) for name, figure in drawn.items()]
 
 
 def heads_payload(
