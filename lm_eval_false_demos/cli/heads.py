@@ -35,6 +35,7 @@ from lm_eval_false_demos.core.ablation_specs import parse_heads
 from lm_eval_false_demos.core.architectures import resolve_modules
 from lm_eval_false_demos.core.chat import ChatOptions, check_has_template, template_sha256
 from lm_eval_false_demos.core.data_loading import data_provenance_for, data_source_summary
+from lm_eval_false_demos.core.files import canonical_model_args
 from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.integrations import loading
 from lm_eval_false_demos.results import checkpoints
@@ -157,7 +158,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args, model_args, given, datasets, checkpoint, chat_options) -> int:
-    from lm_eval_false_demos.integrations.models import canonical_model_args
 
     started = run_started = time.time()
     timing = {}

@@ -19,6 +19,7 @@ from typing import Any
 
 from lm_eval_false_demos.analysis.lens_text import DEFAULT_DATASETS, TrainingSettings, planned_steps, training_text
 from lm_eval_false_demos.cli import args as cli_args
+from lm_eval_false_demos.core.files import canonical_model_args
 from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.integrations import compat
 
@@ -138,7 +139,6 @@ def train(args: argparse.Namespace, settings: TrainingSettings) -> dict:
     from lm_eval_false_demos.analysis import lens_training
     from lm_eval_false_demos.core.architectures import PATH_OVERRIDES, resolve_modules
     from lm_eval_false_demos.integrations import loading
-    from lm_eval_false_demos.integrations.models import canonical_model_args
     from lm_eval_false_demos.results import lens_files
 
     model_args = dict(args.model_args)

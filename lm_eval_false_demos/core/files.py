@@ -36,6 +36,19 @@ def versions() -> dict[str, str]:
     return found
 
 
+def canonical_model_args(given: Mapping[str, Any], exit_layer: int | None = None) -> dict:
+    """The model args as results should record them: integral numbers as ints and ``exit_layer`` as the
+    resolved lens layer 0..L, so the same readout is always the same leaderboard row."""
+    canonical = {}
+    for key, value in given.items():
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        canonical[key] = value
+    if exit_layer is not None:
+        canonical["exit_layer"] = exit_layer
+    return canonical
+
+
 def timestamp() -> str:
     """A filesystem-safe UTC timestamp, in the style lm-eval uses for its results files."""
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H-%M-%S.%f")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import inspect
-from typing import Any, Mapping
 
 import torch
 from lm_eval.models.huggingface import HFLM
@@ -34,6 +33,7 @@ from lm_eval_false_demos.core import embedded_models
 from lm_eval_false_demos.core.ablation_specs import HEAD_METHODS, POSITIONS, make_ablation, parse_blocks, parse_heads
 from lm_eval_false_demos.core.architectures import PATH_OVERRIDES, resolve_modules
 from lm_eval_false_demos.core.chat import label_token_index
+from lm_eval_false_demos.core.files import canonical_model_args
 from lm_eval_false_demos.core.interventions import ablate
 from lm_eval_false_demos.core.lens import check_layer, early_exit_logits, lens_logits, residuals
 from lm_eval_false_demos.core.lens_parity import check_parity
@@ -72,19 +72,6 @@ def _check_integer_layer(exit_layer) -> None:
             f"exit_layer={exit_layer!r} is not an integer; allowed: 0..L, L the model's number of blocks "
             "(0 is the embeddings, L the last block; -1..-L-1 count from the end)"
         )
-
-
-def canonical_model_args(given: Mapping[str, Any], exit_layer: int | None = None) -> dict:
-    """The model args as results should record them: integral numbers as ints and ``exit_layer`` as the
-    resolved lens layer 0..L, so the same readout is always the same leaderboard row."""
-    canonical = {}
-    for key, value in given.items():
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        canonical[key] = value
-    if exit_layer is not None:
-        canonical["exit_layer"] = exit_layer
-    return canonical
 
 
 def _choice(name: str, value, allowed) -> str | None:

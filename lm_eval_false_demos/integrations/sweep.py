@@ -27,11 +27,10 @@ from lm_eval_false_demos.analysis.records import PromptRecord, TaskInfo
 from lm_eval_false_demos.core import tuned_lens
 from lm_eval_false_demos.core.architectures import resolve_modules
 from lm_eval_false_demos.core.data_loading import data_provenance_for, data_source_summary
-from lm_eval_false_demos.core.files import versions
+from lm_eval_false_demos.core.files import canonical_model_args, versions
 from lm_eval_false_demos.core.sst2_formats import expand_task_names, parse_variant_key
 from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.integrations import loading
-from lm_eval_false_demos.integrations.models import canonical_model_args
 from lm_eval_false_demos.integrations.sweep_prompts import (
     build_records,
     check_falsedemo_tasks,
