@@ -108,6 +108,43 @@ def test_sweep_killed_midway_resumes_to_the_uninterrupted_result(tiny_model_dir,
     assert "is finished (it has sweep.json); nothing to resume" in capsys.readouterr().err
 
 
+def test_sigterm_mid_sweep_saves_every_finished_prompt_and_resumes(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """``kill`` (SIGTERM) stops a sweep like Ctrl-C: with saving due only once an hour, every batch finished so
+    far is flushed on the way out, the exit status is 143 with the resume line, and resuming gives the
+    uninterrupted numbers."""
+    from lm_eval_false_demos.results import checkpoints
+
+    model = tiny_model_dir("llama")
+    assert cli.main(_sweep_argv(model, tmp_path / "whole")) == 0
+    reference = _one_run_folder(tmp_path / "whole")
+
+    recorded = []
+    real_record = checkpoints.PromptChunks.record
+
+    def record_then_terminate(self, outputs):
+        real_record(self, outputs)
+        recorded.extend(outputs)
+        if len(recorded) == 6:  # three batches of two: the scheduler's stop arrives now
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(checkpoints.PromptChunks, "record", record_then_terminate)
+    stopped = tmp_path / "stopped"
+    with pytest.raises(SystemExit) as exited:
+        cli.main(_sweep_argv(model, stopped, "--checkpoint_seconds", "3600"))
+    assert exited.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler lives only as long as the command
+    folder = _one_run_folder(stopped)
+    assert "finished work is saved; continue with: falsedemo sweep ... --resume" in capsys.readouterr().err
+    assert not (folder / "sweep.json").exists() and list((folder / "checkpoint").glob("part-*.npz"))
+
+    monkeypatch.setattr(checkpoints.PromptChunks, "record", real_record)
+    assert cli.main(_sweep_argv(model, stopped, "--resume", str(folder))) == 0
+    timing = json.loads((folder / "sweep.json").read_text())["timing"]
+    assert timing["prompts_from_checkpoint"] == 6  # nothing finished was lost, though no save was due
+    assert (folder / "curves.csv").read_bytes() == (reference / "curves.csv").read_bytes()
+    assert _comparable(folder / "sweep.json") == _comparable(reference / "sweep.json")
+
+
 def test_resume_is_refused_under_several_processes(tiny_model_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(SystemExit) as exited:

@@ -8,8 +8,11 @@ so ``falsedemo --help`` stays fast (modules are imported when chosen).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
+import threading
 
 from lm_eval_false_demos.errors import FalseDemoError
 
@@ -39,13 +42,33 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def terminated_like_interrupted():
+    """SIGTERM (``kill``, a batch scheduler's stop or time limit) unwinds the run as Ctrl-C does: finished work
+    is flushed to the run's checkpoint and the way to resume is printed; the exit status is 128 + 15. Only where
+    nobody else handles SIGTERM (the default action would lose the unflushed work)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     module = importlib.import_module(args._module)
     try:
-        return int(module.run(args) or 0)
+        with terminated_like_interrupted():
+            return int(module.run(args) or 0)
     except FalseDemoError as error:
         # Bad input is reported as one clear line; anything else is a bug and keeps its traceback.
         parser.exit(2, f"falsedemo {args.command}: error: {error}\n")
