@@ -26,6 +26,7 @@ from lm_eval_false_demos.analysis.head_scores import format_heads
 from lm_eval_false_demos.core.ablation_specs import make_ablation
 from lm_eval_false_demos.core.architectures import ModelModules, resolve_modules
 from lm_eval_false_demos.core.chat import label_lead
+from lm_eval_false_demos.core.corruption import shifted
 from lm_eval_false_demos.core.interventions import zero_heads_per_row
 from lm_eval_false_demos.core.lens import lens_label_logits
 from lm_eval_false_demos.core.metrics import (
@@ -64,7 +65,7 @@ def encode_query(prompt, label_ids: Sequence[int], tokenizer, add_bos_token: boo
         input_ids=tuple(ids),
         label_ids=tuple(int(i) for i in label_ids),
         gold=int(prompt.query_label),
-        shown_for_gold=int((prompt.query_label + prompt.shift) % len(label_ids)),
+        shown_for_gold=shifted(prompt.query_label, len(label_ids), prompt.shift),
     )
 
 

@@ -36,6 +36,7 @@ from lm_eval_false_demos.analysis.head_prompts import (
 from lm_eval_false_demos.analysis.head_readout import ReadoutCapture, label_promotion, run_to_last_block
 from lm_eval_false_demos.core.architectures import ModelModules, resolve_modules
 from lm_eval_false_demos.core.chat import label_lead
+from lm_eval_false_demos.core.corruption import shifted
 from lm_eval_false_demos.core.prompts import label_token_ids
 from lm_eval_false_demos.core.readout_attention import weights_capturing_attention
 from lm_eval_false_demos.errors import FalseDemoError
@@ -77,7 +78,7 @@ def scoring_item(prompt, label_words: Sequence[str], label_ids: Sequence[int], t
         if not positions:
             raise FalseDemoError(f"no token covers the label ' {word}' at character {offset}")
         (same if true_class == prompt.query_label else other).extend(positions)
-    shown_for_query = (prompt.query_label + prompt.shift) % num_classes
+    shown_for_query = shifted(prompt.query_label, num_classes, prompt.shift)
     return ScoringItem(
         input_ids=tuple(ids),
         same_class_positions=tuple(same),

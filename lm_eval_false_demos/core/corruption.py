@@ -41,6 +41,8 @@ def draw_shift(rng: random.Random, num_classes: int) -> int:
 
 
 def shifted(label: int, num_classes: int, shift: int) -> int:
+    """The label a cyclic shift maps ``label`` to: a corrupted demonstration shows it, and a model copying the
+    false labels answers it for the query (the follow target)."""
     return (label + shift) % num_classes
 
 

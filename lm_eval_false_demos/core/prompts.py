@@ -24,7 +24,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from lm_eval_false_demos.core.corruption import check_setting, draw_shift, shown_labels
+from lm_eval_false_demos.core.corruption import check_setting, draw_shift, shifted, shown_labels
 from lm_eval_false_demos.core.datasets import DatasetSpec, Example
 from lm_eval_false_demos.errors import FalseDemoError
 
@@ -53,7 +53,7 @@ class Prompt:
     @property
     def follow_label(self) -> int:
         """The label the corruption maps the query's class to (the answer of a model copying false labels)."""
-        return (self.query_label + self.shift) % self.num_classes
+        return shifted(self.query_label, self.num_classes, self.shift)
 
 
 def _stream_seed(*parts) -> int:
@@ -68,7 +68,7 @@ def query_shift(spec: DatasetSpec, query_uid: str, seed: int) -> int:
 
 def follow_target(spec: DatasetSpec, query: Example, seed: int) -> int:
     """The label the corruption maps the query's class to: what a model copying false labels answers."""
-    return (query.label + query_shift(spec, query.uid, seed)) % spec.num_classes
+    return shifted(query.label, spec.num_classes, query_shift(spec, query.uid, seed))
 
 
 def render_demo(spec: DatasetSpec, example: Example, label_word: str) -> str:

@@ -9,6 +9,7 @@ from typing import Any, Mapping, Sequence
 
 from lm_eval_false_demos.analysis.records import EncodedPrompt, PromptRecord, TaskInfo
 from lm_eval_false_demos.core.chat import check_has_template, label_token_index, prompt_mode, template_sha256
+from lm_eval_false_demos.core.corruption import shifted
 from lm_eval_false_demos.core.prompts import label_token_ids
 from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.integrations import compat
@@ -88,9 +89,9 @@ def build_records(name: str, task, limit: float | None, chat: Mapping[str, Any] 
                 context=context,
                 continuations=tuple(instance.args[1] for instance in instances),
                 gold=int(prompt.query_label),
-                follow_target=(prompt.query_label + prompt.shift) % num_classes,
+                follow_target=shifted(prompt.query_label, num_classes, prompt.shift),
                 demo_true_labels=tuple(prompt.demo_true_labels),
-                demo_follow_targets=tuple((label + prompt.shift) % num_classes for label in prompt.demo_true_labels),
+                demo_follow_targets=tuple(shifted(label, num_classes, prompt.shift) for label in prompt.demo_true_labels),
                 demo_offsets=tuple(demo_offsets),
                 demo_shown_labels=tuple(prompt.demo_shown_labels),
             )

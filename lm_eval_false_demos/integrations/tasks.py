@@ -33,7 +33,7 @@ from lm_eval.api.task import ConfigurableTask
 
 from lm_eval_false_demos import __version__
 from lm_eval_false_demos.core import chat, embedded_models
-from lm_eval_false_demos.core.corruption import FOLLOW_SETTINGS, check_setting, check_wrong_share
+from lm_eval_false_demos.core.corruption import FOLLOW_SETTINGS, check_setting, check_wrong_share, shifted
 from lm_eval_false_demos.core.data_loading import data_provenance, data_source, load_examples
 from lm_eval_false_demos.core.datasets import get_spec
 from lm_eval_false_demos.core.metrics import calibrated_accuracy, normalise
@@ -299,7 +299,7 @@ class FalseDemoTask(ConfigurableTask):
         item = (gold, scores.tolist()) if len(self.formats) == 1 else (gold, scores.tolist(), int(doc["format"]))
         outcome = {"calibrated_acc": item, "acc": float(predicted == gold)}
         if self.setting in FOLLOW_SETTINGS:
-            follow = (gold + query_shift(self.spec, doc["uid"], self.fewshot_seed)) % self.spec.num_classes
+            follow = shifted(gold, self.spec.num_classes, query_shift(self.spec, doc["uid"], self.fewshot_seed))
             outcome["follow_acc"] = float(predicted == follow)
         return outcome
 
