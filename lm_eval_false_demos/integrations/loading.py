@@ -61,6 +61,20 @@ def process_rank_and_count(lm) -> tuple[int, int]:
     return int(getattr(lm, "rank", 0)), int(getattr(lm, "world_size", 1))
 
 
+def leave_process_group(world_size: int) -> None:
+    """Every rank of a data-parallel run leaves the process group together once the last collective is done.
+
+    A rank that simply exits while another still holds the gloo group dies in its teardown ("terminate called
+    without an active exception", SIGABRT), and the launcher then kills the rank writing the results."""
+    if world_size <= 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def model_identity(model_args: Mapping[str, Any], lm) -> dict[str, Any]:
     """What pins the weights: the GGUF file's sha256, a local folder's weight-file digest, or the hub revision."""
     identity: dict[str, Any] = {}

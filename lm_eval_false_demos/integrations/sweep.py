@@ -138,6 +138,7 @@ def run_sweep(
     outputs = _read_my_share(lm, encoded, rank, world_size, batch_size, modules, translator, parity, chunks,
                              show_progress)
     outputs = readout.gather_to_rank0(outputs, world_size)
+    loading.leave_process_group(world_size)  # the last collective: ranks > 0 are done
     clock.lap("forward")
     if rank != 0:
         return None
