@@ -133,6 +133,7 @@ def llama_dir(tiny_model_dir):
         (AblatedHFLM, dict(mlp_layers="x"), "malformed mlp_layers"),
         (AblatedHFLM, dict(heads="1:0", positions="first"), "positions='first' is not allowed"),
         (AblatedHFLM, dict(heads="1:0", head_method="mean"), "head_method='mean' is not allowed"),
+        (EarlyExitHFLM, dict(exit_layer=2, dtype="bogus"), "dtype='bogus' is not allowed; allowed: auto"),
         (EarlyExitHFLM, dict(exit_layer=2, positions="all"), "only apply to ablations"),
         (AblatedHFLM, dict(mlp_layers="1", head_method="qkv"), "applies to heads= only"),
         (AblatedHFLM, dict(heads="3:0", exit_layer=2), r"ablated layers \[3\] never run with exit_layer=2"),
@@ -147,7 +148,7 @@ def llama_dir(tiny_model_dir):
 )
 def test_bad_model_args_fail_clearly(llama_dir, cls, args, message):
     with pytest.raises(FalseDemoError, match=message):
-        cls(pretrained=llama_dir, **COMMON, **args)
+        cls(pretrained=llama_dir, **{**COMMON, **args})
 
 
 def test_first_token_collision_is_an_error(llama_dir):

@@ -292,6 +292,7 @@ def test_vocabulary_subset_training_runs_and_helps(tiny_model_dir, tmp_path):
     ("--tokens", "0", "--tokens=0 is not allowed"),
     ("--positions", "-1", "--positions=-1 is not allowed"),
     ("--seq_len", "64", "--seq_len=64 is longer than the model arg max_length=48"),
+    ("--model_args", "dtype=bogus", "dtype='bogus' is not allowed; allowed: auto, float32"),
 ])
 def test_bad_training_arguments_fail_before_loading(flag, value, message, tiny_model_dir, tmp_path, monkeypatch,
                                                     capsys):

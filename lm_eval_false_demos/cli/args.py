@@ -138,7 +138,7 @@ def check_model_args(model: str, model_args: Mapping[str, Any], read_by_caller: 
     """
     if model not in ("hf", "hf-earlyexit", "hf-ablate", "huggingface"):
         return
-    from lm_eval_false_demos.integrations.models import OWN_ARGS, hflm_arg_names
+    from lm_eval_false_demos.integrations.models import OWN_ARGS, check_dtype, hflm_arg_names
 
     known = set(hflm_arg_names()) | (set(OWN_ARGS) if model != "hf" and model != "huggingface" else set())
     for key in model_args:
@@ -153,6 +153,7 @@ def check_model_args(model: str, model_args: Mapping[str, Any], read_by_caller: 
         close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.8)
         if close:
             raise FalseDemoError(f"unknown model arg {key}={model_args[key]!r}; did you mean {close[0]}=?")
+    check_dtype(model_args.get("dtype"))
     # Without pretrained= the model's own default loads: lm-eval's hf takes gpt2, ours the packaged Gemma.
     default = "gpt2" if model in ("hf", "huggingface") else "gemma-3-270m"
     revision = model_args.get("revision")

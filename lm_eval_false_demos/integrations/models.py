@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import inspect
+from typing import Any
 
 import torch
 from lm_eval.models.huggingface import HFLM
@@ -74,6 +75,16 @@ def _check_integer_layer(exit_layer) -> None:
         )
 
 
+def check_dtype(dtype: Any) -> None:
+    """``dtype=`` names a torch floating dtype or ``auto``, as HFLM expects (it would fail in ``getattr(torch, ...)``)."""
+    if dtype is None or dtype == "auto":
+        return
+    if not isinstance(dtype, str) or not isinstance(getattr(torch, dtype, None), torch.dtype) \
+            or not getattr(torch, dtype).is_floating_point:
+        raise FalseDemoError(f"dtype={dtype!r} is not allowed; allowed: auto, float32, bfloat16, float16 (torch "
+                             "floating dtypes)")
+
+
 def _choice(name: str, value, allowed) -> str | None:
     if value is None:
         return None
@@ -106,6 +117,7 @@ class _FalseDemoHFLM(HFLM):
     ):
         _reject_lookalikes(kwargs)
         # Everything checkable without the model fails here, before the (slow) load.
+        check_dtype(kwargs.get("dtype"))
         if exit_layer is not None:
             _check_integer_layer(exit_layer)
         self._label_scoring = _choice("label_scoring", label_scoring, LABEL_SCORING) or "first"
