@@ -209,7 +209,9 @@ def residuals_and_output(model, input_ids: torch.Tensor, layers, positions, atte
             handle.remove()
     missing = sorted(set(layer_list) - set(captured))
     if missing:
-        raise RuntimeError(f"the forward pass never reached layers {missing}; are the block paths right?")
+        raise FalseDemoError(
+            f"the forward pass never reached layers {missing} through {modules.paths.get('layers')!r} of "
+            f"{modules.model_type!r}; are the block paths right (layers_path=)?")
     device = _head_weight(modules.output_head).device
     return torch.stack([captured[layer].to(device) for layer in layer_list]), output
 
