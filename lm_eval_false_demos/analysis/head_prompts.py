@@ -17,12 +17,12 @@ from lm_eval_false_demos.core.chat import render_prompt
 from lm_eval_false_demos.core.corruption import SETTINGS
 from lm_eval_false_demos.core.data_loading import load_examples
 from lm_eval_false_demos.core.datasets import DATASETS, get_spec
-from lm_eval_false_demos.core.task_names import DEFAULT_NUM_FEWSHOT, TASK_PREFIX, parse_task_name
+from lm_eval_false_demos.core.task_names import DEFAULT_FEWSHOT_SEED, DEFAULT_NUM_FEWSHOT, TASK_PREFIX, parse_task_name
 from lm_eval_false_demos.errors import FalseDemoError
 
 DEFAULT_TASK = "falsedemo_unnatural_permuted"
 DEFAULT_NUM_PROMPTS = 100
-DEFAULT_SEED = 1234  # lm-eval's default few-shot seed: the prompts match `lm_eval --tasks ... --limit N`
+DEFAULT_SEED = DEFAULT_FEWSHOT_SEED  # so the prompts match `lm_eval --tasks ... --limit N`
 
 
 class TaskPrompts(NamedTuple):
@@ -89,7 +89,8 @@ def special_tokens_kwargs(tokenizer, context: str, add_bos_token: bool | None) -
 
 def encode_context(tokenizer, context: str, add_bos_token: bool | None) -> tuple[list[int], list[tuple[int, int]]]:
     """Token ids of ``context`` as HFLM encodes it, and each token's character span (special tokens: (0, 0))."""
-    encoded = tokenizer(context, return_offsets_mapping=True, **special_tokens_kwargs(tokenizer, context, add_bos_token))
+    special = special_tokens_kwargs(tokenizer, context, add_bos_token)
+    encoded = tokenizer(context, return_offsets_mapping=True, **special)
     return list(encoded["input_ids"]), [tuple(span) for span in encoded["offset_mapping"]]
 
 

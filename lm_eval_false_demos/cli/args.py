@@ -18,12 +18,13 @@ from typing import Any, Mapping
 from lm_eval_false_demos.core.chat import check_has_template
 from lm_eval_false_demos.core.embedded_models import EMBEDDED_MODELS, is_embedded, resolve_pretrained
 from lm_eval_false_demos.core.files import check_output_folder  # noqa: F401  (the shared check, re-exported for commands)
+from lm_eval_false_demos.core.task_names import DEFAULT_SEEDS
 from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.integrations import compat
 
 # lm-eval adds these to the model's constructor from its own flags; they are never typos.
 RUNTIME_MODEL_ARGS = ("batch_size", "max_batch_size", "device")
-DEFAULT_SEED_STRING = "0,1234,1234,1234"  # lm-eval's default --seed (python, numpy, torch, fewshot)
+DEFAULT_SEED_STRING = ",".join(map(str, DEFAULT_SEEDS))  # lm-eval's default --seed, as written
 # huggingface_hub's repo-id grammar: at most one "/", name characters only.
 _HUB_ID = re.compile(r"^(?:[\w][\w.-]{0,95}/)?[\w][\w.-]{0,95}$")
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 import argparse
 
 from lm_eval_false_demos.cli import args as cli_args
+from lm_eval_false_demos.core.architectures import PATH_OVERRIDES
 from lm_eval_false_demos.core.sst2_formats import parse_formats
 from lm_eval_false_demos.errors import FalseDemoError
-from lm_eval_false_demos.integrations import compat, loading
+from lm_eval_false_demos.integrations import compat
 from lm_eval_false_demos.integrations.sweep import check_no_exit_layer, run_sweep
 from lm_eval_false_demos.results import checkpoints
 from lm_eval_false_demos.results.sweep_files import format_summary, model_label, write_outputs
@@ -18,7 +19,6 @@ from lm_eval_false_demos.results.sweep_files import format_summary, model_label,
 DEFAULT_SEED_STRING = cli_args.DEFAULT_SEED_STRING
 
 
-PATH_OVERRIDE_KEYS = loading.PATH_OVERRIDE_KEYS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,7 +94,7 @@ def check_arguments(args: argparse.Namespace) -> int:
     else:
         cli_args.check_output_folder(args.output_path)
     # last: it imports lm-eval's HF model
-    cli_args.check_model_args(args.model, args.model_args or {}, read_by_caller=("lens", *PATH_OVERRIDE_KEYS))
+    cli_args.check_model_args(args.model, args.model_args or {}, read_by_caller=("lens", *PATH_OVERRIDES))
     if apply_chat_template:
         cli_args.check_chat_template(args.model_args or {})
     return batch_size

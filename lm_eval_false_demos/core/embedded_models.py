@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import functools
 import importlib
 import importlib.util
 import json
@@ -43,8 +44,10 @@ def cache_dir() -> Path:
     return digests.cache_dir()
 
 
+@functools.lru_cache(maxsize=None)
 def gguf_path(name: str) -> Path:
-    """The packaged GGUF file of short name ``name``."""
+    """The packaged GGUF file of short name ``name`` (found once per process: the Gemma package verifies and
+    hashes its chunks on every ``assemble()``, a tenth of a second or more each time)."""
     entry = _entry(name)
     if importlib.util.find_spec(entry.package) is None:
         raise FalseDemoError(f"model {name!r} needs the package {entry.package!r}, which is not installed")

@@ -11,15 +11,10 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from lm_eval_false_demos.core.architectures import PATH_OVERRIDES
 from lm_eval_false_demos.core.digests import sha256_file
 from lm_eval_false_demos.core.embedded_models import is_embedded, resolve_pretrained
 from lm_eval_false_demos.core.embedded_models import model_identity as embedded_identity
 from lm_eval_false_demos.integrations import compat
-
-# Keys of --model_args that select modules for the lens (architectures.PATH_OVERRIDES); our model classes
-# accept them too, so they are forwarded to both.
-PATH_OVERRIDE_KEYS = PATH_OVERRIDES
 
 
 def create_model(model: str, model_args: Mapping[str, Any], batch_size: int, device: str | None):

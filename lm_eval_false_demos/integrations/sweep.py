@@ -25,10 +25,11 @@ from lm_eval_false_demos.analysis import readout
 from lm_eval_false_demos.analysis.layer_curves import analyse_datasets, summarise_run, summarise_tasks
 from lm_eval_false_demos.analysis.records import PromptRecord, TaskInfo
 from lm_eval_false_demos.core import tuned_lens
-from lm_eval_false_demos.core.architectures import resolve_modules
+from lm_eval_false_demos.core.architectures import PATH_OVERRIDES, resolve_modules
 from lm_eval_false_demos.core.data_loading import data_provenance_for, data_source_summary
 from lm_eval_false_demos.core.files import canonical_model_args, versions
 from lm_eval_false_demos.core.sst2_formats import expand_task_names, parse_variant_key
+from lm_eval_false_demos.core.task_names import DEFAULT_SEEDS
 from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.integrations import loading
 from lm_eval_false_demos.integrations.sweep_prompts import (
@@ -91,10 +92,11 @@ def run_sweep(
     task_names = resolve_task_names(tasks, task_manager)
     check_falsedemo_tasks(task_names)
     clock.lap("task_index")
+    resolved_args = loading.resolve_embedded(model_args)  # packaged short names -> their converted folders
     if lm is None:
         check_no_exit_layer(model_args)
-        model_only_args = {key: value for key, value in model_args.items() if key != "lens"}
-        lm = loading.create_model(model, loading.resolve_embedded(model_only_args), batch_size, device)
+        model_only_args = {key: value for key, value in resolved_args.items() if key != "lens"}
+        lm = loading.create_model(model, model_only_args, batch_size, device)
     clock.lap("model_load")
     lend_tokenizer(model_args, lm.tokenizer, lm.max_length)
     rank, world_size = loading.process_rank_and_count(lm)
@@ -112,12 +114,12 @@ def run_sweep(
     # Our model classes resolved the modules already (with any path overrides from model_args).
     modules = getattr(lm, "_falsedemo_modules", None)
     if modules is None:
-        overrides = {key: model_args[key] for key in loading.PATH_OVERRIDE_KEYS if key in model_args}
+        overrides = {key: model_args[key] for key in PATH_OVERRIDES if key in model_args}
         modules = resolve_modules(lm.model, **overrides)
     translator = tuned_lens.build_lens(lens_spec, lm.model, modules.num_layers)
     config = run_configuration(
-        lm=lm, model=model, model_args=model_args, tasks=tasks, task_names=list(task_objects), infos=infos,
-        limit=limit, num_fewshot=num_fewshot, seed=seeds, batch_size=batch_size, device=device,
+        lm=lm, model=model, model_args=model_args, resolved_args=resolved_args, tasks=tasks,
+        task_names=list(task_objects), infos=infos, limit=limit, num_fewshot=num_fewshot, seed=seeds, batch_size=batch_size, device=device,
         world_size=world_size, num_layers=modules.num_layers, modules=modules,
         bootstrap_iters=bootstrap_iters, analysis_seed=analysis_seed, confidence=confidence,
     )
@@ -191,7 +193,7 @@ class PhaseClock:
 def seed_like_simple_evaluate(seed: Sequence[int | None] | None) -> list[int | None]:
     """(python, numpy, torch, few-shot) seeds, applied as ``simple_evaluate`` applies them, so anything random
     in task building matches lm_eval's run."""
-    seeds = (list(seed) if seed is not None else [0, 1234, 1234, 1234]) + [None] * 4
+    seeds = (list(seed) if seed is not None else list(DEFAULT_SEEDS)) + [None] * 4
     python_seed, numpy_seed, torch_seed, fewshot_seed = seeds[:4]
     if python_seed is not None:
         random.seed(python_seed)
@@ -254,8 +256,9 @@ def model_ablation(lm):
     return getattr(lm, "_ablation", None)
 
 
-def run_configuration(*, lm, model, model_args, tasks, task_names, infos, limit, num_fewshot, seed, batch_size, device,
-                      world_size, num_layers, modules, bootstrap_iters, analysis_seed, confidence) -> dict:
+def run_configuration(*, lm, model, model_args, resolved_args, tasks, task_names, infos, limit, num_fewshot, seed,
+                      batch_size, device, world_size, num_layers, modules, bootstrap_iters, analysis_seed,
+                      confidence) -> dict:
     ablation = model_ablation(lm)
     return {
         "model": model,
@@ -277,7 +280,7 @@ def run_configuration(*, lm, model, model_args, tasks, task_names, infos, limit,
         # SST-2's formats (sst2_f3) read SST-2's data
         "data_provenance": data_provenance_for((parse_variant_key(info.dataset) or (info.dataset,))[0]
                                                for info in infos.values()),
-        "model_identity": loading.model_identity(loading.resolve_embedded(model_args), lm),
+        "model_identity": loading.model_identity(resolved_args, lm),
         "versions": versions(),
         "analysis": {"bootstrap_iters": bootstrap_iters, "seed": analysis_seed, "confidence": confidence,
                      "interval": "percentile, paired over queries", "held_out_fraction": 0.5},

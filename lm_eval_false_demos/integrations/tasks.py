@@ -39,12 +39,12 @@ from lm_eval_false_demos.core.datasets import get_spec
 from lm_eval_false_demos.core.metrics import calibrated_accuracy, normalise
 from lm_eval_false_demos.core.prompts import build_prompt, label_token_ids, query_shift, render_query
 from lm_eval_false_demos.core.sst2_formats import check_format, format_spec, variant_key
+from lm_eval_false_demos.core.task_names import DEFAULT_FEWSHOT_SEED
 from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.integrations import compat
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_FEWSHOT_SEED = 1234
 # The task cannot see the model; our wrappers record their choice under config.falsedemo.label_scoring.
 LABEL_SCORING_NOTE = (
     "hf-earlyexit/hf-ablate: as config.falsedemo.label_scoring (default first label token); "
