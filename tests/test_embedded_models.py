@@ -74,15 +74,23 @@ def test_failed_conversion_leaves_nothing(tmp_path, monkeypatch):
 def test_a_short_name_means_the_packaged_model_even_beside_a_folder_of_that_name(tmp_path, monkeypatch):
     """The task's tokenizer and the model wrapper resolve a short name by one rule: a folder named like the model
     in the working directory (an --output_path, say) does not turn the short name into a path."""
+    import transformers
+
     from lm_eval_false_demos.core import embedded_models
     from lm_eval_false_demos.integrations import tasks as lm_eval_tasks
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "gemma-3-270m").mkdir()
-    monkeypatch.setattr(embedded_models, "resolve_pretrained", lambda name: f"/converted/{name}")
-    assert lm_eval_tasks._resolve_short_name("gemma-3-270m") == {"pretrained": "/converted/gemma-3-270m"}
-    assert lm_eval_tasks._resolve_short_name("./gemma-3-270m") == {}
-    assert lm_eval_tasks._resolve_short_name("org/model") == {}
+    real = embedded_models.resolve_pretrained
+    monkeypatch.setattr(embedded_models, "resolve_pretrained",
+                        lambda name: f"/converted/{name}" if embedded_models.is_embedded(name) else real(name))
+    loaded = []
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda path, **kwargs: loaded.append(path))
+    lm_eval_tasks.load_tokenizer_and_length.cache_clear()
+    for name in ("gemma-3-270m", "./gemma-3-270m", "org/model"):
+        lm_eval_tasks.load_tokenizer_and_length(name, None, None, None, False, 64)
+    lm_eval_tasks.load_tokenizer_and_length.cache_clear()
+    assert loaded == ["/converted/gemma-3-270m", "./gemma-3-270m", "org/model"]
 
 
 def test_file_digests_are_remembered_until_the_file_changes(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from lm_eval_false_demos.core.chat import check_has_template
-from lm_eval_false_demos.core.embedded_models import EMBEDDED_MODELS, is_embedded, resolve_pretrained
+from lm_eval_false_demos.core.embedded_models import EMBEDDED_MODELS, is_embedded
 from lm_eval_false_demos.core.files import check_output_folder  # noqa: F401  (the shared check, re-exported for commands)
 from lm_eval_false_demos.core.task_names import DEFAULT_SEEDS
 from lm_eval_false_demos.errors import FalseDemoError
@@ -118,10 +118,9 @@ def check_chat_template(model_args: Mapping[str, Any]) -> None:
     from lm_eval_false_demos.integrations.tasks import load_tokenizer_and_length
 
     named = str(model_args.get("pretrained", ""))
-    pretrained = resolve_pretrained(named) if is_embedded(named) else named
     max_length = model_args.get("max_length")
     tokenizer, _ = load_tokenizer_and_length(
-        pretrained, model_args.get("tokenizer"), model_args.get("gguf_file"), model_args.get("revision"),
+        named, model_args.get("tokenizer"), model_args.get("gguf_file"), model_args.get("revision"),
         str(model_args.get("trust_remote_code", False)).lower() in ("true", "1"),
         int(max_length) if max_length else None,
     )

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from lm_eval_false_demos.core.digests import sha256_file
-from lm_eval_false_demos.core.embedded_models import is_embedded, resolve_pretrained
 from lm_eval_false_demos.core.embedded_models import model_identity as embedded_identity
+from lm_eval_false_demos.core.embedded_models import resolve_pretrained
 from lm_eval_false_demos.integrations import compat
 
 
@@ -39,8 +39,8 @@ def create_model(model: str, model_args: Mapping[str, Any], batch_size: int, dev
 def resolve_embedded(model_args: Mapping[str, Any]) -> dict:
     """``pretrained=gemma-3-270m`` (a packaged GGUF's short name) -> its converted HF folder, for every model type."""
     resolved = dict(model_args)
-    if is_embedded(resolved.get("pretrained")):
-        resolved["pretrained"] = resolve_pretrained(resolved["pretrained"])
+    if "pretrained" in resolved:
+        resolved["pretrained"] = resolve_pretrained(resolved["pretrained"])  # other names pass through
     return resolved
 
 

@@ -70,24 +70,16 @@ def calibrated_accuracy_aggregation(items) -> float:
     return float(np.mean(values))
 
 
-def _resolve_short_name(pretrained: str) -> dict:
-    """A packaged model's short name (``gemma-3-270m``) -> its converted folder, by the rule the model wrappers
-    use: the short name means the packaged model even when a folder of that name sits in the working directory
-    (``./gemma-3-270m`` names the folder), so the task's tokenizer is always the evaluated model's."""
-    if not embedded_models.is_embedded(pretrained):
-        return {}
-    return {"pretrained": embedded_models.resolve_pretrained(pretrained)}
-
-
 @functools.lru_cache(maxsize=8)
 def load_tokenizer_and_length(pretrained: str, tokenizer: str | None, gguf_file: str | None,
                               revision: str | None, trust_remote_code: bool, max_length: int | None):
-    """(tokenizer, the max length HFLM would use) for these model args; cached per process."""
+    """(tokenizer, the max length HFLM would use) for these model args; cached per process.
+
+    A packaged model's short name (``gemma-3-270m``) means its converted folder, by the rule the model wrappers
+    use (even beside a folder of that name in the working directory), so the tokenizer is the evaluated model's."""
     import transformers
 
-    resolved = {"pretrained": pretrained, "gguf_file": gguf_file, **_resolve_short_name(pretrained)}
-    pretrained, gguf_file = resolved["pretrained"], resolved.get("gguf_file")
-    tokenizer = tokenizer or resolved.get("tokenizer")
+    pretrained = embedded_models.resolve_pretrained(pretrained)
     common = {"trust_remote_code": trust_remote_code}
     if revision:
         common["revision"] = revision
