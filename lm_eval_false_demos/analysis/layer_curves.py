@@ -40,17 +40,6 @@ def _metric_functions():
     }
 
 
-def curve(scores: np.ndarray, gold: np.ndarray, follow_target: np.ndarray,
-          metrics: Sequence[str] = LAYER_METRICS) -> dict[str, list[float]]:
-    """Metrics per layer: ``scores`` [N, L+1, K] probabilities -> {metric: [L+1 floats]}."""
-    functions = _metric_functions()
-    targets = {"calibrated_acc": gold, "acc": gold, "follow_acc": follow_target}
-    return {
-        name: [float(functions[name](scores[:, layer, :], targets[name])) for layer in range(scores.shape[1])]
-        for name in metrics
-    }
-
-
 def critical_layer(gap: Sequence[float]) -> int | None:
     """First layer where the gap reaches half of its last-layer value; None when the last gap is not positive."""
     gap = np.asarray(gap, dtype=np.float64)
@@ -178,11 +167,8 @@ def summarise_tasks(
         task_records = [records[index] for index in indices]
         logits = np.stack([outputs[index] for index in indices])  # [N, L+1, P, K]
         probabilities = normalise(logits)  # the K-label softmax: the full-vocabulary one cancels
-        gold = np.array([record.gold for record in task_records])
-        follow = np.array([record.follow_target for record in task_records])
         query_scores = probabilities[:, :, -1, :]
-        metrics = task_metrics(info.setting)
-        per_layer = curve(query_scores, gold, follow, metrics)
+        names = task_metrics(info.setting)
 
         # Position i < k reads demo i (i preceding demos) against its TRUE class; position k is the query.
         num_demos = probabilities.shape[2] - 1
@@ -193,7 +179,7 @@ def summarise_tasks(
             "readout": ["demo"] * num_demos + ["query"],
         }
         targets = {"calibrated_acc": position_targets, "acc": position_targets, "follow_acc": position_follow}
-        for metric in metrics:
+        for metric in names:
             per_position[metric] = [
                 [
                     float(functions[metric](probabilities[:, layer, position, :], targets[metric][:, position]))
@@ -201,6 +187,9 @@ def summarise_tasks(
                 ]
                 for layer in range(probabilities.shape[1])
             ]
+        # The query is the last readout position: its column is the per-layer curve.
+        per_layer = {metric: [row[-1] for row in per_position[metric]] for metric in names}
+        gold = position_targets[:, -1]
         results[name] = TaskCurves(
             dataset=info.dataset, setting=info.setting, n=len(task_records), k=info.num_fewshot,
             num_classes=info.num_classes, label_words=tuple(info.label_words), per_layer=per_layer,
