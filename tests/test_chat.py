@@ -328,7 +328,8 @@ def test_heads_label_positions_follow_the_template(chat_model_dir, name):
         raw = build_prompt(spec, query, pool, K, "permuted", SEED)
         rendered = chat.render(raw, chat.tokenizer_template(tokenizer), True).context
         assert prompt.context == (rendered[:-1] if name == "space" else rendered)
-        item = head_scores.scoring_item(prompt, spec.label_word_list, ids, tokenizer, add_bos_token=False)
+        item = head_scores.scoring_item(prompt, spec.label_word_list, ids, tokenizer,
+                                         encode=lambda text: tokenizer(text, add_special_tokens=False)["input_ids"])
         positions = sorted(item.same_class_positions + item.other_class_positions)
         read = "".join(tokenizer.decode([item.input_ids[p]]) for p in positions)
         shown = [spec.label_word_list[s] for s in raw.demo_shown_labels]

@@ -419,7 +419,7 @@ def test_heads_file_and_auto_reach_the_ablation_wrapper(tiny_model_dir, tmp_path
     lm = AblatedHFLM(pretrained=path, heads="auto", **common)
     assert calls and lm.get_model_info()["falsedemo"]["ablation"]["heads"] == head_scores.format_heads(top)
     # The wrapper's own encoding decides the prompts: lm-eval's BOS rule and its max_length.
-    assert calls[0] == {"add_bos_token": lm.add_bos_token, "max_length": lm.max_length}
+    assert calls[0] == {"encode": lm.tok_encode, "max_length": lm.max_length}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -532,3 +532,20 @@ def test_heads_figures_are_written_as_pngs(tmp_path):
     for path in written:
         with Image.open(path) as image:
             assert image.format == "PNG" and image.size[0] > 100
+
+
+def test_contexts_take_the_models_encoding_with_the_tokenizers_offsets(tiny_model_dir):
+    """Head scoring encodes a context with the caller's encoder (HFLM.tok_encode) and aligns the tokenizer's
+    character offsets after whatever special tokens that encoder put in front."""
+    from lm_eval_false_demos.errors import FalseDemoError
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_model_dir("llama"))
+    text = "Review: fine film.\nAnswer: Positive"
+    plain = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    bos = tokenizer.bos_token_id
+    ids, offsets = head_prompts.encode_context(tokenizer, text, lambda t: [bos] + tokenizer(
+        t, add_special_tokens=False)["input_ids"])
+    assert ids == [bos, *plain["input_ids"]]
+    assert offsets == [(0, 0), *map(tuple, plain["offset_mapping"])]
+    with pytest.raises(FalseDemoError, match="cannot align"):
+        head_prompts.encode_context(tokenizer, text, lambda t: [bos, bos, 5])

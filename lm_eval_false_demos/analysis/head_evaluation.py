@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lm_eval_false_demos.analysis.head_prompts import build_task_prompts, encode_context
+from lm_eval_false_demos.analysis.head_prompts import Encoder, build_task_prompts, encode_context
 from lm_eval_false_demos.analysis.head_readout import ReadoutCapture, label_promotion, run_to_last_block
 from lm_eval_false_demos.analysis.head_scores import format_heads
 from lm_eval_false_demos.core.ablation_specs import make_ablation
@@ -58,9 +58,9 @@ class EncodedQuery:
     shown_for_gold: int  # class whose label the demos of the query's class show, (y + s) % K
 
 
-def encode_query(prompt, label_ids: Sequence[int], tokenizer, add_bos_token: bool | None = None) -> EncodedQuery:
+def encode_query(prompt, label_ids: Sequence[int], tokenizer, encode: Encoder | None = None) -> EncodedQuery:
     """The query's context encoded as HFLM encodes it (head_prompts.encode_context)."""
-    ids, _ = encode_context(tokenizer, prompt.context, add_bos_token)
+    ids, _ = encode_context(tokenizer, prompt.context, encode)
     return EncodedQuery(
         input_ids=tuple(ids),
         label_ids=tuple(int(i) for i in label_ids),
@@ -129,13 +129,13 @@ def evaluate_heads(
     chat_options=None,
     checkpoint: PartStore | None = None,
     *,
-    add_bos_token: bool | None = None,
+    encode: Encoder | None = None,
     max_length: int | None = None,
 ) -> dict:
     """Gap recovered by zeroing ``top_heads`` vs each random draw, per dataset and averaged over datasets.
 
-    Prompts are built within ``max_length`` tokens and encoded with ``add_bos_token``, as lm-eval's HFLM does
-    (pass ``lm.max_length`` and ``lm.add_bos_token``). ``log`` receives one line per finished dataset. With
+    Prompts are built within ``max_length`` tokens and encoded by ``encode``, as lm-eval's HFLM does
+    (pass ``lm.max_length`` and ``lm.tok_encode``). ``log`` receives one line per finished dataset. With
     ``checkpoint`` each finished dataset and setting is saved, and one an interrupted run saved is read back
     instead of recomputed."""
     modules = resolve_modules(model)
@@ -160,7 +160,7 @@ def evaluate_heads(
             ids = label_token_ids(tokenizer, list(spec.label_word_list), lead=label_lead(tokenizer, chat_options))
             rows, golds = [], []
             for prompt in tqdm(prompts, desc=f"{dataset} {setting}", unit="prompt", disable=not show_progress):
-                query = encode_query(prompt, ids, tokenizer, add_bos_token)
+                query = encode_query(prompt, ids, tokenizer, encode)
                 if setting == corrupted_setting:
                     readout, lp = query_readouts(model, query, conditions, modules, with_promotion=True)
                     promotion.append(lp)

@@ -2,14 +2,13 @@
 
 Prompts are built as the lm-eval task ``falsedemo_<dataset>_<setting>`` builds them (same demonstrations for
 the same few-shot seed, same token budget; with chat options, as ``lm_eval --apply_chat_template`` renders
-them), and encoded as lm-eval's ``HFLM.tok_encode`` encodes a context: ``add_bos_token`` is HFLM's
-(None: the tokenizer's own special tokens; True/False: ``add_special_tokens``), and a context that already
-starts with the BOS text (a chat template's ``<bos>``) gets no second one.
+them), and encoded by the caller's ``encode`` (lm-eval's ``HFLM.tok_encode``: its BOS rule, no second BOS after a
+chat template's ``<bos>``), with the tokenizer's character offsets aligned to those ids.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from lm_eval_false_demos.core import prompts as prompts_module
@@ -78,20 +77,20 @@ def build_task_prompts(task: str, num_prompts: int | None, seed: int, num_fewsho
     return TaskPrompts(spec, setting, built)
 
 
-def special_tokens_kwargs(tokenizer, context: str, add_bos_token: bool | None) -> dict:
-    """The ``add_special_tokens`` HFLM.tok_encode passes for ``context`` (lm-eval's ``_add_special_kwargs`` and
-    ``has_bos_prefix`` with its prefix token: BOS, else EOS)."""
-    prefix_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    if prefix_id is not None and context.startswith(tokenizer.decode(prefix_id)):
-        return {"add_special_tokens": False}
-    return {} if add_bos_token is None else {"add_special_tokens": bool(add_bos_token)}
+Encoder = Callable[[str], Sequence[int]]
 
 
-def encode_context(tokenizer, context: str, add_bos_token: bool | None) -> tuple[list[int], list[tuple[int, int]]]:
-    """Token ids of ``context`` as HFLM encodes it, and each token's character span (special tokens: (0, 0))."""
-    special = special_tokens_kwargs(tokenizer, context, add_bos_token)
-    encoded = tokenizer(context, return_offsets_mapping=True, **special)
-    return list(encoded["input_ids"]), [tuple(span) for span in encoded["offset_mapping"]]
+def encode_context(tokenizer, context: str, encode: Encoder | None = None
+                   ) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids of ``context`` from ``encode`` (lm-eval's ``HFLM.tok_encode``; None: the tokenizer with its own
+    special tokens), and each token's character span: the tokenizer's offsets of the plain text, after the
+    special tokens the encoder put in front ((0, 0) each)."""
+    ids = list(encode(context)) if encode is not None else list(tokenizer(context)["input_ids"])
+    plain = tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)
+    prefix = len(ids) - len(plain["input_ids"])
+    if prefix < 0 or ids[prefix:] != list(plain["input_ids"]):
+        raise FalseDemoError("cannot align the tokenizer's character offsets with the model's encoding of a prompt")
+    return ids, [(0, 0)] * prefix + [tuple(span) for span in plain["offset_mapping"]]
 
 
 def label_token_positions(offsets: Sequence[tuple[int, int]], start: int, end: int) -> list[int]:

@@ -29,6 +29,7 @@ from lm_eval_false_demos.analysis.head_prompts import (
     DEFAULT_NUM_PROMPTS,
     DEFAULT_SEED,
     DEFAULT_TASK,
+    Encoder,
     build_task_prompts,
     encode_context,
     label_token_positions,
@@ -57,10 +58,10 @@ class ScoringItem:
 
 
 def scoring_item(prompt, label_words: Sequence[str], label_ids: Sequence[int], tokenizer,
-                 add_bos_token: bool | None = None) -> ScoringItem:
+                 encode: Encoder | None = None) -> ScoringItem:
     """Token positions of every demo's shown label word, split by the demo's TRUE class vs the query's; the
-    prompt is encoded as HFLM encodes it with ``add_bos_token`` (head_prompts.encode_context)."""
-    ids, offsets = encode_context(tokenizer, prompt.context, add_bos_token)
+    prompt is encoded by ``encode`` (HFLM.tok_encode; head_prompts.encode_context)."""
+    ids, offsets = encode_context(tokenizer, prompt.context, encode)
     num_classes = len(label_words)
     same, other = [], []
     for offset, true_class, shown in zip(
@@ -166,14 +167,14 @@ def score_heads(
 
 
 def score_task(model, tokenizer, task, num_prompts, seed, num_fewshot=None, show_progress=False,
-               chat_options=None, *, add_bos_token: bool | None = None, max_length: int | None = None) -> HeadScores:
+               chat_options=None, *, encode: Encoder | None = None, max_length: int | None = None) -> HeadScores:
     """Scores of every head over the first ``num_prompts`` prompts of ``task``, built within ``max_length``
-    tokens and encoded with ``add_bos_token`` as lm-eval's HFLM does (pass ``lm.max_length`` and
-    ``lm.add_bos_token``; ``max_length=None``: no token budget)."""
+    tokens and encoded as lm-eval's HFLM does (pass ``lm.max_length`` and ``lm.tok_encode``;
+    ``max_length=None``: no token budget)."""
     spec, _, prompts = build_task_prompts(task, num_prompts, seed, num_fewshot, tokenizer, max_length, chat_options)
     words = list(spec.label_word_list)
     ids = label_token_ids(tokenizer, words, lead=label_lead(tokenizer, chat_options))
-    items = [scoring_item(prompt, words, ids, tokenizer, add_bos_token) for prompt in prompts]
+    items = [scoring_item(prompt, words, ids, tokenizer, encode) for prompt in prompts]
     return score_heads(model, items, show_progress=show_progress)
 
 
@@ -207,17 +208,17 @@ def discover_default_heads(
     num_prompts: int = DEFAULT_NUM_PROMPTS,
     seed: int = DEFAULT_SEED,
     num_fewshot: int | None = None,
-    add_bos_token: bool | None = None,
+    encode: Encoder | None = None,
     max_length: int | None = None,
     **_ignored,
 ) -> str:
     """The top-``k`` prefix-matching heads on the default task, as an ``hf-ablate heads=`` string.
 
-    Used by ``hf-ablate heads=auto`` (with its HFLM's ``add_bos_token`` and ``max_length``); one scoring pass
+    Used by ``hf-ablate heads=auto`` (with its HFLM's ``tok_encode`` and ``max_length``); one scoring pass
     over ``num_prompts`` prompts.
     """
     if tokenizer is None:
         raise FalseDemoError("heads=auto needs the model's tokenizer to build the scoring prompts")
-    scores = score_task(model, tokenizer, task, num_prompts, seed, num_fewshot, add_bos_token=add_bos_token,
+    scores = score_task(model, tokenizer, task, num_prompts, seed, num_fewshot, encode=encode,
                         max_length=max_length)
     return format_heads(scores.top_k(k))

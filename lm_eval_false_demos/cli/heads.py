@@ -163,8 +163,8 @@ def _run(args, model_args, given, datasets, checkpoint, chat_options) -> int:
     timing = {}
     lm = load_lm(model_args, args.device)
     model, tokenizer = lm.model, lm.tokenizer
-    # lm-eval's encoding of a context: its BOS decision (HFLM.tok_encode) and its prompt budget.
-    encoding = {"add_bos_token": lm.add_bos_token, "max_length": int(lm.max_length)}
+    # lm-eval's encoding of a context (HFLM.tok_encode: its BOS rule) and its prompt budget.
+    encoding = {"encode": lm.tok_encode, "max_length": int(lm.max_length)}
     prompt_format = _prompt_format(tokenizer, chat_options, str(model_args["pretrained"]))
     modules = resolve_modules(model)
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731

@@ -171,7 +171,7 @@ class _FalseDemoHFLM(HFLM):
         if ablating:
             if parse_heads(heads) == "auto":
                 heads = head_discovery.discover_default_heads(
-                    model=self.model, tokenizer=self.tokenizer, add_bos_token=self.add_bos_token,
+                    model=self.model, tokenizer=self.tokenizer, encode=self.tok_encode,
                     max_length=self.max_length,
                 )
             self._ablation = make_ablation(
