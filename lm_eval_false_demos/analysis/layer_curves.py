@@ -198,6 +198,7 @@ def summarise_tasks(
         arrays[name] = TaskScores(
             query_keys=[record.query_key for record in task_records], query_scores=query_scores, gold=gold,
             position_scores=probabilities, position_targets=position_targets,
+            follow=position_follow[:, -1] if info.setting in FOLLOW_SETTINGS else None,
         )
     return results, arrays
 

@@ -148,6 +148,8 @@ class TaskScores:
     gold: np.ndarray  # [N]
     position_scores: np.ndarray  # [N, L+1, k+1, K]
     position_targets: np.ndarray  # [N, k+1] true class at each readout
+    follow: np.ndarray | None = None  # [N] the class a copying model answers (corruption.shifted); None: no shift
 
     def for_file(self) -> dict[str, Any]:
-        return {"query_keys": self.query_keys, "query_scores": self.query_scores, "gold": self.gold}
+        return {"query_keys": self.query_keys, "query_scores": self.query_scores, "gold": self.gold,
+                "follow": self.follow}
