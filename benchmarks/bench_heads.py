@@ -28,10 +28,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from lm_eval_false_demos.analysis import head_evaluation, head_prompts, head_scores  # noqa: E402
-from lm_eval_false_demos.cli import heads  # noqa: E402
-from lm_eval_false_demos.core.architectures import resolve_modules  # noqa: E402
 from lm_eval_false_demos.core.ablation_specs import make_ablation  # noqa: E402
-from lm_eval_false_demos.core.prompts import label_token_ids  # noqa: E402
+from lm_eval_false_demos.integrations import head_runs  # noqa: E402
+from lm_eval_false_demos.integrations.run_context import open_model  # noqa: E402
 
 
 def plain_forward(model, items, logits_to_keep: int) -> None:
@@ -53,21 +52,22 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    lm = heads.load_lm({"pretrained": args.pretrained}, None)  # as `falsedemo heads` loads it (lm-eval's hf)
-    model, tokenizer, bos = lm.model, lm.tokenizer, lm.add_bos_token
-    spec, _, prompts = head_prompts.build_task_prompts(
-        args.task, args.num_prompts, head_prompts.DEFAULT_SEED, args.num_fewshot, tokenizer, lm.max_length,
-    )
-    words = list(spec.label_word_list)
-    ids = label_token_ids(tokenizer, words)
-    items = [head_scores.scoring_item(prompt, words, ids, tokenizer, bos) for prompt in prompts]
+    # As `falsedemo heads` opens the model (lm-eval's hf) and reads the task's prompts (lm-eval's requests).
+    context = open_model("hf", {"pretrained": args.pretrained}, defaults=head_runs.LOAD_DEFAULTS)
+    model = context.model
+    request = head_runs.HeadsRequest(task=args.task, num_prompts=args.num_prompts, seed=head_prompts.DEFAULT_SEED,
+                                     num_fewshot=args.num_fewshot, top_k=head_scores.DEFAULT_TOP_K)
+    prompts = head_runs.HeadPrompts(context, request)
+    task = prompts.resolve(args.task)
+    items = prompts.scoring_items(task, args.num_prompts)
+    _, records, encoded = prompts.encoded(task, args.num_prompts)
     tokens = sum(len(item.input_ids) for item in items)
 
-    modules = resolve_modules(model)
+    modules = context.modules
     top = head_scores.score_heads(model, items[:2], modules).top_k(head_scores.DEFAULT_TOP_K)
     draws = head_scores.draw_random_heads(modules.num_layers, modules.num_heads, head_scores.DEFAULT_TOP_K, args.draws, seed=0)
     conditions = [None] + [make_ablation(model, heads=list(h), modules=modules) for h in [top, *draws]]
-    queries = [head_evaluation.encode_query(prompt, ids, tokenizer, bos) for prompt in prompts]
+    queries = [head_evaluation.encode_query(record, prompt) for record, prompt in zip(records, encoded)]
 
     def evaluation_readouts(batch_size: int) -> None:
         for query in queries:

@@ -27,7 +27,7 @@ def no_loading(monkeypatch):
     import transformers
     from lm_eval.models.huggingface import HFLM
 
-    from lm_eval_false_demos.integrations import sweep as sweep_run
+    from lm_eval_false_demos.integrations import sweep_prompts
 
     def loaded(*args, **kwargs):
         raise AssertionError("a model or data was loaded before the bad input was reported")
@@ -38,7 +38,7 @@ def no_loading(monkeypatch):
     # wraps keeps HFLM's signature visible: the model-arg typo check reads it.
     monkeypatch.setattr(HFLM, "__init__", functools.wraps(HFLM.__init__)(loaded))
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", loaded)
-    monkeypatch.setattr(sweep_run, "load_tasks", loaded)
+    monkeypatch.setattr(sweep_prompts, "load_tasks", loaded)  # every analysis's prompts come from here
 
 
 @pytest.fixture
@@ -238,13 +238,13 @@ def test_heads_top_k_is_checked_against_the_loaded_model_when_no_config_file_say
                                                                                   monkeypatch):
     """Packaged short names have no config file before their conversion: the loaded model decides, and the run
     folder created for checkpoints is removed again (with the output folder the run created)."""
-    from lm_eval_false_demos.cli import heads
+    from lm_eval_false_demos.integrations import head_runs
 
     def scored(*args, **kwargs):
         raise AssertionError("scored with an impossible --top_k")
 
     monkeypatch.setattr(cli_args, "model_shape_from_config", lambda model_args: None)
-    monkeypatch.setattr(heads, "score_task", scored)
+    monkeypatch.setattr(head_runs, "score_task", scored)
     output = tmp_path / "new" / "results"
     capsys.readouterr()
     with pytest.raises(SystemExit) as exited:

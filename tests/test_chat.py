@@ -310,26 +310,25 @@ def test_sweep_reads_demo_labels_where_the_template_puts_them(chat_model_dir, tm
 
 @pytest.mark.parametrize("name", list(TEMPLATES))
 def test_heads_label_positions_follow_the_template(chat_model_dir, name):
-    """Prefix matching reads the shown label words' tokens in the templated prompt; the readout is the token
-    before the query's label, scored with the label's spelling after the assistant header."""
-    import transformers
+    """Prefix matching reads the shown label words' tokens in the templated prompt lm-eval's task builds; the
+    readout is the token before the query's label, scored with the label's spelling after the assistant header."""
+    from lm_eval_false_demos.integrations import head_runs
+    from lm_eval_false_demos.integrations.run_context import open_model
 
-    from lm_eval_false_demos.analysis import head_prompts, head_scores
-
-    tokenizer = transformers.AutoTokenizer.from_pretrained(chat_model_dir(name))
-    options = chat.ChatOptions(multiturn=True)
-    spec, _, prompts = head_prompts.build_task_prompts("falsedemo_unnatural_permuted", 3, SEED, K, tokenizer,
-                                                chat_options=options)
-    lead = chat.label_lead(tokenizer, options)
+    context = open_model("hf", {"pretrained": str(chat_model_dir(name)), "dtype": "float32"}, device="cpu")
+    tokenizer = context.tokenizer
+    request = head_runs.HeadsRequest(task="falsedemo_unnatural_permuted", num_prompts=3, seed=SEED, num_fewshot=K,
+                                     top_k=1, apply_chat_template=True, fewshot_as_multiturn=True)
+    prompts = head_runs.HeadPrompts(context, request)
+    items = prompts.scoring_items("falsedemo_unnatural_permuted", 3)
+    assert prompts.recorded_format["prompt_mode"] == "chat_multiturn"
+    spec = get_spec("unnatural")
+    lead = chat.label_lead(tokenizer, chat.ChatOptions(multiturn=True))
     assert lead == ("" if name == "newline" else " ")
     ids = label_token_ids(tokenizer, spec.label_word_list, lead=lead)
     pool, queries = load_examples("unnatural")
-    for query, prompt in zip(queries, prompts):
+    for query, item in zip(queries, items):
         raw = build_prompt(spec, query, pool, K, "permuted", SEED)
-        rendered = chat.render(raw, chat.tokenizer_template(tokenizer), True).context
-        assert prompt.context == (rendered[:-1] if name == "space" else rendered)
-        item = head_scores.scoring_item(prompt, spec.label_word_list, ids, tokenizer,
-                                         encode=lambda text: tokenizer(text, add_special_tokens=False)["input_ids"])
         positions = sorted(item.same_class_positions + item.other_class_positions)
         read = "".join(tokenizer.decode([item.input_ids[p]]) for p in positions)
         shown = [spec.label_word_list[s] for s in raw.demo_shown_labels]

@@ -49,7 +49,15 @@ SCRIPT = textwrap.dedent(
     assert torch.equal(read_label_logits(model, tokens, [-1], ids, translator=lens), read_label_logits(model, tokens, [-1], ids))
     assert demonstration_documents(["sst2"], 0)
     assert 0.0 <= accuracy <= 1.0
-    items = [head_scores.scoring_item(p, spec.label_word_list, ids, tokenizer) for p in prompts]
+    from lm_eval_false_demos.analysis.head_prompts import encode_context
+    from lm_eval_false_demos.analysis.records import PromptRecord
+
+    words = spec.label_word_list
+    items = []
+    for index, p in enumerate(prompts):
+        record = PromptRecord.from_prompt(p, task="t", doc_id=index, query_key=str(index),
+                                          continuations=[" " + word for word in words])
+        items.append(head_scores.scoring_item(record, *encode_context(tokenizer, p.context), words, ids))
     scores = head_scores.score_heads(model, items)
     assert scores.prefix_matching.shape == (6, 4, 4)
     from lm_eval_false_demos.core import chat

@@ -391,12 +391,15 @@ def test_pooled_gap_recovered_by_condition_reads_the_evaluation_layout():
 def test_heads_file_and_auto_reach_the_ablation_wrapper(tiny_model_dir, tmp_path, monkeypatch, data_dir):
     from lm_eval_false_demos.integrations.models import AblatedHFLM
 
+    from lm_eval_false_demos.integrations import head_runs
+    from lm_eval_false_demos.integrations.run_context import open_model
+
     path = str(tiny_model_dir("llama"))
     common = dict(device="cpu", dtype="float32", batch_size=1)
-    model = transformers.AutoModelForCausalLM.from_pretrained(path).float().eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    context = open_model("hf", {"pretrained": path, "dtype": "float32"}, device="cpu")
     small = dict(num_prompts=4, num_fewshot=6)
-    scores = head_scores.score_task(model, tokenizer, head_prompts.DEFAULT_TASK, seed=head_prompts.DEFAULT_SEED, **small)
+    request = head_runs.HeadsRequest(task=head_prompts.DEFAULT_TASK, seed=head_prompts.DEFAULT_SEED, top_k=3, **small)
+    scores = head_runs.score_task(context, head_runs.HeadPrompts(context, request), head_prompts.DEFAULT_TASK, 4)
     top = scores.top_k(3)
     payload = heads_files.heads_payload({"model": "hf", "model_args": f"pretrained={path}", "top_k": 3}, scores, top)
     written = heads_files.write_outputs(payload, scores, tmp_path, plots=False, critical_layer=None)
@@ -407,19 +410,20 @@ def test_heads_file_and_auto_reach_the_ablation_wrapper(tiny_model_dir, tmp_path
     lm = AblatedHFLM(pretrained=path, heads=f"@{written[0]}", **common)
     assert lm.get_model_info()["falsedemo"]["ablation"]["heads"] == head_scores.format_heads(top)
 
-    # heads=auto: hf-ablate calls discover_default_heads(model=, tokenizer=); shrink its defaults for speed.
-    real = head_scores.discover_default_heads
+    # heads=auto: hf-ablate scores the default task's lm-eval prompts on itself; shrink the defaults for speed.
+    real = head_runs.discover_heads
     calls = []
 
-    def smaller(model, tokenizer, **kwargs):
-        calls.append(kwargs)
-        return real(model, tokenizer, k=3, **small, **kwargs)
+    def smaller(lm, k, task, num_prompts, seed, num_fewshot=None, given_args=None):
+        calls.append((lm, task, seed, given_args))
+        return real(lm, 3, task, small["num_prompts"], seed, small["num_fewshot"], given_args=given_args)
 
-    monkeypatch.setattr(head_scores, "discover_default_heads", smaller)
+    monkeypatch.setattr(head_runs, "discover_heads", smaller)
     lm = AblatedHFLM(pretrained=path, heads="auto", **common)
     assert calls and lm.get_model_info()["falsedemo"]["ablation"]["heads"] == head_scores.format_heads(top)
-    # The wrapper's own encoding decides the prompts: lm-eval's BOS rule and its max_length.
-    assert calls[0] == {"encode": lm.tok_encode, "max_length": lm.max_length}
+    # The wrapper itself encodes the prompts (lm-eval's BOS rule and its max_length), as `falsedemo heads`.
+    assert calls[0][0] is lm and calls[0][1:3] == (head_prompts.DEFAULT_TASK, head_prompts.DEFAULT_SEED)
+    assert calls[0][3]["pretrained"] == path
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from lm_eval_false_demos.analysis import head_evaluation
-from lm_eval_false_demos.cli import main as cli, heads
+from lm_eval_false_demos.cli import main as cli
+from lm_eval_false_demos.integrations import head_runs
 
 TASKS = "falsedemo_sst2_correct,falsedemo_sst2_permuted"
 
@@ -79,10 +80,10 @@ def test_sweep_killed_midway_resumes_to_the_uninterrupted_result(tiny_model_dir,
 
     # What the arguments do not show (here: the package versions) is in the fingerprint too: refused after the
     # load, before any forward pass.
-    from lm_eval_false_demos.integrations import sweep as sweep_run
+    from lm_eval_false_demos.integrations import run_context
 
-    real_versions = sweep_run.versions
-    monkeypatch.setattr(sweep_run, "versions", lambda: {**real_versions(), "transformers": "0.0.1"})
+    real_versions = run_context.versions
+    monkeypatch.setattr(run_context, "versions", lambda: {**real_versions(), "transformers": "0.0.1"})
     with pytest.raises(SystemExit) as exited:
         cli.main(_sweep_argv(model, killed, "--resume", str(folder)))
     assert exited.value.code == 2
@@ -90,7 +91,7 @@ def test_sweep_killed_midway_resumes_to_the_uninterrupted_result(tiny_model_dir,
     assert line.startswith(f"falsedemo sweep: error: --resume '{folder}': the configuration differs from the "
                            "interrupted run: versions ("), line
     assert sorted(path.name for path in (folder / "checkpoint").iterdir()) == saved
-    monkeypatch.setattr(sweep_run, "versions", real_versions)
+    monkeypatch.setattr(run_context, "versions", real_versions)
 
     assert cli.main(_sweep_argv(model, killed, "--resume", str(folder))) == 0
     assert not (folder / "checkpoint").exists()
@@ -145,14 +146,6 @@ def test_sigterm_mid_sweep_saves_every_finished_prompt_and_resumes(tiny_model_di
     assert _comparable(folder / "sweep.json") == _comparable(reference / "sweep.json")
 
 
-def test_resume_is_refused_under_several_processes(tiny_model_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(SystemExit) as exited:
-        cli.main(_sweep_argv(tiny_model_dir("llama"), tmp_path, "--resume", str(tmp_path)))
-    assert exited.value.code == 2
-    assert "--resume runs on one process; resume without accelerate launch" in capsys.readouterr().err
-
-
 def test_heads_evaluation_interrupted_by_ctrl_c_resumes_to_the_same_numbers(tiny_model_dir, tmp_path, monkeypatch,
                                                                            capsys):
     model = f"pretrained={tiny_model_dir('llama')},dtype=float32"
@@ -162,7 +155,7 @@ def test_heads_evaluation_interrupted_by_ctrl_c_resumes_to_the_same_numbers(tiny
     reference = json.loads((_one_run_folder(tmp_path / "whole") / "heads.json").read_text())
 
     calls = {"readouts": 0, "scoring": 0}
-    real_readouts, real_scoring = head_evaluation.query_readouts, heads.score_task
+    real_readouts, real_scoring = head_evaluation.query_readouts, head_runs.score_task
 
     def readouts(*args, **kwargs):
         calls["readouts"] += 1
@@ -176,13 +169,13 @@ def test_heads_evaluation_interrupted_by_ctrl_c_resumes_to_the_same_numbers(tiny
 
     # Ctrl-C before anything finished leaves no folder behind.
     output = tmp_path / "stopped"
-    monkeypatch.setattr(heads, "score_task", lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(head_runs, "score_task", lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         cli.main(argv + ["-o", str(output)])
     assert not output.exists()
 
     monkeypatch.setattr(head_evaluation, "query_readouts", readouts)
-    monkeypatch.setattr(heads, "score_task", scoring)
+    monkeypatch.setattr(head_runs, "score_task", scoring)
     capsys.readouterr()
     with pytest.raises(KeyboardInterrupt):
         cli.main(argv + ["-o", str(output)])

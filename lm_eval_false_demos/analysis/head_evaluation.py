@@ -20,13 +20,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lm_eval_false_demos.analysis.head_prompts import Encoder, build_task_prompts, encode_context
 from lm_eval_false_demos.analysis.head_readout import ReadoutCapture, label_promotion, run_to_last_block
-from lm_eval_false_demos.analysis.head_scores import format_heads
+from lm_eval_false_demos.analysis.head_scores import Spread, format_heads, in_order
+from lm_eval_false_demos.analysis.records import EncodedPrompt, PromptRecord
 from lm_eval_false_demos.core.ablation_specs import make_ablation
 from lm_eval_false_demos.core.architectures import ModelModules, resolve_modules
-from lm_eval_false_demos.core.chat import label_lead
-from lm_eval_false_demos.core.corruption import shifted
 from lm_eval_false_demos.core.interventions import zero_heads_per_row
 from lm_eval_false_demos.core.lens import lens_label_logits
 from lm_eval_false_demos.core.metrics import (
@@ -35,7 +33,6 @@ from lm_eval_false_demos.core.metrics import (
     normalise,
     pooled_gap_recovered_by_condition,
 )
-from lm_eval_false_demos.core.prompts import label_token_ids
 
 DEFAULT_RANDOM_DRAWS = 10
 CONDITION_BATCH_SIZE = 6  # ablation conditions per one-token forward in --evaluate (cache copies held at once)
@@ -58,19 +55,19 @@ class EncodedQuery:
     shown_for_gold: int  # class whose label the demos of the query's class show, (y + s) % K
 
 
-def encode_query(prompt, label_ids: Sequence[int], tokenizer, encode: Encoder | None = None) -> EncodedQuery:
-    """The query's context encoded as HFLM encodes it (head_prompts.encode_context)."""
-    ids, _ = encode_context(tokenizer, prompt.context, encode)
+def encode_query(record: PromptRecord, encoded: EncodedPrompt) -> EncodedQuery:
+    """A task's prompt as head evaluation reads it: the context as the model encodes it, the labels' first
+    tokens as the query's label is scored."""
     return EncodedQuery(
-        input_ids=tuple(ids),
-        label_ids=tuple(int(i) for i in label_ids),
-        gold=int(prompt.query_label),
-        shown_for_gold=shifted(prompt.query_label, len(label_ids), prompt.shift),
+        input_ids=tuple(encoded.input_ids),
+        label_ids=tuple(int(i) for i in encoded.label_token_ids),
+        gold=int(record.gold),
+        shown_for_gold=int(record.follow_target),
     )
 
 
 def query_readouts(
-    model, query: EncodedQuery, ablations: Sequence, modules: ModelModules, with_promotion=False,
+    model, query: "EncodedQuery", ablations: Sequence, modules: ModelModules, with_promotion=False,
     condition_batch_size: int = CONDITION_BATCH_SIZE,
 ):
     """Last-layer label logits [C, K] at the query token under each head ablation (None = no ablation).
@@ -116,28 +113,23 @@ def _mean_sd(values) -> dict:
 
 def evaluate_heads(
     model,
-    tokenizer,
     datasets: Sequence[str],
     top_heads: Sequence[tuple[int, int]],
     random_draws: Sequence[Sequence[tuple[int, int]]],
-    limit: int,
-    seed: int,
-    num_fewshot: int | None = None,
+    queries_for: Callable[[str, str], Sequence[EncodedQuery]],
     corrupted_setting: str = "permuted",
     log: Callable[[str], Any] = lambda message: None,
     show_progress: bool = False,
-    chat_options=None,
     checkpoint: PartStore | None = None,
-    *,
-    encode: Encoder | None = None,
-    max_length: int | None = None,
+    spread: Spread = in_order,
 ) -> dict:
     """Gap recovered by zeroing ``top_heads`` vs each random draw, per dataset and averaged over datasets.
 
-    Prompts are built within ``max_length`` tokens and encoded by ``encode``, as lm-eval's HFLM does
-    (pass ``lm.max_length`` and ``lm.tok_encode``). ``log`` receives one line per finished dataset. With
+    ``queries_for(dataset, setting)`` gives the encoded queries of a dataset's task in a setting (the lm-eval
+    task's prompts, integrations.head_runs). ``log`` receives one line per finished dataset. With
     ``checkpoint`` each finished dataset and setting is saved, and one an interrupted run saved is read back
-    instead of recomputed."""
+    instead of recomputed. ``spread`` runs the per-query work (``RunContext.map_in_order``: split across
+    processes, gathered in order)."""
     modules = resolve_modules(model)
     conditions = [None, make_ablation(model, heads=list(top_heads), modules=modules)]
     conditions += [make_ablation(model, heads=list(draw), modules=modules) for draw in random_draws]
@@ -154,24 +146,23 @@ def evaluate_heads(
                 if setting == corrupted_setting:
                     promotion = list(stored["promotion"])
                 continue
-            spec, _, prompts = build_task_prompts(
-                f"falsedemo_{dataset}_{setting}", limit, seed, num_fewshot, tokenizer, max_length, chat_options,
-            )
-            ids = label_token_ids(tokenizer, list(spec.label_word_list), lead=label_lead(tokenizer, chat_options))
-            rows, golds = [], []
-            for prompt in tqdm(prompts, desc=f"{dataset} {setting}", unit="prompt", disable=not show_progress):
-                query = encode_query(prompt, ids, tokenizer, encode)
-                if setting == corrupted_setting:
-                    readout, lp = query_readouts(model, query, conditions, modules, with_promotion=True)
-                    promotion.append(lp)
-                else:
-                    readout = query_readouts(model, query, conditions, modules)
-                rows.append(readout)
-                golds.append(query.gold)
-            logits[setting] = (np.stack(rows), np.asarray(golds))  # [N, C, K], [N]
+            queries = list(queries_for(dataset, setting))
+            progress = tqdm(total=len(queries), desc=f"{dataset} {setting}", unit="prompt", disable=not show_progress)
+            with_promotion = setting == corrupted_setting
+
+            def read(query: EncodedQuery):
+                progress.update(1)
+                return query_readouts(model, query, conditions, modules, with_promotion=with_promotion)
+
+            rows = spread(queries, read)
+            progress.close()
+            if with_promotion:
+                promotion = [lp for _, lp in rows]
+                rows = [readout for readout, _ in rows]
+            logits[setting] = (np.stack(rows), np.asarray([query.gold for query in queries]))  # [N, C, K], [N]
             if checkpoint is not None:
                 checkpoint.save(part, {"logits": logits[setting][0], "gold": logits[setting][1],
-                                       **({"promotion": np.stack(promotion)} if setting == corrupted_setting else {})})
+                                       **({"promotion": np.stack(promotion)} if with_promotion else {})})
 
         def accuracy(setting, condition):
             values, gold = logits[setting]

@@ -19,26 +19,16 @@ the output head's label rows, ``logit(label shown for the query's class, (y+s)%K
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lm_eval_false_demos.analysis.head_prompts import (
-    DEFAULT_NUM_PROMPTS,
-    DEFAULT_SEED,
-    DEFAULT_TASK,
-    Encoder,
-    build_task_prompts,
-    encode_context,
-    label_token_positions,
-)
+from lm_eval_false_demos.analysis.head_prompts import label_token_positions
 from lm_eval_false_demos.analysis.head_readout import ReadoutCapture, label_promotion, run_to_last_block
+from lm_eval_false_demos.analysis.records import PromptRecord
 from lm_eval_false_demos.core.architectures import ModelModules, resolve_modules
-from lm_eval_false_demos.core.chat import label_lead
-from lm_eval_false_demos.core.corruption import shifted
-from lm_eval_false_demos.core.prompts import label_token_ids
 from lm_eval_false_demos.core.readout_attention import weights_capturing_attention
 from lm_eval_false_demos.errors import FalseDemoError
 
@@ -57,35 +47,35 @@ class ScoringItem:
     num_classes: int
 
 
-def scoring_item(prompt, label_words: Sequence[str], label_ids: Sequence[int], tokenizer,
-                 encode: Encoder | None = None) -> ScoringItem:
-    """Token positions of every demo's shown label word, split by the demo's TRUE class vs the query's; the
-    prompt is encoded by ``encode`` (HFLM.tok_encode; head_prompts.encode_context)."""
-    ids, offsets = encode_context(tokenizer, prompt.context, encode)
+def scoring_item(record: PromptRecord, input_ids: Sequence[int], offsets: Sequence[tuple[int, int]],
+                 label_words: Sequence[str], label_ids: Sequence[int]) -> ScoringItem:
+    """Token positions of every demo's shown label word, split by the demo's TRUE class vs the query's.
+
+    ``input_ids``: the prompt as the model encodes it (its last token is the readout), ``offsets``: each token's
+    character span in ``record.context`` (head_prompts.align_offsets), ``label_ids``: the labels' first tokens
+    as the query's label is scored, in class order."""
     num_classes = len(label_words)
     same, other = [], []
-    for offset, true_class, shown in zip(
-        prompt.demo_readout_offsets, prompt.demo_true_labels, prompt.demo_shown_labels
-    ):
+    context = record.context
+    for offset, true_class, shown in zip(record.demo_offsets, record.demo_true_labels, record.demo_shown_labels):
         word = label_words[shown]
-        start = offset + 1 if prompt.context[offset:offset + 1] == " " else offset  # a chat turn has no space
-        if prompt.context[start:start + len(word)] != word:
+        start = offset + 1 if context[offset:offset + 1] == " " else offset  # a chat turn has no space
+        if context[start:start + len(word)] != word:
             raise FalseDemoError(
                 f"demo label offset {offset} does not point at ' {word}' in the prompt "
-                f"(found {prompt.context[offset:offset + 1 + len(word)]!r})"
+                f"(found {context[offset:offset + 1 + len(word)]!r})"
             )
         # The word's own characters: a token holding only the separating space is not part of the label.
         positions = label_token_positions(offsets, start, start + len(word))
         if not positions:
             raise FalseDemoError(f"no token covers the label ' {word}' at character {offset}")
-        (same if true_class == prompt.query_label else other).extend(positions)
-    shown_for_query = shifted(prompt.query_label, num_classes, prompt.shift)
+        (same if true_class == record.gold else other).extend(positions)
     return ScoringItem(
-        input_ids=tuple(ids),
+        input_ids=tuple(input_ids),
         same_class_positions=tuple(same),
         other_class_positions=tuple(other),
-        true_label_id=int(label_ids[prompt.query_label]),
-        shown_label_id=int(label_ids[shown_for_query]),
+        true_label_id=int(label_ids[record.gold]),
+        shown_label_id=int(label_ids[record.follow_target]),
         num_classes=num_classes,
     )
 
@@ -139,43 +129,45 @@ def prefix_matching(attention_rows: torch.Tensor, item: ScoringItem) -> torch.Te
     return same - other / (item.num_classes - 1)
 
 
+Spread = Callable[[Sequence, Callable], list]
+
+
+def in_order(items: Sequence, work: Callable) -> list:
+    """One process does all the work (a run context's ``map_in_order`` splits it across processes)."""
+    return [work(item) for item in items]
+
+
 def score_heads(
     model, items: Iterable[ScoringItem], modules: ModelModules | None = None, show_progress: bool = False,
-    eager: bool = False,
+    eager: bool = False, spread: Spread = in_order,
 ) -> HeadScores:
     """Prefix-matching and label-promoting scores of every (layer, head), one forward per item (through
-    eager attention if ``eager``: the slower reference for the readout-row implementation)."""
+    eager attention if ``eager``: the slower reference for the readout-row implementation). ``spread`` runs
+    the per-item work (``RunContext.map_in_order``: split across processes, gathered in order)."""
     modules = modules or resolve_modules(model)
     modules.require("attention")
     modules.require("attn_out_proj")
     device = next(model.parameters()).device
-    pm_rows, lp_rows = [], []
-    with weights_capturing_attention(model, eager), torch.no_grad(), ReadoutCapture(modules, want_attention=True) as capture:
-        for item in tqdm(items, desc="scoring heads", unit="prompt", disable=not show_progress):
-            capture.clear()
-            run_to_last_block(model, input_ids=torch.tensor([item.input_ids], device=device), use_cache=False)
-            attention = torch.stack([rows[0] for rows in capture.attention])
-            pm_rows.append(prefix_matching(attention, item).cpu().numpy())
-            lp = label_promotion(
-                modules, [z[0] for z in capture.z], [out[0] for out in capture.attn_out], capture.final[0],
-                item.shown_label_id, item.true_label_id,
-            )
-            lp_rows.append(lp.cpu().numpy())
-    if not pm_rows:
+    items = list(items)
+    if not items:
         raise FalseDemoError("no prompts to score")
-    return HeadScores(np.stack(pm_rows), np.stack(lp_rows))
+    progress = tqdm(total=len(items), desc="scoring heads", unit="prompt", disable=not show_progress)
 
+    def score(item: ScoringItem) -> tuple[np.ndarray, np.ndarray]:
+        capture.clear()
+        run_to_last_block(model, input_ids=torch.tensor([item.input_ids], device=device), use_cache=False)
+        attention = torch.stack([rows[0] for rows in capture.attention])
+        lp = label_promotion(
+            modules, [z[0] for z in capture.z], [out[0] for out in capture.attn_out], capture.final[0],
+            item.shown_label_id, item.true_label_id,
+        )
+        progress.update(1)
+        return prefix_matching(attention, item).cpu().numpy(), lp.cpu().numpy()
 
-def score_task(model, tokenizer, task, num_prompts, seed, num_fewshot=None, show_progress=False,
-               chat_options=None, *, encode: Encoder | None = None, max_length: int | None = None) -> HeadScores:
-    """Scores of every head over the first ``num_prompts`` prompts of ``task``, built within ``max_length``
-    tokens and encoded as lm-eval's HFLM does (pass ``lm.max_length`` and ``lm.tok_encode``;
-    ``max_length=None``: no token budget)."""
-    spec, _, prompts = build_task_prompts(task, num_prompts, seed, num_fewshot, tokenizer, max_length, chat_options)
-    words = list(spec.label_word_list)
-    ids = label_token_ids(tokenizer, words, lead=label_lead(tokenizer, chat_options))
-    items = [scoring_item(prompt, words, ids, tokenizer, encode) for prompt in prompts]
-    return score_heads(model, items, show_progress=show_progress)
+    with weights_capturing_attention(model, eager), torch.no_grad(), ReadoutCapture(modules, want_attention=True) as capture:
+        rows = spread(items, score)
+    progress.close()
+    return HeadScores(np.stack([pm for pm, _ in rows]), np.stack([lp for _, lp in rows]))
 
 
 def format_heads(heads: Iterable[tuple[int, int]]) -> str:
@@ -198,27 +190,3 @@ def draw_random_heads(num_layers: int, num_heads: int, k: int, draws: int, seed:
         flat = sorted(int(i) for i in rng.choice(total, size=k, replace=False))
         result.append([(i // num_heads, i % num_heads) for i in flat])
     return result
-
-
-def discover_default_heads(
-    model,
-    tokenizer,
-    k: int = DEFAULT_TOP_K,
-    task: str = DEFAULT_TASK,
-    num_prompts: int = DEFAULT_NUM_PROMPTS,
-    seed: int = DEFAULT_SEED,
-    num_fewshot: int | None = None,
-    encode: Encoder | None = None,
-    max_length: int | None = None,
-    **_ignored,
-) -> str:
-    """The top-``k`` prefix-matching heads on the default task, as an ``hf-ablate heads=`` string.
-
-    Used by ``hf-ablate heads=auto`` (with its HFLM's ``tok_encode`` and ``max_length``); one scoring pass
-    over ``num_prompts`` prompts.
-    """
-    if tokenizer is None:
-        raise FalseDemoError("heads=auto needs the model's tokenizer to build the scoring prompts")
-    scores = score_task(model, tokenizer, task, num_prompts, seed, num_fewshot, encode=encode,
-                        max_length=max_length)
-    return format_heads(scores.top_k(k))

@@ -8,7 +8,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from lm_eval_false_demos.analysis.records import EncodedPrompt
 from lm_eval_false_demos.core.interventions import ablate
@@ -102,14 +101,3 @@ def _labels_by_position(logits: np.ndarray, prompt: EncodedPrompt) -> np.ndarray
     selected = logits[:, :, num_labels:].copy()
     selected[:, -1] = logits[:, -1, :num_labels]
     return selected
-
-
-def gather_to_rank0(outputs: dict[int, np.ndarray], world_size: int) -> dict[int, np.ndarray]:
-    if world_size <= 1:
-        return outputs
-    gathered: list[dict[int, np.ndarray] | None] = [None] * world_size
-    dist.all_gather_object(gathered, outputs)
-    merged: dict[int, np.ndarray] = {}
-    for part in gathered:
-        merged.update(part or {})
-    return merged

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from lm_eval_false_demos.core.corruption import shifted
+
 
 @dataclasses.dataclass(frozen=True)
 class TaskInfo:
@@ -34,6 +36,25 @@ class PromptRecord:
     demo_follow_targets: tuple[int, ...]
     demo_offsets: tuple[int, ...]  # char offset in ``context`` where demo i's first label token starts
     demo_shown_labels: tuple[int, ...] = ()
+
+    @classmethod
+    def from_prompt(cls, prompt, *, task: str, doc_id: int, query_key: str, continuations, context: str | None = None,
+                    demo_offsets=None) -> "PromptRecord":
+        """The record of a built ``prompts.Prompt`` (``context`` / ``demo_offsets``: its rendering, e.g. a chat)."""
+        num_classes = len(continuations)
+        return cls(
+            task=task,
+            doc_id=int(doc_id),
+            query_key=str(query_key),
+            context=prompt.context if context is None else context,
+            continuations=tuple(continuations),
+            gold=int(prompt.query_label),
+            follow_target=shifted(prompt.query_label, num_classes, prompt.shift),
+            demo_true_labels=tuple(prompt.demo_true_labels),
+            demo_follow_targets=tuple(shifted(label, num_classes, prompt.shift) for label in prompt.demo_true_labels),
+            demo_offsets=tuple(prompt.demo_readout_offsets if demo_offsets is None else demo_offsets),
+            demo_shown_labels=tuple(prompt.demo_shown_labels),
+        )
 
 
 @dataclasses.dataclass(frozen=True)

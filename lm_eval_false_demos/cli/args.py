@@ -211,3 +211,12 @@ def launched_world_size() -> int:
         return max(1, int(os.environ.get("WORLD_SIZE", "1")))
     except ValueError:
         return 1
+
+
+def launched_rank() -> int:
+    """This process's rank under ``accelerate launch`` / torchrun (their RANK; 0 alone), known before any model
+    loads: the one writer of a run is rank 0."""
+    try:
+        return max(0, int(os.environ.get("RANK", "0")))
+    except ValueError:
+        return 0

@@ -1,51 +1,30 @@
 """``falsedemo heads``: find false induction heads, score their label promotion, ablate them vs random heads.
 
-Argument parsing, checks, orchestration and printing only. The model loads through lm-eval's registry
-(integrations.loading, as ``lm_eval --model hf``); the scores are analysis.head_scores, the ablation
-experiment analysis.head_evaluation, the prompts analysis.head_prompts and the files results.heads_files.
+Flags, checks before anything loads, and printing only: the run is integrations.head_runs (prompts from the
+lm-eval task, as the sweep's; the work split across processes), in a run context
+(integrations.run_context: the model through lm-eval's registry, as ``lm_eval --model hf``; the run folder,
+checkpoints and the one writer), written by results.heads_files.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from lm_eval_false_demos.analysis.head_evaluation import DEFAULT_RANDOM_DRAWS, evaluate_heads
-from lm_eval_false_demos.analysis.head_prompts import (
-    DEFAULT_NUM_PROMPTS,
-    DEFAULT_SEED,
-    DEFAULT_TASK,
-    default_num_fewshot,
-    parse_task,
-)
-from lm_eval_false_demos.analysis.head_scores import (
-    DEFAULT_TOP_K,
-    HeadScores,
-    draw_random_heads,
-    format_heads,
-    score_task,
-)
+from lm_eval_false_demos.analysis.head_evaluation import DEFAULT_RANDOM_DRAWS
+from lm_eval_false_demos.analysis.head_prompts import DEFAULT_NUM_PROMPTS, DEFAULT_SEED, DEFAULT_TASK, parse_task
+from lm_eval_false_demos.analysis.head_scores import DEFAULT_TOP_K
 from lm_eval_false_demos.cli import args as cli_args
-from lm_eval_false_demos.core import files as results_io
 from lm_eval_false_demos.core.ablation_specs import parse_heads
-from lm_eval_false_demos.core.architectures import resolve_modules
-from lm_eval_false_demos.core.chat import ChatOptions, check_has_template, template_sha256
-from lm_eval_false_demos.core.data_loading import data_provenance_for, data_source_summary
-from lm_eval_false_demos.core.files import canonical_model_args
+from lm_eval_false_demos.core.chat import ChatOptions
 from lm_eval_false_demos.errors import FalseDemoError
-from lm_eval_false_demos.integrations import loading
+from lm_eval_false_demos.integrations import head_runs
+from lm_eval_false_demos.integrations.run_context import RunOutput, open_model
 from lm_eval_false_demos.results import checkpoints
-from lm_eval_false_demos.results.heads_files import critical_layer_from_sweep, heads_payload, write_outputs
+from lm_eval_false_demos.results.heads_files import critical_layer_from_sweep, write_outputs
 
-# Scores are sums over attention rows and a frozen-norm logit attribution: float32 unless dtype= says otherwise
-# (lm_eval's own default, auto, would take a bf16 checkpoint's bf16 on CPU).
-DEFAULT_DTYPE = "float32"
-# Scoring swaps in a weights-returning variant of sdpa for its pass (core/readout_attention.py).
-DEFAULT_ATTN_IMPLEMENTATION = "sdpa"
+DEFAULT_DTYPE = head_runs.LOAD_DEFAULTS["dtype"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model arguments exactly as lm_eval --model hf takes them (key=val,key2=val2 or a JSON "
                              "object): pretrained=<hub id | folder | gemma-3-270m | smollm2-135m> is required; "
                              f"dtype defaults to {DEFAULT_DTYPE} here (lm_eval's default is auto)")
-    parser.add_argument("--task", default=DEFAULT_TASK, help=f"scoring task (default {DEFAULT_TASK})")
+    parser.add_argument("--task", default=DEFAULT_TASK,
+                        help=f"scoring task, any falsedemo task lm-eval finds (our tasks, or a user's through "
+                             f"--include_path; a bare dataset key means its permuted task; default {DEFAULT_TASK})")
+    parser.add_argument("--include_path", default=None, metavar="<dir>", help="extra task folder, as in lm_eval")
     parser.add_argument("--num_prompts", "-n", type=int, default=DEFAULT_NUM_PROMPTS,
                         help="prompts scored: the task's first N queries, as lm_eval --limit N")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
@@ -97,7 +79,6 @@ def check_arguments(args: argparse.Namespace) -> None:
     cli_args.check_at_least(args.random_draws, 1, "--random_draws")
     if args.num_fewshot is not None:
         cli_args.check_at_least(args.num_fewshot, 0, "--num_fewshot")
-    parse_task(args.task)
     if not model_args.get("pretrained"):
         raise FalseDemoError("--model_args needs pretrained=<hub id, folder or gemma-3-270m / smollm2-135m>")
     if args.device and model_args.get("device") not in (None, args.device):
@@ -105,8 +86,6 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.sweep and not Path(args.sweep).is_file():
         raise FalseDemoError(f"--sweep {args.sweep!r} is not a file; give a sweep.json")
     if args.resume:
-        if cli_args.launched_world_size() > 1:
-            raise FalseDemoError("--resume runs on one process; resume without accelerate launch")
         checkpoints.check_resumable(args.resume, "heads", cli_args.run_arguments(args))
     else:
         cli_args.check_output_folder(args.output_path)
@@ -122,18 +101,6 @@ def check_arguments(args: argparse.Namespace) -> None:
         cli_args.check_top_k(given, *shape, evaluate=bool(args.evaluate))
 
 
-def load_lm(model_args: Mapping[str, Any], device: str | None):
-    """lm-eval's ``hf`` model (HFLM) from its registry, as ``lm_eval --model hf --model_args ...`` loads it
-    (packaged short names resolved), with heads' defaults for ``dtype`` and ``attn_implementation``."""
-    load_args = loading.resolve_embedded(model_args)
-    load_args.setdefault("dtype", DEFAULT_DTYPE)
-    load_args.setdefault("attn_implementation", DEFAULT_ATTN_IMPLEMENTATION)
-    device = device or load_args.pop("device", None)
-    load_args.pop("device", None)
-    batch_size = load_args.pop("batch_size", 1)  # lm-eval passes it beside the model args; heads runs one prompt
-    return loading.create_model("hf", load_args, batch_size, device)
-
-
 def run(args: argparse.Namespace) -> int:
     given = None
     if args.heads:
@@ -143,104 +110,59 @@ def run(args: argparse.Namespace) -> int:
         if not args.evaluate:
             raise FalseDemoError("--heads only makes sense with --evaluate (scoring would replace them)")
     datasets = [key.strip() for key in (args.evaluate or "").split(",") if key.strip()]
-    for key in datasets:
-        parse_task(f"falsedemo_{key}_{args.corrupted_setting}")  # fail before loading the model
+    if not args.include_path:  # a user's task folder may hold other datasets' tasks: lm-eval resolves them
+        for key in datasets:
+            parse_task(f"falsedemo_{key}_{args.corrupted_setting}")  # fail before loading the model
     chat_options = _chat_options(args)
     check_arguments(args)
-    model_args = dict(args.model_args)
-    if args.resume:
-        checkpoint = checkpoints.RunCheckpoint(args.resume)
-    else:
-        name = Path(str(model_args["pretrained"])).name or "model"
-        checkpoint = checkpoints.RunCheckpoint(root=args.output_path, name=f"heads_{name}")
-    with checkpoints.kept_or_discarded(checkpoint, "heads", args.output_path, bool(args.resume)):
-        return _run(args, model_args, given, datasets, checkpoint, chat_options)
+    request = head_runs.HeadsRequest(
+        task=args.task, num_prompts=args.num_prompts, seed=args.seed, num_fewshot=args.num_fewshot,
+        top_k=args.top_k, given_heads=tuple(given) if given else None, heads_text=args.heads,
+        datasets=tuple(datasets), limit=args.limit, corrupted_setting=args.corrupted_setting,
+        random_draws=args.random_draws, random_seed=args.random_seed,
+        apply_chat_template=chat_options is not None,
+        fewshot_as_multiturn=bool(chat_options and chat_options.multiturn),
+        system_instruction=chat_options.system_instruction if chat_options else None,
+        include_path=args.include_path,
+    )
+    name = Path(str(args.model_args["pretrained"])).name or "model"
+    output = RunOutput("heads", args.output_path, f"heads_{name}", resume=args.resume,
+                       arguments=cli_args.run_arguments(args), writer=cli_args.launched_rank() == 0)
+    with output.guard():
+        return _run(args, request, output)
 
 
-def _run(args, model_args, given, datasets, checkpoint, chat_options) -> int:
-
-    started = run_started = time.time()
-    timing = {}
-    lm = load_lm(model_args, args.device)
-    model, tokenizer = lm.model, lm.tokenizer
-    # lm-eval's encoding of a context (HFLM.tok_encode: its BOS rule) and its prompt budget.
-    encoding = {"encode": lm.tok_encode, "max_length": int(lm.max_length)}
-    prompt_format = _prompt_format(tokenizer, chat_options, str(model_args["pretrained"]))
-    modules = resolve_modules(model)
+def _run(args, request: head_runs.HeadsRequest, output: RunOutput) -> int:
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
-    log(f"[heads] loaded {model_args['pretrained']} ({modules.num_layers} layers x {modules.num_heads} heads) "
-        f"in {time.time() - started:.0f}s")
-    cli_args.check_top_k(len(given) if given else args.top_k, modules.num_layers, modules.num_heads, bool(datasets))
-
-    config = {
-        "model": "hf",
-        "model_args": canonical_model_args(model_args),
-        "model_identity": loading.model_identity(loading.resolve_embedded(model_args), lm),
-        "num_layers": modules.num_layers,
-        "num_heads": modules.num_heads,
-        "task": args.task,
-        "num_prompts": None,
-        "seed": args.seed,
-        "k": args.num_fewshot if args.num_fewshot is not None else default_num_fewshot(parse_task(args.task)[0]),
-        "top_k": len(given) if given else args.top_k,
-        "heads_given": args.heads,
-        "readout": "last query token",
-        "label_promoting_norm": "final norm (and Gemma's post-attention norm) with scale frozen at the actual "
-                                "residual; output-head bias cancels; pre soft-cap",
-        "data_source": data_source_summary(),
-        "versions": results_io.versions(),
-        **prompt_format,
-        "command": "falsedemo heads " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["heads"] else sys.argv[1:]),
-    }
-    if datasets:
-        config.update(evaluate=datasets, limit=args.limit, random_draws=args.random_draws,
-                      random_seed=args.random_seed, corrupted_setting=args.corrupted_setting)
-    # What is read for the datasets used (scored task, evaluated datasets): source, sizes, fingerprint. Known
-    # before any work, so a resumed run refuses changed data.
-    config["data_provenance"] = data_provenance_for(([] if given else [parse_task(args.task)[0]]) + datasets)
-    if args.resume:
-        checkpoint.resume("heads", config)
-    else:
-        checkpoint.start("heads", config, cli_args.run_arguments(args), config["command"])
-
-    scores = None
-    if given is None:
-        started = time.time()
-        stored = checkpoint.load("scores")
-        if stored is not None:
-            scores = HeadScores(stored["prefix_matching"], stored["label_promoting"])
-        else:
-            scores = score_task(model, tokenizer, args.task, args.num_prompts, args.seed, args.num_fewshot,
-                                show_progress=not args.no_progress, chat_options=chat_options, **encoding)
-            checkpoint.save("scores", {"prefix_matching": scores.prefix_matching,
-                                       "label_promoting": scores.label_promoting})
-        top = scores.top_k(args.top_k)
-        timing["scoring_seconds"] = round(time.time() - started, 3)
-        log(f"[heads] scored {scores.num_prompts} prompts in {time.time() - started:.0f}s; top-{args.top_k}: "
-            f"{format_heads(top)}")
-        config["num_prompts"] = scores.num_prompts
-    else:
-        top = list(given)
-    evaluation = None
-    if datasets:
-        draws = draw_random_heads(modules.num_layers, modules.num_heads, len(top), args.random_draws, args.random_seed)
-        started = time.time()
-        evaluation = evaluate_heads(model, tokenizer, datasets, top, draws, args.limit, args.seed,
-                                    args.num_fewshot, args.corrupted_setting, log=log,
-                                    show_progress=not args.no_progress, chat_options=chat_options,
-                                    checkpoint=checkpoint, **encoding)
-        timing["evaluation_seconds"] = round(time.time() - started, 3)
-    critical = critical_layer_from_sweep(args.sweep, parse_task(args.task)[0]) if args.sweep else None
-    directory = checkpoint.run_directory
-    timing["total_seconds"] = round(time.time() - run_started, 3)
-    payload = heads_payload(config, scores, top, evaluation, timing)
-    written = write_outputs(payload, scores, directory, plots=not args.no_plots, critical_layer=critical)
-    checkpoint.finish()
-    print(format_summary(payload))
+    context = open_model("hf", args.model_args, device=args.device, defaults=head_runs.LOAD_DEFAULTS)
+    log_here = log if context.is_writer else (lambda message: None)
+    modules = context.modules
+    log_here(f"[heads] loaded {args.model_args['pretrained']} ({modules.num_layers} layers x {modules.num_heads} "
+             f"heads){'' if context.world_size == 1 else f' on {context.world_size} processes'}")
+    cli_args.check_top_k(len(request.given_heads) if request.given_heads else request.top_k, modules.num_layers,
+                         modules.num_heads, bool(request.datasets))
+    try:
+        record = head_runs.run_heads(context, output, request, log=log_here,
+                                     show_progress=not args.no_progress and context.is_writer)
+    finally:
+        context.close()
+    if record is None:  # not the writer: it writes
+        return 0
+    critical = critical_layer_from_sweep(args.sweep, _dataset_of(args.task)) if args.sweep else None
+    written = output.store(lambda folder: write_outputs(record.payload, record.scores, folder,
+                                                        plots=not args.no_plots, critical_layer=critical))
+    print(format_summary(record.payload))
     print(f"wrote {', '.join(str(path) for path in written)}")
-    print(f"ablate them with: lm_eval --model hf-ablate --model_args pretrained={model_args['pretrained']},"
-          f"heads=@{directory / 'heads.json'} ...")
+    print(f"ablate them with: lm_eval --model hf-ablate --model_args pretrained={args.model_args['pretrained']},"
+          f"heads=@{output.directory / 'heads.json'} ...")
     return 0
+
+
+def _dataset_of(task: str) -> str | None:
+    try:
+        return parse_task(task)[0]
+    except FalseDemoError:  # a user's task: its dataset is not one of ours
+        return None
 
 
 def _chat_options(args):
@@ -252,14 +174,6 @@ def _chat_options(args):
             raise FalseDemoError("--fewshot_as_multiturn and --system_instruction need --apply_chat_template")
         return None
     return ChatOptions(multiturn=True if multiturn is None else multiturn, system_instruction=system_instruction)
-
-
-def _prompt_format(tokenizer, chat_options, model_name: str) -> dict:
-    if chat_options is None:
-        return {"prompt_mode": "raw", "chat_template_sha256": None}
-    template = check_has_template(tokenizer, model_name)
-    return {"prompt_mode": chat_options.mode, "chat_template_sha256": template_sha256(template),
-            "system_instruction": chat_options.system_instruction}
 
 
 def format_summary(payload: dict) -> str:

@@ -13,9 +13,7 @@ Torch, transformers and lm-eval's model load in :func:`run`, so ``--help`` stays
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from lm_eval_false_demos.analysis.lens_text import DEFAULT_DATASETS, TrainingSettings, planned_steps, training_text
 from lm_eval_false_demos.cli import args as cli_args
@@ -103,25 +101,10 @@ def check_arguments(args: argparse.Namespace) -> TrainingSettings:
     return settings
 
 
-def load_lm(model_args: Mapping[str, Any], device: str | None, batch_size: int):
-    """lm-eval's ``hf`` model (HFLM) from its registry, as ``lm_eval --model hf --model_args ...`` loads it
-    (packaged short names resolved, module path overrides kept out), in float32 unless ``dtype=`` says otherwise."""
-    from lm_eval_false_demos.core.architectures import PATH_OVERRIDES
-    from lm_eval_false_demos.integrations import loading
-
-    load_args = {key: value for key, value in loading.resolve_embedded(model_args).items()
-                 if key not in PATH_OVERRIDES}
-    load_args.setdefault("dtype", DEFAULT_DTYPE)
-    device = device or load_args.pop("device", None)
-    load_args.pop("device", None)
-    batch_size = load_args.pop("batch_size", batch_size)  # lm-eval passes it beside the model args
-    return loading.create_model("hf", load_args, batch_size, device)
-
-
 def run(args: argparse.Namespace) -> int:
     settings = check_arguments(args)
     summary = train(args, settings)
-    if summary.get("estimate_only"):
+    if summary is None or summary.get("estimate_only"):  # None: not the process that trains
         return 0
     before, after = summary["held_out"]["kl_logit_lens"], summary["held_out"]["kl_tuned_lens"]
     print(f"trained on {summary['tokens']:,} tokens in {summary['training_seconds'] / 60:.1f} minutes; "
@@ -131,29 +114,36 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def train(args: argparse.Namespace, settings: TrainingSettings) -> dict:
+def train(args: argparse.Namespace, settings: TrainingSettings) -> dict | None:
     """Load, train, write the lens and training.json; the summary (``{"estimate_only": True, ...}`` with
-    ``--estimate_only``)."""
+    ``--estimate_only``; None on a process that does not train)."""
     from tqdm.auto import tqdm
 
     from lm_eval_false_demos.analysis import lens_training
-    from lm_eval_false_demos.core.architectures import PATH_OVERRIDES, resolve_modules
-    from lm_eval_false_demos.integrations import loading
+    from lm_eval_false_demos.integrations.run_context import open_model
     from lm_eval_false_demos.results import lens_files
 
     model_args = dict(args.model_args)
     output = Path(args.output)
-    lm = load_lm(model_args, args.device, settings.batch_size)
-    model, tokenizer = lm.model, lm.tokenizer
+    context = open_model("hf", model_args, batch_size=settings.batch_size, device=args.device,
+                         defaults={"dtype": DEFAULT_DTYPE})
+    # Several processes (accelerate launch, torchrun): one trains. The lens's steps are sequential and each
+    # samples its vocabulary from the whole batch, so a split batch would not give the one-process lens.
+    context.close()  # every process leaves the process group now; the writer trains alone
+    if context.world_size > 1:
+        if not context.is_writer:
+            return None
+        print(f"lens train: {context.world_size} processes started, one (rank 0) trains and writes the lens; "
+              "launch it as one process")
+    model, tokenizer, modules = context.model, context.tokenizer, context.modules
     model.requires_grad_(False)
-    if settings.seq_len > int(lm.max_length):
-        raise FalseDemoError(f"--seq_len={settings.seq_len} is longer than the model's max_length={lm.max_length}; "
-                             "give a shorter --seq_len")
-    modules = resolve_modules(model, **{key: model_args[key] for key in PATH_OVERRIDES if key in model_args})
+    if settings.seq_len > context.max_length:
+        raise FalseDemoError(f"--seq_len={settings.seq_len} is longer than the model's max_length="
+                             f"{context.max_length}; give a shorter --seq_len")
     text = training_text(tokenizer, settings)
     steps = planned_steps(settings, text)
 
-    trainer = lens_training.LensTrainer(model, modules, settings, lm.device)
+    trainer = lens_training.LensTrainer(model, modules, settings, context.device)
     trainer.lens.config["base_model_name_or_path"] = model_args["pretrained"]
     trainer.lens.config["base_model_revision"] = model_args.get("revision")
 
@@ -196,7 +186,7 @@ def train(args: argparse.Namespace, settings: TrainingSettings) -> dict:
     after = trainer.held_out_kl(text.held_out)
     params = trainer.lens.save(output)
     summary = lens_files.training_summary(
-        model_args=recorded_args, resolved_pretrained=loading.resolve_embedded(model_args)["pretrained"],
+        model_args=recorded_args, resolved_pretrained=context.options.resolved["pretrained"],
         modules=modules, vocab_size=trainer.vocab_size, settings=settings, cost=cost,
         training_seconds=trainer.seconds, held_out_sequences=len(text.held_out), kl_logit_lens=before,
         kl_tuned_lens=after, params=params,

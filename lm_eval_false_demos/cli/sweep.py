@@ -12,6 +12,7 @@ from lm_eval_false_demos.core.architectures import PATH_OVERRIDES
 from lm_eval_false_demos.core.sst2_formats import parse_formats
 from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.integrations import compat
+from lm_eval_false_demos.integrations.run_context import RunOutput
 from lm_eval_false_demos.integrations.sweep import check_no_exit_layer, run_sweep
 from lm_eval_false_demos.results import checkpoints
 from lm_eval_false_demos.results.sweep_files import format_summary, model_label, write_outputs
@@ -87,9 +88,6 @@ def check_arguments(args: argparse.Namespace) -> int:
         raise FalseDemoError(f"--checkpoint_seconds={args.checkpoint_seconds} is not allowed; give seconds >= 0")
     check_no_exit_layer(args.model_args or {})
     if args.resume:
-        if cli_args.launched_world_size() > 1:
-            raise FalseDemoError("--resume runs on one process; resume without accelerate launch (the numbers "
-                                 "are the same)")
         checkpoints.check_resumable(args.resume, "sweep", cli_args.run_arguments(args))
     else:
         cli_args.check_output_folder(args.output_path)
@@ -102,27 +100,22 @@ def check_arguments(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     batch_size = check_arguments(args)
-    checkpoint = None
-    if args.resume:
-        checkpoint = checkpoints.RunCheckpoint(args.resume)
-    elif cli_args.launched_world_size() == 1:
-        # The run folder is made before the forward passes, so finished prompts can be saved into it.
-        label = model_label({"model": args.model, "model_args": args.model_args or {}})
-        checkpoint = checkpoints.RunCheckpoint(root=args.output_path, name=f"sweep_{label}")
-    with checkpoints.kept_or_discarded(checkpoint, "sweep", args.output_path, bool(args.resume)):
-        result = _run_from_arguments(args, batch_size, checkpoint)
-    if result is None:  # not rank 0 under accelerate: rank 0 writes
+    # The run folder is made before the forward passes (by the writer alone), so finished prompts can be saved.
+    output = RunOutput("sweep", args.output_path,
+                       f"sweep_{model_label({'model': args.model, 'model_args': args.model_args or {}})}",
+                       resume=args.resume, arguments=cli_args.run_arguments(args), writer=cli_args.launched_rank() == 0)
+    with output.guard():
+        result = _run_from_arguments(args, batch_size, output)
+    if result is None:  # not the writer: it writes
         return 0
-    run_directory = write_outputs(result, args.output_path, plots=not args.no_plots,
-                                  run_directory=checkpoint.run_directory if checkpoint else None)
-    if checkpoint is not None:
-        checkpoint.finish()
+    run_directory = output.store(lambda folder: write_outputs(result, args.output_path, plots=not args.no_plots,
+                                                              run_directory=folder))
     print(format_summary(result))
     print(f"sweep written to {run_directory}")
     return 0
 
 
-def _run_from_arguments(args, batch_size, checkpoint):
+def _run_from_arguments(args, batch_size, output):
     apply_chat_template = getattr(args, "apply_chat_template", False)
     multiturn = getattr(args, "fewshot_as_multiturn", None)
     sst2_formats = None if args.sst2_format is None else parse_formats(args.sst2_format)
@@ -143,10 +136,8 @@ def _run_from_arguments(args, batch_size, checkpoint):
         fewshot_as_multiturn=bool(apply_chat_template) if multiturn is None else multiturn,
         system_instruction=getattr(args, "system_instruction", None),
         sst2_formats=sst2_formats,
-        checkpoint=checkpoint,
-        resume=bool(args.resume),
+        output=output,
         checkpoint_seconds=args.checkpoint_seconds,
-        checkpoint_arguments=cli_args.run_arguments(args),
     )
 
 

@@ -10,7 +10,6 @@ stale conversion, and ``falsedemo_identity.json`` inside records it for results 
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import functools
 import importlib
 import importlib.util
@@ -18,6 +17,8 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+
+from filelock import FileLock
 
 from lm_eval_false_demos.core import digests
 from lm_eval_false_demos.core.digests import sha256_file
@@ -81,9 +82,9 @@ def resolve_pretrained(name: str) -> str:
     if (target / IDENTITY_FILE).is_file():
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    # One converter at a time (it takes minutes and gigabytes); the others wait and reuse its folder.
-    with open(target.parent / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    # One converter at a time, across processes (several ranks of a launch, parallel runs): it takes minutes and
+    # gigabytes. The others wait on the lock and reuse its folder, which appears whole (a staging folder renamed).
+    with FileLock(str(target.parent / f".{target.name}.lock")):
         if (target / IDENTITY_FILE).is_file():
             return str(target)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -45,15 +46,34 @@ def resolve_embedded(model_args: Mapping[str, Any]) -> dict:
 
 
 def process_rank_and_count(lm) -> tuple[int, int]:
-    """(rank, processes) of this data-parallel run.
+    """(rank, processes) of this run's launch (accelerate launch, torchrun).
 
-    HFLM reports rank 0 of 1 on every process when there is no GPU (its data parallelism counts GPUs), yet
-    under ``accelerate launch`` it keeps the Accelerator, whose process group spans all processes: ask it.
+    HFLM reports rank 0 of 1 on every process when there is no GPU (its data parallelism counts GPUs). Under
+    ``accelerate launch`` it keeps the Accelerator, whose process group spans all processes: ask it. Under
+    torchrun on CPU there is no Accelerator process group: the processes join one of their own (gloo, from
+    torchrun's environment), so they can split the work and one writes.
     """
     accelerator = getattr(lm, "accelerator", None)
     if accelerator is not None and accelerator.num_processes > 1:
         return int(accelerator.process_index), int(accelerator.num_processes)
-    return int(getattr(lm, "rank", 0)), int(getattr(lm, "world_size", 1))
+    rank, count = int(getattr(lm, "rank", 0)), int(getattr(lm, "world_size", 1))
+    if count > 1:
+        return rank, count
+    launched = _launched_world_size()
+    if launched > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend="gloo")
+        return int(dist.get_rank()), int(dist.get_world_size())
+    return rank, count
+
+
+def _launched_world_size() -> int:
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 def leave_process_group(world_size: int) -> None:

@@ -29,7 +29,8 @@ from typing import Any
 import torch
 from lm_eval.models.huggingface import HFLM
 
-from lm_eval_false_demos.analysis import head_scores as head_discovery
+from lm_eval_false_demos.analysis import head_prompts
+from lm_eval_false_demos.analysis.head_scores import DEFAULT_TOP_K
 from lm_eval_false_demos.core import embedded_models
 from lm_eval_false_demos.core.ablation_specs import HEAD_METHODS, POSITIONS, make_ablation, parse_blocks, parse_heads
 from lm_eval_false_demos.core.architectures import PATH_OVERRIDES, resolve_modules
@@ -170,10 +171,12 @@ class _FalseDemoHFLM(HFLM):
         self._ablation = None
         if ablating:
             if parse_heads(heads) == "auto":
-                heads = head_discovery.discover_default_heads(
-                    model=self.model, tokenizer=self.tokenizer, encode=self.tok_encode,
-                    max_length=self.max_length,
-                )
+                # The default scoring task's prompts, as `falsedemo heads` reads them (lm-eval's task, this
+                # model's encoding and max_length).
+                from lm_eval_false_demos.integrations.head_runs import discover_heads
+
+                heads = discover_heads(self, DEFAULT_TOP_K, head_prompts.DEFAULT_TASK, head_prompts.DEFAULT_NUM_PROMPTS,
+                                       head_prompts.DEFAULT_SEED, given_args=self._given_args)
             self._ablation = make_ablation(
                 self.model, heads=heads, attn_layers=attn_layers, mlp_layers=mlp_layers,
                 positions=positions or "last", head_method=head_method or "zero",
@@ -197,6 +200,17 @@ class _FalseDemoHFLM(HFLM):
 
     def _check_required(self, exit_layer, ablating: bool) -> None:
         raise NotImplementedError
+
+    # ---- what an analysis run reads off the model (integrations.run_context) ----------------------------
+    @property
+    def resolved_modules(self):
+        """The model's blocks, norm, head and attention modules (``ModelModules``), path overrides applied."""
+        return self._falsedemo_modules
+
+    @property
+    def ablation(self):
+        """The validated ``Ablation`` this model applies (None without ``heads=``/``attn_layers=``/``mlp_layers=``)."""
+        return self._ablation
 
     # ---- logits -------------------------------------------------------------------------------------
     def _model_call(self, inps, attn_mask=None, labels=None):

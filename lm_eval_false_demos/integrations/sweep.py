@@ -12,9 +12,7 @@ tasks (:mod:`.sweep_prompts`), the forward passes and statistics from :mod:`anal
 from __future__ import annotations
 
 import random
-import sys
 import time
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -23,24 +21,17 @@ from tqdm.auto import tqdm
 
 from lm_eval_false_demos.analysis import readout
 from lm_eval_false_demos.analysis.layer_curves import analyse_datasets, summarise_run, summarise_tasks
-from lm_eval_false_demos.analysis.records import PromptRecord, TaskInfo
-from lm_eval_false_demos.core import tuned_lens
-from lm_eval_false_demos.core.architectures import PATH_OVERRIDES, resolve_modules
-from lm_eval_false_demos.core.data_loading import data_provenance_for, data_source_summary
-from lm_eval_false_demos.core.files import canonical_model_args, versions
-from lm_eval_false_demos.core.sst2_formats import expand_task_names, parse_variant_key
+from lm_eval_false_demos.core.sst2_formats import parse_variant_key
 from lm_eval_false_demos.core.task_names import DEFAULT_SEEDS
 from lm_eval_false_demos.errors import FalseDemoError
-from lm_eval_false_demos.integrations import loading
+from lm_eval_false_demos.integrations.run_context import ModelOptions, RunContext, RunOutput, command_line, open_model
 from lm_eval_false_demos.integrations.sweep_prompts import (
-    build_records,
     check_falsedemo_tasks,
     encode_record,
-    load_tasks,
-    prompt_format,
+    falsedemo_task_manager,
     resolve_task_names,
+    task_prompts,
 )
-from lm_eval_false_demos.integrations.tasks import lend_tokenizer
 from lm_eval_false_demos.results import checkpoints
 
 
@@ -72,77 +63,58 @@ def run_sweep(
     fewshot_as_multiturn: bool = False,
     system_instruction: str | None = None,
     sst2_formats: Sequence[int] | None = None,
-    checkpoint: "checkpoints.RunCheckpoint | None" = None,
-    resume: bool = False,
+    output: "RunOutput | None" = None,
     checkpoint_seconds: float = 60.0,
-    checkpoint_arguments: Mapping[str, Any] | None = None,
 ) -> dict | None:
-    """Run the sweep and return the ``sweep.json`` payload (None on ranks other than 0).
+    """Run the sweep and return the ``sweep.json`` payload (None on every process but the writer).
 
-    With ``checkpoint`` finished prompts are saved into its run folder as the forward passes go; with
-    ``resume`` the ones saved there are reused (the configuration must be the interrupted run's)."""
+    With ``output`` (a :class:`RunOutput`) finished prompts are saved into its run folder as the forward passes
+    go, and on a resumed output the ones saved there are reused (the configuration must be the interrupted
+    run's); under several processes each reads its share and the writer saves what all finished."""
     clock = PhaseClock()
     model_args = dict(model_args or {})
     seeds = seed_like_simple_evaluate(seed)
-    # lens= is read here (every model type; plain hf would hand it to from_pretrained), checked before loading.
-    lens_spec = tuned_lens.parse_lens(model_args.get("lens"))
+    ModelOptions.parse(model, model_args, device=device, batch_size=batch_size)  # lens= etc. checked before loading
     check_falsedemo_tasks(tasks)
     if task_manager is None:
         task_manager = falsedemo_task_manager(include_path, model_args)
     task_names = resolve_task_names(tasks, task_manager)
     check_falsedemo_tasks(task_names)
     clock.lap("task_index")
-    resolved_args = loading.resolve_embedded(model_args)  # packaged short names -> their converted folders
     if lm is None:
         check_no_exit_layer(model_args)
-        model_only_args = {key: value for key, value in resolved_args.items() if key != "lens"}
-        lm = loading.create_model(model, model_only_args, batch_size, device)
+    context = open_model(model, model_args, batch_size=batch_size, device=device, lm=lm)
     clock.lap("model_load")
-    lend_tokenizer(model_args, lm.tokenizer, lm.max_length)
-    rank, world_size = loading.process_rank_and_count(lm)
-    recorded_format, chat_args = prompt_format(lm, model_args, apply_chat_template, fewshot_as_multiturn,
-                                               system_instruction)
-    task_objects = _load_leaf_tasks(task_names, task_manager, num_fewshot, seeds[3], sst2_formats)
-    infos: dict[str, TaskInfo] = {}
-    records: list[PromptRecord] = []
-    for name in task_objects:
-        info, task_records = build_records(name, task_objects[name], limit, chat_args)
-        infos[name] = info
-        records.extend(task_records)
+    prompts = task_prompts(context, task_names, task_manager, limit, num_fewshot, seeds[3], apply_chat_template,
+                           fewshot_as_multiturn, system_instruction, sst2_formats)
+    task_objects, infos, records = prompts.tasks, prompts.infos, prompts.records
     clock.lap("task_prompts")
 
-    # Our model classes resolved the modules already (with any path overrides from model_args).
-    modules = getattr(lm, "_falsedemo_modules", None)
-    if modules is None:
-        overrides = {key: model_args[key] for key in PATH_OVERRIDES if key in model_args}
-        modules = resolve_modules(lm.model, **overrides)
-    translator = tuned_lens.build_lens(lens_spec, lm.model, modules.num_layers)
     config = run_configuration(
-        lm=lm, model=model, model_args=model_args, resolved_args=resolved_args, tasks=tasks,
-        task_names=list(task_objects), infos=infos, limit=limit, num_fewshot=num_fewshot, seed=seeds, batch_size=batch_size, device=device,
-        world_size=world_size, num_layers=modules.num_layers, modules=modules,
-        bootstrap_iters=bootstrap_iters, analysis_seed=analysis_seed, confidence=confidence,
+        context=context, requested_tasks=tasks, task_names=list(task_objects), infos=infos, limit=limit,
+        num_fewshot=num_fewshot, seed=seeds, batch_size=batch_size, bootstrap_iters=bootstrap_iters,
+        analysis_seed=analysis_seed, confidence=confidence,
     )
-    config.update(recorded_format)
-    config["lens"] = tuned_lens.describe(lens_spec, translator)
+    config.update(prompts.recorded_format)
+    config["lens"] = context.lens
     clock.lap("configuration")
 
-    encoded = [encode_record(lm, record, index) for index, record in enumerate(records)]
+    encoded = [encode_record(context.lm, record, index) for index, record in enumerate(records)]
     clock.lap("tokenisation")
     chunks = None
-    if checkpoint is not None:
+    if output is not None:
+        output.begin(config, context)
         digests = {prompt.index: checkpoints.prompt_digest(prompt.input_ids, prompt.positions, prompt.label_token_ids,
                                                            prompt.demo_label_token_ids)
                    for prompt in encoded}
-        chunks = checkpoints.prompt_chunks(checkpoint, "sweep", resume, world_size, config, digests,
-                                           checkpoint_seconds, checkpoint_arguments or {})
+        chunks = checkpoints.PromptChunks(output.checkpoint, digests, checkpoint_seconds)
     parity: dict = {}
-    outputs = _read_my_share(lm, encoded, rank, world_size, batch_size, modules, translator, parity, chunks,
-                             show_progress)
-    outputs = readout.gather_to_rank0(outputs, world_size)
-    loading.leave_process_group(world_size)  # the last collective: ranks > 0 are done
+    try:
+        outputs = read_all_prompts(context, encoded, batch_size, parity, chunks, show_progress)
+    finally:
+        context.close()  # every process leaves the process group together, after the last collective
     clock.lap("forward")
-    if rank != 0:
+    if not context.is_writer:
         return None
     if len(outputs) != len(records):
         raise RuntimeError(f"gathered {len(outputs)} readouts for {len(records)} prompts")
@@ -204,86 +176,77 @@ def seed_like_simple_evaluate(seed: Sequence[int | None] | None) -> list[int | N
     return [python_seed, numpy_seed, torch_seed, fewshot_seed]
 
 
-def falsedemo_task_manager(include_path, model_args: Mapping[str, Any]):
-    """lm-eval's ``TaskManager`` over our task folder and the user's ``include_path`` only.
-
-    The sweep reads falsedemo tasks alone, and indexing lm-eval's thousands of built-in YAML files costs several
-    seconds. Model args reach task metadata as in lm_eval's CLI (custom_dataset callables receive them)."""
-    from lm_eval.tasks import TaskManager
-
-    from lm_eval_false_demos._hook import task_config_dir
-
-    user_paths = [] if include_path is None else list(include_path) if isinstance(include_path, (list, tuple)) \
-        else [include_path]
-    return TaskManager(include_path=[task_config_dir(), *user_paths], include_defaults=False,
-                       metadata=dict(model_args))
+# Prompts per process and round of a data-parallel sweep: after each round the processes' readouts are gathered
+# and the writer saves them, so an interrupted multi-process run keeps what all processes finished.
+ROUND_BATCHES = 16
 
 
-def _load_leaf_tasks(task_names, task_manager, num_fewshot, fewshot_seed, sst2_formats) -> dict:
-    """The leaf task objects; each SST-2 prompt format is its own task here (calibrated thresholds are per format).
-    Groups such as falsedemo_main_permuted hold the all-formats task, so the expansion works on loaded leaves."""
-    task_objects = load_tasks(task_names, task_manager, num_fewshot, fewshot_seed)
-    leaves = list(task_objects)
-    kept = {name: task.formats for name, task in task_objects.items() if len(getattr(task, "formats", ())) > 1}
-    expanded = expand_task_names(leaves, sst2_formats, kept)
-    if expanded != leaves:
-        task_objects = load_tasks(expanded, task_manager, num_fewshot, fewshot_seed)
-    return task_objects
-
-
-def _read_my_share(lm, encoded, rank, world_size, batch_size, modules, translator, parity, chunks, show_progress):
-    """This rank's prompts (round-robin over prompts sorted by length, so ranks get similar work) read out."""
+def read_all_prompts(context: RunContext, encoded, batch_size, parity, chunks, show_progress) -> dict:
+    """{prompt index: label logits} of every prompt; under several processes each reads every ``world_size``-th
+    prompt of each round (prompts sorted by length, so processes get similar work) and all are gathered."""
     by_length = sorted(range(len(encoded)), key=lambda index: len(encoded[index].input_ids), reverse=True)
-    mine = [encoded[index] for index in by_length[rank::world_size]]
-
-    pad_id = lm.tokenizer.pad_token_id
+    world_size, rank = context.shards, context.shard
+    pad_id = context.tokenizer.pad_token_id
     if pad_id is None:
-        pad_id = lm.tokenizer.eos_token_id or 0
-    progress = tqdm(total=len(mine), desc="sweep prompts", unit="prompt", disable=not show_progress or rank != 0)
+        pad_id = context.tokenizer.eos_token_id or 0
+    progress = tqdm(total=len(by_length[rank::world_size]), desc="sweep prompts", unit="prompt",
+                    disable=not show_progress or not context.show_progress)
+
+    def read(prompts, stored):
+        return readout.read_prompts(context.model, prompts, batch_size, context.modules, pad_id=pad_id,
+                                    ablation=context.ablation, progress=progress, translator=context.translator,
+                                    parity=parity, chunks=stored)
+
     try:
         with torch.no_grad():
-            return readout.read_prompts(lm.model, mine, batch_size, modules, pad_id=pad_id, ablation=model_ablation(lm),
-                                        progress=progress, translator=translator, parity=parity,
-                                        chunks=chunks)
+            if world_size == 1:
+                return read([encoded[index] for index in by_length], chunks)
+            outputs: dict = {}
+            stored = checkpoints.StoredReadouts(chunks.done) if chunks is not None else None
+            size = world_size * batch_size * ROUND_BATCHES
+            for start in range(0, len(by_length), size):
+                mine = [encoded[index] for index in by_length[start:start + size][rank::world_size]]
+                finished = {}
+                for part in context.gather(read(mine, stored)):
+                    finished.update(part)
+                if chunks is not None:  # the writer's store saves; the others' writes nothing
+                    chunks.record({index: value for index, value in finished.items() if index not in chunks.done})
+                outputs.update(finished)
+            return outputs
     finally:
         if chunks is not None:
             chunks.flush()  # Ctrl-C or an error keeps every finished batch
         progress.close()
 
 
-def model_ablation(lm):
-    """The validated ``Ablation`` an ``hf-ablate`` (or ``hf-earlyexit`` with ablations) model was built with."""
-    return getattr(lm, "_ablation", None)
-
-
-def run_configuration(*, lm, model, model_args, resolved_args, tasks, task_names, infos, limit, num_fewshot, seed,
-                      batch_size, device, world_size, num_layers, modules, bootstrap_iters, analysis_seed,
-                      confidence) -> dict:
-    ablation = model_ablation(lm)
+def run_configuration(*, context: RunContext, requested_tasks, task_names, infos, limit, num_fewshot, seed,
+                      batch_size, bootstrap_iters, analysis_seed, confidence) -> dict:
+    ablation = context.ablation
+    provenance = context.provenance(
+        # SST-2's formats (sst2_f3) read SST-2's data
+        (parse_variant_key(info.dataset) or (info.dataset,))[0] for info in infos.values())
     return {
-        "model": model,
-        "model_args": canonical_model_args(model_args),
-        "requested_tasks": list(tasks),
+        "model": provenance["model"],
+        "model_args": provenance["model_args"],
+        "requested_tasks": list(requested_tasks),
         "tasks": list(task_names),
         "limit": limit,
         "num_fewshot": num_fewshot,
         "k": sorted({info.num_fewshot for info in infos.values()}),
         "seed": {"python": seed[0], "numpy": seed[1], "torch": seed[2], "fewshot": seed[3]},
         "batch_size": batch_size,
-        "device": str(getattr(lm, "device", device)),
-        "world_size": world_size,
-        "num_layers": num_layers,
-        "model_type": modules.model_type,
+        "device": str(context.device),
+        "world_size": context.world_size,
+        "num_layers": context.modules.num_layers,
+        "model_type": context.modules.model_type,
         "ablation": ablation.describe() if ablation is not None else None,
         "readout": "label-token logits through the model's final norm and head, softmax over the K labels",
-        "data_source": data_source_summary(),
-        # SST-2's formats (sst2_f3) read SST-2's data
-        "data_provenance": data_provenance_for((parse_variant_key(info.dataset) or (info.dataset,))[0]
-                                               for info in infos.values()),
-        "model_identity": loading.model_identity(resolved_args, lm),
-        "versions": versions(),
+        "data_source": provenance["data_source"],
+        "data_provenance": provenance["data_provenance"],
+        "model_identity": provenance["model_identity"],
+        "versions": provenance["versions"],
         "analysis": {"bootstrap_iters": bootstrap_iters, "seed": analysis_seed, "confidence": confidence,
                      "interval": "percentile, paired over queries", "held_out_fraction": 0.5},
-        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "command": command_line(),
         "date": time.time(),
     }

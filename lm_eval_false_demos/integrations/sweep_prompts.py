@@ -1,18 +1,35 @@
-"""The sweep's prompts, taken from lm-eval itself: tasks resolved by lm-eval's ``TaskManager`` (names, tags,
+"""Every analysis's prompts, taken from lm-eval itself (the one prompt route: the sweep's, head scoring's and
+head evaluation's): tasks resolved by lm-eval's ``TaskManager`` (names, tags,
 globs), configured as ``simple_evaluate`` configures them (``--num_fewshot``, the few-shot seed), their requests
 built with ``build_all_requests`` and tokenised by the model's own ``HFLM._encode_pair``, so the contexts,
 continuations and token ids are the ones ``lm_eval --model hf-earlyexit`` scores."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping, Sequence
 
 from lm_eval_false_demos.analysis.records import EncodedPrompt, PromptRecord, TaskInfo
 from lm_eval_false_demos.core.chat import check_has_template, label_token_index, prompt_mode, template_sha256
-from lm_eval_false_demos.core.corruption import shifted
 from lm_eval_false_demos.core.prompts import label_token_ids
+from lm_eval_false_demos.core.sst2_formats import expand_task_names
 from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.integrations import compat
+
+
+def falsedemo_task_manager(include_path, model_args: Mapping[str, Any]):
+    """lm-eval's ``TaskManager`` over our task folder and the user's ``include_path`` only.
+
+    Analyses read falsedemo tasks alone, and indexing lm-eval's thousands of built-in YAML files costs several
+    seconds. Model args reach task metadata as in lm_eval's CLI (custom_dataset callables receive them)."""
+    from lm_eval.tasks import TaskManager
+
+    from lm_eval_false_demos._hook import task_config_dir
+
+    user_paths = [] if include_path is None else list(include_path) if isinstance(include_path, (list, tuple)) \
+        else [include_path]
+    return TaskManager(include_path=[task_config_dir(), *user_paths], include_defaults=False,
+                       metadata=dict(model_args))
 
 
 def resolve_task_names(tasks: Sequence[str], task_manager) -> list[str]:
@@ -81,21 +98,9 @@ def build_records(name: str, task, limit: float | None, chat: Mapping[str, Any] 
             raise FalseDemoError(f"task {name} doc {doc_id}: lm-eval's context differs from the rebuilt prompt")
         if len(instances) != num_classes:
             raise FalseDemoError(f"task {name} doc {doc_id}: {len(instances)} choices for {num_classes} classes")
-        records.append(
-            PromptRecord(
-                task=name,
-                doc_id=int(doc_id),
-                query_key=str(doc["uid"]),
-                context=context,
-                continuations=tuple(instance.args[1] for instance in instances),
-                gold=int(prompt.query_label),
-                follow_target=shifted(prompt.query_label, num_classes, prompt.shift),
-                demo_true_labels=tuple(prompt.demo_true_labels),
-                demo_follow_targets=tuple(shifted(label, num_classes, prompt.shift) for label in prompt.demo_true_labels),
-                demo_offsets=tuple(demo_offsets),
-                demo_shown_labels=tuple(prompt.demo_shown_labels),
-            )
-        )
+        records.append(PromptRecord.from_prompt(
+            prompt, task=name, doc_id=doc_id, query_key=doc["uid"], context=context,
+            continuations=[instance.args[1] for instance in instances], demo_offsets=demo_offsets))
     if not records:
         raise FalseDemoError(f"task {name} produced no prompts (check --limit)")
     info = TaskInfo(
@@ -220,3 +225,47 @@ def prompt_format(lm, model_args, apply_chat_template, fewshot_as_multiturn, sys
     recorded = {"prompt_mode": prompt_mode(apply_chat_template, fewshot_as_multiturn),
                 "chat_template_sha256": template_sha256(template), "system_instruction": system_instruction}
     return recorded, chat_args
+
+
+def load_leaf_tasks(task_names, task_manager, num_fewshot, fewshot_seed, sst2_formats=None) -> dict:
+    """The leaf task objects; each SST-2 prompt format is its own task here (calibrated thresholds are per format).
+    Groups such as falsedemo_main_permuted hold the all-formats task, so the expansion works on loaded leaves."""
+    task_objects = load_tasks(task_names, task_manager, num_fewshot, fewshot_seed)
+    leaves = list(task_objects)
+    kept = {name: task.formats for name, task in task_objects.items() if len(getattr(task, "formats", ())) > 1}
+    expanded = expand_task_names(leaves, sst2_formats, kept)
+    if expanded != leaves:
+        task_objects = load_tasks(expanded, task_manager, num_fewshot, fewshot_seed)
+    return task_objects
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskPrompts:
+    """The prompts of a run's tasks, as lm-eval builds them: the task objects, their descriptions, every
+    document's prompt record (tasks in order, documents in lm-eval's order) and what results record about the
+    rendering (prompt mode, chat template digest, system instruction)."""
+
+    tasks: dict
+    infos: dict  # {task name: TaskInfo}
+    records: list  # PromptRecord
+    recorded_format: dict
+
+    def of_task(self, name: str) -> list:
+        return [record for record in self.records if record.task == name]
+
+
+def task_prompts(context, task_names: Sequence[str], task_manager, limit, num_fewshot, fewshot_seed,
+                 apply_chat_template=False, fewshot_as_multiturn=False, system_instruction=None,
+                 sst2_formats=None) -> TaskPrompts:
+    """The one prompt route: lm-eval's tasks (resolved by its ``TaskManager``, configured as ``simple_evaluate``
+    configures them, with lm-eval's chat flags) and their requests turned into :class:`PromptRecord`\\ s;
+    ``context`` is the run's :class:`~.run_context.RunContext` (its model renders chat templates)."""
+    recorded_format, chat_args = prompt_format(context.lm, context.options.given, apply_chat_template,
+                                               fewshot_as_multiturn, system_instruction)
+    task_objects = load_leaf_tasks(task_names, task_manager, num_fewshot, fewshot_seed, sst2_formats)
+    infos, records = {}, []
+    for name in task_objects:
+        info, task_records = build_records(name, task_objects[name], limit, chat_args)
+        infos[name] = info
+        records.extend(task_records)
+    return TaskPrompts(task_objects, infos, records, recorded_format)

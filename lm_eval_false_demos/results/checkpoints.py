@@ -33,7 +33,9 @@ from lm_eval_false_demos.errors import FalseDemoError
 FOLDER = "checkpoint"
 MANIFEST = "MANIFEST"
 # Fields of a configuration that record when or how a run started, not what it computes.
-VOLATILE_KEYS = frozenset({"date", "command", "timing"})
+# The number of processes is one of them: a data-parallel run computes what one process does, so a run may be
+# resumed with another number of processes.
+VOLATILE_KEYS = frozenset({"date", "command", "timing", "world_size"})
 RESULT_FILES = {"sweep": "sweep.json", "heads": "heads.json"}
 
 
@@ -176,6 +178,54 @@ class RunCheckpoint:
         return sorted(path.name[len("part-"):-len(".npz")] for path in self.folder.glob("part-*.npz"))
 
 
+class ReadOnlyCheckpoint:
+    """A process that is not the writer sees a resumed run's stored parts, and writes nothing."""
+
+    def __init__(self, checkpoint: RunCheckpoint):
+        self._checkpoint = checkpoint
+        self.root, self.name = checkpoint.root, checkpoint.name
+
+    @property
+    def run_directory(self) -> Path | None:
+        return self._checkpoint.run_directory
+
+    @run_directory.setter
+    def run_directory(self, value) -> None:  # only the writer makes the folder
+        pass
+
+    @property
+    def folder(self) -> Path:
+        return self._checkpoint.folder
+
+    def start(self, kind, config, arguments, command) -> None:
+        pass
+
+    def resume(self, kind: str, config: Mapping[str, Any]) -> None:
+        self._checkpoint.resume(kind, config)
+
+    def has_parts(self) -> bool:
+        return self._checkpoint.has_parts()
+
+    def finish(self) -> None:
+        pass
+
+    def discard_if_empty(self, created_root=None) -> bool:
+        return False
+
+    def save(self, name: str, arrays) -> None:
+        pass
+
+    def load(self, name: str) -> dict[str, np.ndarray] | None:
+        return self._checkpoint.load(name) if self._checkpoint.run_directory is not None else None
+
+    def part_names(self) -> list[str]:
+        return self._checkpoint.part_names() if self._checkpoint.run_directory is not None else []
+
+
+def new_run_directory(root: str | Path, name: str) -> Path:
+    return results_io.new_run_directory(root, name)
+
+
 def first_missing_folder(path: str | Path) -> Path | None:
     """The outermost folder of ``path`` that does not exist yet (what creating ``path`` would add)."""
     path = Path(path).expanduser().absolute()
@@ -236,19 +286,18 @@ class PromptChunks:
         self.last_flush = time.monotonic()
 
 
-def prompt_chunks(checkpoint: RunCheckpoint, kind: str, resume: bool, world_size: int, config: Mapping[str, Any],
-                  digests: Mapping[int, str], seconds: float, arguments: Mapping[str, Any]) -> PromptChunks | None:
-    """Start (or resume) ``checkpoint`` for per-prompt work; None for a data-parallel run, whose ranks hold
-    different prompts and is not checkpointed."""
-    if world_size > 1:
-        if resume:
-            raise FalseDemoError("--resume runs on one process; resume without accelerate launch")
-        return None
-    if resume:
-        checkpoint.resume(kind, config)
-    else:
-        checkpoint.start(kind, config, arguments, str(config.get("command", "")))
-    return PromptChunks(checkpoint, digests, seconds)
+class StoredReadouts:
+    """The finished readouts alone, for a process that reads its share of a data-parallel run: what is stored
+    is skipped, and new readouts are saved by the writer once gathered (``record`` keeps nothing here)."""
+
+    def __init__(self, done: Mapping[int, np.ndarray]):
+        self.done = done
+
+    def record(self, outputs) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
 
 
 @contextlib.contextmanager
