@@ -46,10 +46,13 @@ def draw_layer_curves(
     early_exit_layer: int | None = None,
     title: str = "",
     ylabel: str = "calibrated accuracy",
+    styles: Mapping[str, Mapping] | None = None,
 ) -> None:
-    """Accuracy against layer (0..L) for each setting, the chance line 1/K and the critical layer."""
-    for setting, values in curves.items():
-        axis.plot(range(len(values)), values, label=setting, **_style(setting))
+    """Accuracy against layer (0..L) for each curve, the chance line 1/K and the critical layer. Curves are keyed
+    by setting (styled by it) unless ``styles`` gives a curve's line style (several runs in one panel)."""
+    for name, values in curves.items():
+        style = dict(styles[name], markersize=3) if styles and name in styles else _style(name)
+        axis.plot(range(len(values)), values, label=name, **style)
     axis.axhline(chance, color="black", linewidth=0.8, linestyle=":", label=f"chance 1/K = {chance:.2f}")
     if critical_layer is not None:
         axis.axvline(critical_layer, color="tab:green", linewidth=1.0, linestyle="--",
@@ -111,7 +114,8 @@ def save_figure(figure, directory: str | Path, stem: str) -> list[Path]:
 
 
 def layer_figure(panels: Sequence[Mapping], suptitle: str = ""):
-    """One panel per entry: keys ``curves``, ``chance`` and optionally ``critical_layer``, ``early_exit_layer``, ``title``."""
+    """One panel per entry: keys ``curves``, ``chance`` and optionally ``critical_layer``, ``early_exit_layer``,
+    ``title``, ``styles`` (curve name -> line style)."""
     figure, axes = _grid(len(panels))
     for axis, panel in zip(axes, panels):
         draw_layer_curves(
@@ -121,6 +125,7 @@ def layer_figure(panels: Sequence[Mapping], suptitle: str = ""):
             panel.get("critical_layer"),
             panel.get("early_exit_layer"),
             panel.get("title", ""),
+            styles=panel.get("styles"),
         )
     if suptitle:
         figure.suptitle(suptitle)
@@ -137,11 +142,11 @@ def position_figure(panels: Sequence[Mapping], suptitle: str = ""):
     return figure
 
 
-def save_png(figure, path: Path, dpi: int = 120) -> Path:
+def save_png(figure, path: Path, dpi: int = 120, overwrite: bool = False) -> Path:
     """Save ``figure`` as one PNG at ``path`` (atomically) and close it."""
     try:
         figure.tight_layout()
-        return results_io.save_figure_atomic(figure, path, dpi=dpi)
+        return results_io.save_figure_atomic(figure, path, overwrite=overwrite, dpi=dpi)
     finally:
         plt.close(figure)
 
