@@ -37,8 +37,7 @@ from pathlib import Path
 from lm_eval_false_demos.core import files as results_io
 from lm_eval_false_demos.core.datasets import MAIN_DATASETS
 from lm_eval_false_demos.core.sst2_formats import expand_task_names
-from lm_eval_false_demos.integrations.sweep import falsedemo_task_manager
-from lm_eval_false_demos.integrations.sweep_prompts import build_records, load_tasks
+from lm_eval_false_demos.integrations.sweep_prompts import build_records, falsedemo_task_manager, load_tasks
 
 SCORABLE_SST2_FORMATS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13)  # leaderboard/build.sh's --sst2_format 0-10,12-13
 FEWSHOT_SEED = 1234  # lm-eval's default few-shot seed, as both jobs run
