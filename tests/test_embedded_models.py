@@ -1,6 +1,8 @@
 """Short model names resolve to cached HF-format folders, converted once and atomically."""
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -114,3 +116,43 @@ def test_file_digests_are_remembered_until_the_file_changes(tmp_path, monkeypatc
     assert digests.sha256_file(weights) == hashlib.sha256(b"other weights").hexdigest()
     weights.write_bytes(b"longer weights than before")
     assert digests.sha256_file(weights) == hashlib.sha256(b"longer weights than before").hexdigest()
+
+
+CONVERTING_SCRIPT = """
+import sys, time
+from pathlib import Path
+from lm_eval_false_demos.core import embedded_models
+
+gguf, log = Path(sys.argv[1]), Path(sys.argv[2])
+embedded_models.gguf_path = lambda name: gguf
+
+def convert(source, destination):  # slow, in pieces: a reader of a half-written folder would see it
+    with open(log, "a") as stream:
+        stream.write("converted\\n")
+    for piece in range(4):
+        (destination / f"piece{piece}.bin").write_bytes(b"x" * 1000)
+        time.sleep(0.2)
+
+embedded_models._convert = convert
+folder = Path(embedded_models.resolve_pretrained("gemma-3-270m"))
+print(folder, len(list(folder.glob("piece*.bin"))))
+"""
+
+
+def test_processes_converting_the_embedded_model_at_once_convert_it_once_into_a_whole_folder(tmp_path):
+    """Two processes of one launch (or two runs) resolving a packaged model at the same moment: one converts
+    under the lock, the other waits and reuses the folder, which appears whole (a staging folder renamed)."""
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF model bytes")
+    log = tmp_path / "conversions.log"
+    env = dict(os.environ, FALSEDEMO_CACHE_DIR=str(tmp_path / "cache"))
+    processes = [subprocess.Popen([sys.executable, "-c", CONVERTING_SCRIPT, str(gguf), str(log)], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [process.communicate(timeout=120) for process in processes]
+    assert all(process.returncode == 0 for process in processes), [error[-2000:] for _, error in results]
+    outputs = {out.strip() for out, _ in results}
+    assert len(outputs) == 1 and outputs.pop().endswith(" 4")  # the same folder, every piece in it, for both
+    assert log.read_text() == "converted\n"
+    cached = [path.name for path in (tmp_path / "cache").iterdir()
+              if not path.name.endswith(".lock") and path.name != "digests.json"]
+    assert len(cached) == 1 and cached[0].startswith("gemma-3-270m-")  # no staging folder left behind

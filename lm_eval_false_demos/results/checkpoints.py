@@ -40,9 +40,12 @@ RESULT_FILES = {"sweep": "sweep.json", "heads": "heads.json"}
 
 
 def _stable(config: Mapping[str, Any]) -> dict:
-    return json.loads(json.dumps(
+    stable = json.loads(json.dumps(
         {key: value for key, value in config.items() if key not in VOLATILE_KEYS}, sort_keys=True, default=str
     ))
+    if isinstance(stable.get("device"), str):  # the kind of device computes; its index is the launch's (rank)
+        stable["device"] = stable["device"].split(":")[0]
+    return stable
 
 
 def fingerprint(config: Mapping[str, Any]) -> str:
