@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -553,3 +554,29 @@ def test_contexts_take_the_models_encoding_with_the_tokenizers_offsets(tiny_mode
     assert offsets == [(0, 0), *map(tuple, plain["offset_mapping"])]
     with pytest.raises(FalseDemoError, match="cannot align"):
         head_prompts.encode_context(tokenizer, text, lambda t: [bos, bos, 5])
+
+
+def test_heads_scores_a_users_task_found_through_include_path(tiny_model_dir, tmp_path, data_dir, monkeypatch):
+    """One prompt route: heads reads the prompts of whatever falsedemo task lm-eval resolves, a user's YAML in an
+    --include_path folder too (here our half-label task under another name, with its own k = 6); the scores
+    equal those of our task at -f 6, whose prompts are the same."""
+    from lm_eval_false_demos._hook import task_config_dir
+    from lm_eval_false_demos.cli import main as cli
+
+    monkeypatch.setenv("FALSEDEMO_DATA_DIR", str(data_dir))
+    ours = (Path(task_config_dir()) / "falsedemo_unnatural_half.yaml").read_text()
+    user_tasks = tmp_path / "user_tasks"
+    user_tasks.mkdir()
+    (user_tasks / "mine.yaml").write_text(
+        ours.replace("task: falsedemo_unnatural_half", "task: falsedemo_mine_half_k6")
+        .replace("tag: [falsedemo, falsedemo_half, falsedemo_unnatural]", "tag: [mine]")
+        .replace("num_fewshot: 40", "num_fewshot: 6"))
+    common = ["--model_args", f"pretrained={tiny_model_dir('llama')},dtype=float32", "-n", "4", "-k", "2",
+              "--no_progress", "--no_plots"]
+    assert cli.main(["heads", *common, "--task", "falsedemo_mine_half_k6", "--include_path", str(user_tasks),
+                     "-o", str(tmp_path / "mine")]) == 0
+    assert cli.main(["heads", *common, "--task", "falsedemo_unnatural_half", "-f", "6", "-o", str(tmp_path / "ours")]) == 0
+    (mine,), (reference,) = (tmp_path / "mine").glob("heads_*/heads.json"), (tmp_path / "ours").glob("heads_*/heads.json")
+    mine, reference = json.loads(mine.read_text()), json.loads(reference.read_text())
+    assert mine["config"]["task"] == "falsedemo_mine_half_k6" and mine["config"]["k"] == 6
+    assert mine["heads"] == reference["heads"] and mine["top_k"] == reference["top_k"]
