@@ -22,7 +22,7 @@ from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.integrations import head_runs
 from lm_eval_false_demos.integrations.run_context import RunOutput, open_model
 from lm_eval_false_demos.results import checkpoints
-from lm_eval_false_demos.results.heads_files import critical_layer_from_sweep, write_outputs
+from lm_eval_false_demos.results.heads_files import critical_layer_from_sweep
 
 DEFAULT_DTYPE = head_runs.LOAD_DEFAULTS["dtype"]
 
@@ -149,8 +149,7 @@ def _run(args, request: head_runs.HeadsRequest, output: RunOutput) -> int:
     if record is None:  # not the writer: it writes
         return 0
     critical = critical_layer_from_sweep(args.sweep, _dataset_of(args.task)) if args.sweep else None
-    written = output.store(lambda folder: write_outputs(record.payload, record.scores, folder,
-                                                        plots=not args.no_plots, critical_layer=critical))
+    written = output.store(record, plots=not args.no_plots, critical_layer=critical)
     print(format_summary(record.payload))
     print(f"wrote {', '.join(str(path) for path in written)}")
     print(f"ablate them with: lm_eval --model hf-ablate --model_args pretrained={args.model_args['pretrained']},"

@@ -15,7 +15,7 @@ from lm_eval_false_demos.integrations import compat
 from lm_eval_false_demos.integrations.run_context import RunOutput
 from lm_eval_false_demos.integrations.sweep import check_no_exit_layer, run_sweep
 from lm_eval_false_demos.results import checkpoints
-from lm_eval_false_demos.results.sweep_files import format_summary, model_label, write_outputs
+from lm_eval_false_demos.results.sweep_files import format_summary, model_label
 
 DEFAULT_SEED_STRING = cli_args.DEFAULT_SEED_STRING
 
@@ -108,8 +108,7 @@ def run(args: argparse.Namespace) -> int:
         result = _run_from_arguments(args, batch_size, output)
     if result is None:  # not the writer: it writes
         return 0
-    run_directory = output.store(lambda folder: write_outputs(result, args.output_path, plots=not args.no_plots,
-                                                              run_directory=folder))
+    run_directory = output.store(result, plots=not args.no_plots)
     print(format_summary(result))
     print(f"sweep written to {run_directory}")
     return 0

@@ -28,6 +28,7 @@ from lm_eval_false_demos.integrations.sweep_prompts import (
     task_prompts,
 )
 from lm_eval_false_demos.results.heads_files import heads_payload
+from lm_eval_false_demos.results.run_records import HeadsRecord
 
 # Scores are sums over attention rows and a frozen-norm logit attribution: float32 unless dtype= says otherwise
 # (lm_eval's own default, auto, would take a bf16 checkpoint's bf16 on CPU). Scoring swaps in a
@@ -58,14 +59,6 @@ class HeadsRequest:
 
     def evaluated_task(self, dataset: str, setting: str) -> str:
         return f"falsedemo_{dataset}_{setting}"
-
-
-@dataclasses.dataclass
-class HeadsRecord:
-    """What a heads run found: the ``heads.json`` payload and the per-prompt scores (for heads.csv and figures)."""
-
-    payload: dict
-    scores: HeadScores | None
 
 
 class HeadPrompts:

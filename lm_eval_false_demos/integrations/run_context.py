@@ -31,7 +31,7 @@ from lm_eval_false_demos.core.architectures import PATH_OVERRIDES, ModelModules,
 from lm_eval_false_demos.core.data_loading import data_provenance_for, data_source_summary
 from lm_eval_false_demos.core.files import canonical_model_args, versions
 from lm_eval_false_demos.integrations import compat, loading
-from lm_eval_false_demos.results import checkpoints
+from lm_eval_false_demos.results import checkpoints, run_records
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -270,14 +270,14 @@ class RunOutput:
             return checkpoints.kept_or_discarded(None, self.kind, self.output_path, self.resuming)
         return checkpoints.kept_or_discarded(self.checkpoint, self.kind, self.output_path, self.resuming)
 
-    def store(self, write: Callable[[Path], Any]) -> Any:
-        """The writer writes the results with ``write(run folder)`` (created now when not yet) and drops the
-        checkpoint; the others do nothing and get None."""
+    def store(self, record: Any, **options) -> Any:
+        """The writer stores ``record`` with the one writer of this run's kind (``results.run_records``) into the
+        run folder (created now when not yet) and drops the checkpoint; the others do nothing and get None."""
         if not self.writer:
             return None
         if self.checkpoint.run_directory is None:
             self.checkpoint.run_directory = checkpoints.new_run_directory(self.checkpoint.root, self.checkpoint.name)
-        written = write(self.checkpoint.run_directory)
+        written = run_records.store(self.kind, record, self.checkpoint.run_directory, **options)
         self.checkpoint.finish()
         return written
 
