@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from lm_eval.tasks import TaskManager
 
+from lm_eval_false_demos._hook import task_config_dir
 from lm_eval_false_demos.integrations import task_yamls
 from lm_eval_false_demos.core.corruption import SETTINGS
 from lm_eval_false_demos.core.datasets import DATASETS, get_spec
@@ -28,7 +29,7 @@ def test_generated_yamls_are_in_sync():
 
 
 def test_task_manager_sees_every_task_and_tag():
-    manager = TaskManager(include_defaults=False)
+    manager = TaskManager(include_defaults=False, include_path=task_config_dir())
     names = set(manager.all_tasks)
     expected = {f"falsedemo_{key}_{setting}" for key in DATASETS for setting in SETTINGS}
     assert len(expected) == 80 and expected <= names
@@ -55,7 +56,7 @@ def evaluation(tiny_model_dir):
 
     model_dir = tiny_model_dir("llama")
     model_args = {"pretrained": str(model_dir), "dtype": "float32"}
-    manager = TaskManager(include_defaults=False, metadata=model_args)
+    manager = TaskManager(include_defaults=False, include_path=task_config_dir(), metadata=model_args)
     results = lm_eval.simple_evaluate(
         model="hf", model_args=model_args, tasks=TASKS, num_fewshot=3, limit=6, device="cpu", batch_size=8,
         bootstrap_iters=0, task_manager=manager, log_samples=True,
@@ -104,7 +105,7 @@ def test_contexts_are_our_paired_prompts_and_metrics_recompute(evaluation):
 
 
 def test_wrong_share_from_metadata_grades_permuted(tiny_model_dir):
-    manager = TaskManager(include_defaults=False, metadata={"wrong_share": 0})
+    manager = TaskManager(include_defaults=False, include_path=task_config_dir(), metadata={"wrong_share": 0})
     task = manager.load(["falsedemo_unnatural_permuted"])["tasks"]["falsedemo_unnatural_permuted"]
     task.set_fewshot_seed(1234)
     doc = task.dataset["queries"][0]
@@ -114,7 +115,7 @@ def test_wrong_share_from_metadata_grades_permuted(tiny_model_dir):
 
 
 def test_task_learns_the_tokenizer_budget_from_model_args(tiny_model_dir):
-    manager = TaskManager(include_defaults=False, metadata={"pretrained": str(tiny_model_dir("llama")),
+    manager = TaskManager(include_defaults=False, include_path=task_config_dir(), metadata={"pretrained": str(tiny_model_dir("llama")),
                                                             "max_length": 600})
     task = manager.load(["falsedemo_sst2_correct"])["tasks"]["falsedemo_sst2_correct"]
     task.set_fewshot_seed(1234)
@@ -129,7 +130,7 @@ def test_task_learns_the_tokenizer_budget_from_model_args(tiny_model_dir):
 
 def test_colliding_label_first_tokens_fail_at_task_load(tiny_model_dir):
     # The tiny tokenizer splits " Sports" and " Science" after the same first token " S".
-    manager = TaskManager(include_defaults=False, metadata={"pretrained": str(tiny_model_dir("llama"))})
+    manager = TaskManager(include_defaults=False, include_path=task_config_dir(), metadata={"pretrained": str(tiny_model_dir("llama"))})
     with pytest.raises(ValueError, match="'Sports' and 'Science' share their first token"):
         manager.load(["falsedemo_ag_news_correct"])
 
@@ -141,7 +142,7 @@ def test_results_record_data_source_plugin_version_and_label_scoring(evaluation,
     assert metadata["data_source"] == "builtin" and metadata["plugin_version"] == lm_eval_false_demos.__version__
     assert "first label token" in metadata["label_scoring"]
     monkeypatch.setenv("FALSEDEMO_DATA_DIR", str(data_dir))
-    task = TaskManager(include_defaults=False).load(["falsedemo_sst2_correct"])["tasks"]["falsedemo_sst2_correct"]
+    task = TaskManager(include_defaults=False, include_path=task_config_dir()).load(["falsedemo_sst2_correct"])["tasks"]["falsedemo_sst2_correct"]
     metadata = task.dump_config()["metadata"]
     assert metadata["data_source"] == str(data_dir / "sst2")
     assert metadata["data_provenance"] == {

@@ -92,3 +92,51 @@ def test_cli_reports_our_errors_in_one_line_without_a_traceback(tiny_model_dir, 
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
     assert "lm_eval: error: exit_layer=9" in out.stderr and "0..4" in out.stderr, out.stderr[-2000:]
+
+
+def _one_task_folder(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "my_only_task.yaml").write_text(
+        "task: my_only_task\ndataset_path: json\ndataset_kwargs:\n  data_files: {test: none.jsonl}\n"
+        "test_split: test\noutput_type: loglikelihood\ndoc_to_text: '{{text}}'\ndoc_to_target: ' {{label}}'\n"
+    )
+    return folder
+
+
+def test_task_manager_without_defaults_lists_only_the_callers_paths(tmp_path):
+    """lm-eval's own test_include_defaults_false_with_custom_path, with the plugin installed: a caller asking for
+    its own tasks alone gets them alone, and its include_path is recorded as given."""
+    from lm_eval.tasks import TaskManager
+
+    from lm_eval_false_demos._hook import task_config_dir
+
+    folder = _one_task_folder(tmp_path / "mine")
+    manager = TaskManager(include_defaults=False, include_path=str(folder))
+    assert manager.all_tasks == ["my_only_task"]
+    assert manager.include_path == str(folder)
+    assert TaskManager(include_defaults=False).all_tasks == []
+    # Ours are there when named, as any other folder.
+    named = TaskManager(include_defaults=False, include_path=[task_config_dir(), str(folder)])
+    assert "my_only_task" in named.all_tasks and "falsedemo_sst2_permuted" in named.all_tasks
+
+
+def test_task_manager_with_defaults_lists_lm_evals_tasks_unchanged_plus_ours(tmp_path):
+    """Everything lm-eval lists without the plugin is listed, from the same file; the only additions are ours."""
+    from lm_eval.tasks import TaskManager
+
+    from lm_eval_false_demos._hook import task_config_dir
+
+    folder = _one_task_folder(tmp_path / "mine")
+    ours = TaskManager(include_defaults=False, include_path=task_config_dir())
+    plugged = TaskManager(include_path=str(folder))
+    plain = TaskManager.__new__(TaskManager)
+    TaskManager.__init__.__wrapped__(plain, include_path=str(folder))  # lm-eval's own __init__, unpatched
+    assert plugged.include_path == plain.include_path == str(folder)
+    assert "falsedemo_sst2_permuted" not in plain.all_tasks and "my_only_task" in plain.all_tasks
+    added = set(plugged.all_tasks) - set(plain.all_tasks)
+    assert set(plain.all_tasks) <= set(plugged.all_tasks)
+    assert added == set(ours.all_tasks), sorted(added ^ set(ours.all_tasks))[:5]
+    assert {name: plugged._index[name] for name in plain.all_tasks} == dict(plain._index)
+    for listing in ("all_groups", "all_subtasks", "all_tags"):
+        assert set(getattr(plain, listing)) <= set(getattr(plugged, listing))
+        assert set(getattr(plugged, listing)) - set(getattr(plain, listing)) == set(getattr(ours, listing))

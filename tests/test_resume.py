@@ -75,7 +75,10 @@ def test_sweep_killed_midway_resumes_to_the_uninterrupted_result(tiny_model_dir,
     assert exited.value.code == 2
     error = capsys.readouterr().err
     assert error.startswith(f"falsedemo sweep: error: --resume '{folder}': arguments differ from the interrupted "
-                            "run: num_fewshot (8 in the checkpoint, 4 now); rerun with its arguments:"), error
+                            "run: num_fewshot (8 in the checkpoint, 4 now); resume with its arguments: falsedemo sweep "
+                            ), error
+    # The hint is the interrupted command itself, continuing the folder: --resume, never a fresh run.
+    assert "--num_fewshot 8 " in error and error.rstrip().endswith(f"--resume {folder}"), error
     assert sorted(path.name for path in (folder / "checkpoint").iterdir()) == saved
 
     # What the arguments do not show (here: the package versions) is in the fingerprint too: refused after the
@@ -135,7 +138,8 @@ def test_sigterm_mid_sweep_saves_every_finished_prompt_and_resumes(tiny_model_di
     assert exited.value.code == 128 + signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler lives only as long as the command
     folder = _one_run_folder(stopped)
-    assert "finished work is saved; continue with: falsedemo sweep ... --resume" in capsys.readouterr().err
+    hint = capsys.readouterr().err
+    assert f"finished work is saved; continue with: falsedemo sweep " in hint and f"--resume {folder}" in hint
     assert not (folder / "sweep.json").exists() and list((folder / "checkpoint").glob("part-*.npz"))
 
     monkeypatch.setattr(checkpoints.PromptChunks, "record", real_record)
@@ -170,17 +174,25 @@ def test_heads_evaluation_interrupted_by_ctrl_c_resumes_to_the_same_numbers(tiny
     # Ctrl-C before anything finished leaves no folder behind.
     output = tmp_path / "stopped"
     monkeypatch.setattr(head_runs, "score_task", lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt))
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as exited:
         cli.main(argv + ["-o", str(output)])
+    assert exited.value.code == 128 + signal.SIGINT
     assert not output.exists()
 
     monkeypatch.setattr(head_evaluation, "query_readouts", readouts)
     monkeypatch.setattr(head_runs, "score_task", scoring)
     capsys.readouterr()
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as exited:
         cli.main(argv + ["-o", str(output)])
+    assert exited.value.code == 128 + signal.SIGINT
     folder = _one_run_folder(output)
-    assert f"--resume {folder}" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    # The resume line is a command to paste (with --resume), and Ctrl-C ends in one line, not a traceback.
+    assert "Traceback" not in error and "KeyboardInterrupt" not in error, error
+    hint, last = error.splitlines()[-2:]
+    assert hint.startswith("finished work is saved; continue with: falsedemo heads ") and hint.endswith(
+        f"--resume {folder}"), error
+    assert last == "falsedemo heads: interrupted", error
     assert sorted(path.name for path in (folder / "checkpoint").glob("part-*")) == [
         "part-evaluate-unnatural-correct.npz", "part-evaluate-unnatural-permuted.npz", "part-scores.npz"
     ]

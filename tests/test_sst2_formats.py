@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from lm_eval.tasks import TaskManager
 
+from lm_eval_false_demos._hook import task_config_dir
 from lm_eval_false_demos.integrations import task_yamls
 from lm_eval_false_demos.core.datasets import MAIN_DATASETS, get_spec
 from lm_eval_false_demos.core.data_loading import load_examples
@@ -74,7 +75,7 @@ def test_aggregation_over_formats_is_the_mean_of_per_format_calibrated_accuracie
 
 
 def test_groups_list_the_fourteen_datasets_with_sst2_as_its_formats():
-    manager = TaskManager(include_defaults=False)
+    manager = TaskManager(include_defaults=False, include_path=task_config_dir())
     for setting in ("correct", "permuted"):
         assert f"falsedemo_main_{setting}" in manager.all_groups
     text = task_yamls.render_group_yaml("permuted")
@@ -91,7 +92,7 @@ def group_run(tiny_model_dir):
     model_args = {"pretrained": str(tiny_model_dir("llama")), "dtype": "float32"}
     # No tokenizer in the task metadata: the tiny tokenizer's label words collide on their first tokens
     # (ag_news), which only matters for first-token scoring; plain hf scores whole continuations.
-    manager = TaskManager(include_defaults=False)
+    manager = TaskManager(include_defaults=False, include_path=task_config_dir())
     return lm_eval.simple_evaluate(
         model="hf", model_args=model_args, tasks=["falsedemo_main_permuted"], num_fewshot=1, limit=15,
         device="cpu", batch_size=16, bootstrap_iters=0, task_manager=manager, log_samples=True,
@@ -127,7 +128,7 @@ def test_sweep_scores_each_format_as_its_own_task_and_saves_per_query_scores(tin
     model_args = {"pretrained": str(tiny_model_dir("llama")), "dtype": "float32"}
     result = sweep_run.run_sweep(
         model="hf", model_args=model_args, tasks=["falsedemo_sst2_formats_correct", "falsedemo_sst2_permuted"],
-        limit=4, num_fewshot=2, batch_size=4, bootstrap_iters=0, task_manager=TaskManager(include_defaults=False),
+        limit=4, num_fewshot=2, batch_size=4, bootstrap_iters=0, task_manager=TaskManager(include_defaults=False, include_path=task_config_dir()),
         show_progress=False, sst2_formats=(0, 10),
     )
     assert sorted(result["tasks"]) == sorted(["falsedemo_sst2_correct", "falsedemo_sst2_f10_correct",

@@ -253,7 +253,7 @@ def test_training_lowers_held_out_kl_at_every_layer_and_resumes(tiny_model_dir, 
     lens_files.save_checkpoint = save_then_stop
     try:
         for folder in (resumed, tmp_path / "cut"):
-            with pytest.raises(KeyboardInterrupt):
+            with pytest.raises(SystemExit, match="130"):  # Ctrl-C: exit status 128 + SIGINT, no traceback
                 cli.main(argv[:5] + [str(folder)] + argv[6:])
     finally:
         lens_files.save_checkpoint = original
@@ -293,6 +293,12 @@ def test_vocabulary_subset_training_runs_and_helps(tiny_model_dir, tmp_path):
     ("--positions", "-1", "--positions=-1 is not allowed"),
     ("--seq_len", "64", "--seq_len=64 is longer than the model arg max_length=48"),
     ("--model_args", "dtype=bogus", "dtype='bogus' is not allowed; allowed: auto, float32"),
+    ("--lr", "-5", "--lr=-5.0 is not allowed; give a learning-rate scale > 0"),  # torch's traceback after the load
+    ("--lr", "nan", "--lr=nan is not allowed"),
+    ("--momentum", "1", "--momentum=1.0 is not allowed; give 0 <= momentum < 1"),
+    ("--weight_decay", "-0.1", "--weight_decay=-0.1 is not allowed"),
+    ("--positions", "33", "--positions=33 is more than --seq_len=32"),
+    ("--model_args", "max_length=forty", "max_length='forty' is not allowed; give an integer >= 1"),
 ])
 def test_bad_training_arguments_fail_before_loading(flag, value, message, tiny_model_dir, tmp_path, monkeypatch,
                                                     capsys):

@@ -10,6 +10,7 @@ part of the pools measures the full-vocabulary KL per layer before and after tra
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from collections.abc import Sequence
 
@@ -51,12 +52,24 @@ class TrainingSettings:
         if self.positions < 0:
             raise FalseDemoError(f"{prefix}positions={self.positions} is not allowed; give 0 (every position) "
                                  "or more")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise FalseDemoError(f"{prefix}lr={self.lr} is not allowed; give a learning-rate scale > 0 (e.g. 1.0)")
+        if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
+            raise FalseDemoError(f"{prefix}momentum={self.momentum} is not allowed; give 0 <= momentum < 1")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise FalseDemoError(f"{prefix}weight_decay={self.weight_decay} is not allowed; give a number >= 0")
+        if self.positions > self.seq_len:
+            raise FalseDemoError(f"{prefix}positions={self.positions} is more than {prefix}seq_len={self.seq_len}; "
+                                 f"give 0 (every position) .. {self.seq_len}")
         if self.vocab is not None and self.vocab < 2:
             raise FalseDemoError(f"{prefix}vocab={self.vocab} is not allowed; give all or at least 2 tokens")
         if not self.datasets:
             raise FalseDemoError(f"{prefix}datasets is empty; give at least one dataset key")
         for key in self.datasets:
-            get_spec(key)
+            try:
+                get_spec(key)
+            except FalseDemoError as error:
+                raise FalseDemoError(f"{prefix}datasets: {error}") from None
 
     def recorded(self) -> dict:
         """The settings as training.json records them (``vocab`` as given on the command line: all or a count)."""

@@ -112,13 +112,27 @@ def _in_hub_cache(repo_id: str, revision: str | None = None) -> bool:
     return isinstance(try_to_load_from_cache(repo_id, "config.json", revision=revision), str)
 
 
+def integer_model_arg(model_args: Mapping[str, Any], key: str, minimum: int = 1) -> int | None:
+    """An integer model arg (``max_length=``, ...) as an int, or None when absent; anything else is one line."""
+    value = model_args.get(key)
+    if value is None:
+        return None
+    try:
+        number = int(value) if not isinstance(value, bool) and float(value) == int(float(value)) else None
+    except (TypeError, ValueError, OverflowError):
+        number = None
+    if number is None or number < minimum:
+        raise FalseDemoError(f"{key}={value!r} is not allowed; give an integer >= {minimum}")
+    return number
+
+
 def check_chat_template(model_args: Mapping[str, Any]) -> None:
     """A tokenizer without a chat template is refused before the model loads: only the tokenizer is read (the
     same cached load the tasks use later)."""
     from lm_eval_false_demos.integrations.tasks import load_tokenizer_and_length
 
     named = str(model_args.get("pretrained", ""))
-    max_length = model_args.get("max_length")
+    max_length = integer_model_arg(model_args, "max_length")
     tokenizer, _ = load_tokenizer_and_length(
         named, model_args.get("tokenizer"), model_args.get("gguf_file"), model_args.get("revision"),
         str(model_args.get("trust_remote_code", False)).lower() in ("true", "1"),
@@ -154,6 +168,7 @@ def check_model_args(model: str, model_args: Mapping[str, Any], read_by_caller: 
         if close:
             raise FalseDemoError(f"unknown model arg {key}={model_args[key]!r}; did you mean {close[0]}=?")
     check_dtype(model_args.get("dtype"))
+    integer_model_arg(model_args, "max_length")
     # Without pretrained= the model's own default loads: lm-eval's hf takes gpt2, ours the packaged Gemma.
     default = "gpt2" if model in ("hf", "huggingface") else "gemma-3-270m"
     revision = model_args.get("revision")

@@ -13,7 +13,10 @@ Torch, transformers and lm-eval's model load in :func:`run`, so ``--help`` stays
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from lm_eval_false_demos.analysis.lens_text import DEFAULT_DATASETS, TrainingSettings, planned_steps, training_text
 from lm_eval_false_demos.cli import args as cli_args
@@ -86,19 +89,30 @@ def check_arguments(args: argparse.Namespace) -> TrainingSettings:
         raise FalseDemoError("--model_args needs pretrained=<hub id, folder or gemma-3-270m / smollm2-135m>")
     if args.device and model_args.get("device") not in (None, args.device):
         raise FalseDemoError(f"--device {args.device} and model arg device={model_args['device']} disagree; give one")
-    max_length = model_args.get("max_length")
-    if max_length is not None and int(max_length) < settings.seq_len:
+    max_length = cli_args.integer_model_arg(model_args, "max_length")
+    if max_length is not None and max_length < settings.seq_len:
         raise FalseDemoError(f"--seq_len={settings.seq_len} is longer than the model arg max_length={max_length}; "
                              "give a shorter --seq_len")
     output = Path(args.output)
     if (output / PARAMS).exists():
         raise FalseDemoError(f"{output} already holds a trained lens ({PARAMS}); choose another --output")
     cli_args.check_output_folder(output, "--output")
+    from lm_eval_false_demos.results import lens_files
+
+    if (output / lens_files.CHECKPOINT).exists():  # a damaged or foreign checkpoint fails before the model loads
+        lens_files.load_checkpoint(output / lens_files.CHECKPOINT, training_fingerprint(model_args, settings))
     from lm_eval_false_demos.core.architectures import PATH_OVERRIDES
 
     # last: it imports lm-eval's HF model
     cli_args.check_model_args("hf", model_args, read_by_caller=PATH_OVERRIDES)
     return settings
+
+
+def training_fingerprint(model_args: Mapping[str, Any], settings: TrainingSettings) -> dict:
+    """What a resumed training must repeat; --tokens may change on resume (extend or cut the budget; the
+    learning-rate decay follows the new total)."""
+    return {"model_args": canonical_model_args(model_args), "datasets": list(settings.datasets),
+            **settings.recorded()}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -111,6 +125,10 @@ def run(args: argparse.Namespace) -> int:
           f"held-out KL (nats) logit lens -> tuned lens, per layer:")
     print("  " + "  ".join(f"{layer}:{b:.2f}->{a:.2f}" for layer, (b, a) in enumerate(zip(before, after))))
     print(f"mean {sum(before) / len(before):.3f} -> {sum(after) / len(after):.3f}; lens written to {args.output}")
+    worse = [layer for layer, (b, a) in enumerate(zip(before, after)) if a > b]
+    if 2 * len(worse) > len(before):
+        print(f"warning: the tuned lens reads worse than the logit lens (held-out KL up) at {len(worse)} of "
+              f"{len(before)} layers; train again with a lower --lr or more --tokens", file=sys.stderr)
     return 0
 
 
@@ -147,9 +165,8 @@ def train(args: argparse.Namespace, settings: TrainingSettings) -> dict | None:
     trainer.lens.config["base_model_name_or_path"] = model_args["pretrained"]
     trainer.lens.config["base_model_revision"] = model_args.get("revision")
 
-    # --tokens may change on resume (extend or cut the budget; the learning-rate decay follows the new total).
     recorded_args = canonical_model_args(model_args)
-    fingerprint = {"model_args": recorded_args, "datasets": list(settings.datasets), **settings.recorded()}
+    fingerprint = training_fingerprint(model_args, settings)
     checkpoint_path = output / lens_files.CHECKPOINT
     resumed = None
     if checkpoint_path.exists():

@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     except FalseDemoError as error:
         # Bad input is reported as one clear line; anything else is a bug and keeps its traceback.
         parser.exit(2, f"falsedemo {args.command}: error: {error}\n")
+    except KeyboardInterrupt:
+        # Ctrl-C is the user's choice, not a bug: the run has already saved its work and printed how to resume.
+        parser.exit(128 + signal.SIGINT, f"falsedemo {args.command}: interrupted\n")
 
 
 if __name__ == "__main__":

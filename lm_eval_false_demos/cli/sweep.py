@@ -10,6 +10,7 @@ import argparse
 from lm_eval_false_demos.cli import args as cli_args
 from lm_eval_false_demos.core.architectures import PATH_OVERRIDES
 from lm_eval_false_demos.core.sst2_formats import parse_formats
+from lm_eval_false_demos.core.tuned_lens import lens_depth, parse_lens
 from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.integrations import compat
 from lm_eval_false_demos.integrations.run_context import RunOutput
@@ -87,6 +88,7 @@ def check_arguments(args: argparse.Namespace) -> int:
     if not args.checkpoint_seconds >= 0:
         raise FalseDemoError(f"--checkpoint_seconds={args.checkpoint_seconds} is not allowed; give seconds >= 0")
     check_no_exit_layer(args.model_args or {})
+    check_lens(args.model_args or {})
     if args.resume:
         checkpoints.check_resumable(args.resume, "sweep", cli_args.run_arguments(args))
     else:
@@ -96,6 +98,18 @@ def check_arguments(args: argparse.Namespace) -> int:
     if apply_chat_template:
         cli_args.check_chat_template(args.model_args or {})
     return batch_size
+
+
+def check_lens(model_args) -> None:
+    """``lens=``: a local tuned lens is read and checked whole (config, every translator), and its depth is
+    compared with the model's config file when that is on disk: all before the model loads."""
+    spec = parse_lens(model_args.get("lens"))
+    depth = lens_depth(spec)
+    shape = cli_args.model_shape_from_config(model_args) if depth is not None and model_args.get("pretrained") \
+        else None
+    if shape is not None and shape[0] != depth:
+        raise FalseDemoError(f"lens {spec.source} has {depth} translators but the model has {shape[0]} layers; "
+                             "it was trained for another model")
 
 
 def run(args: argparse.Namespace) -> int:

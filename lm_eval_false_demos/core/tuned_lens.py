@@ -25,7 +25,7 @@ import torch
 
 from lm_eval_false_demos.core import files as results_io
 from lm_eval_false_demos.core.digests import sha256_file
-from lm_eval_false_demos.errors import FalseDemoError
+from lm_eval_false_demos.errors import FalseDemoError, error_summary
 
 CONFIG_FILE = "config.json"
 PARAMS_FILES = ("params.safetensors", "params.pt")
@@ -59,10 +59,77 @@ def parse_lens(value) -> LensSpec:
     source = source.strip()
     path = Path(source).expanduser()
     if path.exists() or source.startswith((".", "/", "~")):
+        if path.exists() and not path.is_dir():
+            raise FalseDemoError(f"lens=tuned:{source} is a file; give the lens folder that holds config.json and "
+                                 "params.pt (or params.safetensors)")
         if not path.is_dir():
             raise FalseDemoError(f"lens=tuned:{source}: no such folder (expected config.json and params.pt inside)")
-        _lens_files(path)  # fail on a half-written folder before the model loads
+        read_lens_folder(path)  # a half-written, damaged or foreign folder fails before the model loads
     return LensSpec("tuned", source)
+
+
+def lens_depth(spec: LensSpec) -> int | None:
+    """The layer count a local tuned lens was trained for (its config), or None (logit lens, hub id)."""
+    if spec.kind != "tuned" or not Path(spec.source).expanduser().is_dir():
+        return None
+    config_path, _ = _lens_files(Path(spec.source).expanduser())
+    return int(read_config(config_path)["num_hidden_layers"])
+
+
+def read_config(path: Path) -> dict:
+    """A tuned-lens ``config.json``, checked: a JSON object with positive integer ``d_model`` and
+    ``num_hidden_layers``, a boolean ``bias`` and our ``lens_type``."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise FalseDemoError(f"{path}: not a readable JSON lens config ({error_summary(error)}); "
+                             "train or download the lens again") from None
+    if not isinstance(config, dict):
+        raise FalseDemoError(f"{path} holds a JSON {type(config).__name__}, not a tuned-lens config.json object")
+    missing = [key for key in ("d_model", "num_hidden_layers") if key not in config]
+    if missing:
+        raise FalseDemoError(f"{path} lacks {', '.join(missing)}; is it a tuned-lens config.json?")
+    for key in ("d_model", "num_hidden_layers"):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise FalseDemoError(f"{path}: {key}={value!r} is not allowed; a tuned-lens config gives an integer >= 1")
+    if not isinstance(config.get("bias", True), bool):
+        raise FalseDemoError(f"{path}: bias={config['bias']!r} is not allowed; give true or false")
+    if config.get("lens_type", LENS_TYPE) != LENS_TYPE:
+        raise FalseDemoError(f"{path}: lens_type {config['lens_type']!r}; only {LENS_TYPE!r} is supported")
+    return config
+
+
+def check_translators(state: dict, config: dict, params_path: Path) -> None:
+    """The state dict holds exactly the translators the config describes: ``{i}.weight`` (d x d) and, with a
+    bias, ``{i}.bias`` (d) for i in 0..L-1, finite floating-point numbers."""
+    d_model, layers, bias = int(config["d_model"]), int(config["num_hidden_layers"]), bool(config.get("bias", True))
+    expected = {f"{i}.weight": (d_model, d_model) for i in range(layers)}
+    if bias:
+        expected.update({f"{i}.bias": (d_model,) for i in range(layers)})
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        found = ", ".join((missing and [f"missing {', '.join(missing[:3])}"] or [])
+                          + (unexpected and [f"unexpected {', '.join(unexpected[:3])}"] or []))
+        raise FalseDemoError(f"{params_path}: translator tensors do not match the config ({layers} layers, "
+                             f"bias={bias}): {found}; is it this lens's params file?")
+    for key, shape in expected.items():
+        tensor = state[key]
+        if tuple(tensor.shape) != shape or not tensor.is_floating_point():
+            raise FalseDemoError(f"{params_path}: {key} is {tensor.dtype} {tuple(tensor.shape)}, expected a float "
+                                 f"{shape} for d_model={d_model}; is it this lens's params file?")
+        if not bool(torch.isfinite(tensor).all()):
+            raise FalseDemoError(f"{params_path}: {key} holds NaN or infinite values; train the lens again")
+
+
+def read_lens_folder(folder: Path) -> tuple[dict, dict[str, torch.Tensor], Path]:
+    """(config, translator state dict, params path) of a local lens folder, every file checked."""
+    config_path, params_path = _lens_files(folder)
+    config = read_config(config_path)
+    state = read_tensors(params_path)
+    check_translators(state, config, params_path)
+    return config, state, params_path
+
 
 
 def _lens_files(folder: Path) -> tuple[Path, Path]:
@@ -94,20 +161,34 @@ def _hub_files(resource_id: str) -> tuple[Path, Path]:
 
 
 def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """A tensor file's state dict; ``.pt`` files are unpickled with tensors and plain containers only."""
+    """A tensor file's state dict; ``.pt`` files are unpickled with tensors and plain containers only.
+
+    An empty, truncated or foreign file is one FalseDemoError naming it (whatever torch or safetensors
+    raised while parsing it)."""
     path = Path(path)
+    damaged = (f"{path} is damaged or not a tensor file", "train or download the lens again")
+    if path.stat().st_size == 0:
+        raise FalseDemoError(f"{damaged[0]} (empty); {damaged[1]}")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise FalseDemoError(
-            f"refusing to load {path}: it is not a tensors-only checkpoint (torch.load(weights_only=True): "
-            f"{first_line})"
-        ) from None
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise FalseDemoError(f"{damaged[0]} ({error_summary(error)}); {damaged[1]}") from None
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            # torch's message advises weights_only=False, the unsafe load we never do: say what it means here.
+            raise FalseDemoError(
+                f"refusing to load {path}: it is not a tensors-only checkpoint (damaged, or a pickle holding more "
+                f"than tensors, which is never unpickled here); {damaged[1]}"
+            ) from None
+        except (EOFError, RuntimeError, OSError, ValueError, KeyError, IndexError, TypeError) as error:
+            # the zip container torch writes, truncated or overwritten: torch names no file
+            raise FalseDemoError(f"{damaged[0]} ({error_summary(error)}); {damaged[1]}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise FalseDemoError(f"{path} holds {type(state).__name__}, not a dict of tensors (a translator state dict)")
     return state
@@ -170,15 +251,7 @@ def load_tuned_lens(source: str | Path, model=None, num_layers: int | None = Non
     """A tuned lens from a folder (or tuned-lens hub id), checked against the model's width and depth."""
     folder = Path(str(source)).expanduser()
     config_path, params_path = _lens_files(folder) if folder.is_dir() else _hub_files(str(source))
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise FalseDemoError(f"{config_path}: not a readable JSON lens config ({error})") from None
-    missing = [key for key in ("d_model", "num_hidden_layers") if key not in config]
-    if missing:
-        raise FalseDemoError(f"{config_path} lacks {', '.join(missing)}; is it a tuned-lens config.json?")
-    if config.get("lens_type", LENS_TYPE) != LENS_TYPE:
-        raise FalseDemoError(f"{config_path}: lens_type {config['lens_type']!r}; only {LENS_TYPE!r} is supported")
+    config = read_config(config_path)
     d_model, layers = int(config["d_model"]), int(config["num_hidden_layers"])
     if num_layers is not None and layers != num_layers:
         raise FalseDemoError(
@@ -191,11 +264,9 @@ def load_tuned_lens(source: str | Path, model=None, num_layers: int | None = Non
         if width is not None and int(width) != d_model:
             raise FalseDemoError(f"lens {source} has d_model={d_model} but the model's width is {width}")
     state = read_tensors(params_path)
+    check_translators(state, config, params_path)
     lens = TunedLens(d_model, layers, bias=bool(config.get("bias", True)), config=config)
-    try:
-        lens.layer_translators.load_state_dict(state)
-    except RuntimeError as error:
-        raise FalseDemoError(f"{params_path}: translator tensors do not match the config ({error})") from None
+    lens.layer_translators.load_state_dict(state)
     lens.source = {"kind": "tuned", "source": str(source), "file": params_path.name, "sha256": sha256_file(params_path)}
     if model is not None:
         parameter = next(model.parameters())

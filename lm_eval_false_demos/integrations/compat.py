@@ -112,13 +112,19 @@ def sample_size(task, limit: float | None) -> int | None:
 
 
 def add_task_folder(manager_module, folder_of: Callable[[], str]) -> None:
-    """``TaskManager`` indexes ``folder_of()`` before any user ``include_path`` (built-ins < ours < user)."""
+    """``TaskManager`` indexes ``folder_of()`` after lm-eval's built-ins and before any user ``include_path``
+    (built-ins < ours < user). A caller passing ``include_defaults=False`` asks for its own paths only and gets
+    exactly those: our folder comes with lm-eval's defaults, never uninvited (name it in ``include_path`` to
+    have it). ``include_path`` keeps the caller's value, so nothing else lm-eval records changes."""
     task_manager = manager_module.TaskManager
     if getattr(task_manager, "_falsedemo_patched", False):
         return
     original_init = task_manager.__init__
 
     def __init__(self, verbosity=None, include_path=None, include_defaults=True, *args, **kwargs):
+        if not include_defaults:
+            original_init(self, verbosity, include_path, include_defaults, *args, **kwargs)
+            return
         if include_path is None:
             paths = []
         elif isinstance(include_path, (list, tuple)):
@@ -129,6 +135,7 @@ def add_task_folder(manager_module, folder_of: Callable[[], str]) -> None:
         if ours not in paths:
             paths.insert(0, ours)
         original_init(self, verbosity, paths, include_defaults, *args, **kwargs)
+        self.include_path = include_path
 
     __init__.__wrapped__ = original_init
     task_manager.__init__ = __init__

@@ -18,8 +18,10 @@ import contextlib
 import hashlib
 import io
 import json
+import shlex
 import shutil
 import sys
+import zipfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -28,7 +30,7 @@ import numpy as np
 
 from lm_eval_false_demos.core import files as results_io
 from lm_eval_false_demos.core.files import check_output_folder
-from lm_eval_false_demos.errors import FalseDemoError
+from lm_eval_false_demos.errors import FalseDemoError, error_summary
 
 FOLDER = "checkpoint"
 MANIFEST = "MANIFEST"
@@ -73,13 +75,10 @@ def check_resumable(run_directory: str | Path, kind: str, arguments: Mapping[str
     if (folder / RESULT_FILES[kind]).exists():
         raise FalseDemoError(f"--resume {str(run_directory)!r} is finished (it has {RESULT_FILES[kind]}); "
                              "nothing to resume")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except FileNotFoundError:
+    if not manifest_path.exists():
         raise FalseDemoError(f"--resume {str(run_directory)!r} holds no checkpoint ({FOLDER}/{MANIFEST}); "
-                             f"give a folder an interrupted `falsedemo {kind}` left") from None
-    except (OSError, json.JSONDecodeError) as error:
-        raise FalseDemoError(f"--resume {str(run_directory)!r}: unreadable checkpoint manifest ({error})") from None
+                             f"give a folder an interrupted `falsedemo {kind}` left")
+    manifest = read_manifest(folder)
     if manifest.get("kind") != kind:
         raise FalseDemoError(f"--resume {str(run_directory)!r} is a `falsedemo {manifest.get('kind')}` run, "
                              f"not `falsedemo {kind}`")
@@ -87,9 +86,63 @@ def check_resumable(run_directory: str | Path, kind: str, arguments: Mapping[str
     now = json.loads(json.dumps(dict(arguments), default=str))
     if stored != now:
         raise FalseDemoError(f"--resume {str(run_directory)!r}: arguments differ from the interrupted run: "
-                             f"{_differences(stored, now)}; rerun with its arguments: {manifest.get('command')}")
+                             f"{_differences(stored, now)}; resume with its arguments: "
+                             f"{resume_command(manifest.get('command'), kind, folder)}")
+    for path in sorted((folder / FOLDER).glob("part-*.npz")):
+        arrays = read_part(path)  # a damaged part fails here, before any model loads
+        if kind == "sweep":
+            check_prompt_part(path, arrays)
     probe_writable(folder)
     return folder
+
+
+def resume_command(command: str | None, kind: str, run_directory: str | Path) -> str:
+    """The command that continues ``run_directory``: the interrupted run's own command (as its manifest
+    recorded it) with ``--resume <run folder>``, or ``falsedemo <kind> ... --resume <run folder>``."""
+    try:
+        words = shlex.split(command or "")
+    except ValueError:
+        words = []
+    # The recorded command starts with however the program was started (falsedemo, main.py, pytest ...).
+    words = ["falsedemo", kind, *words[words.index(kind) + 1:]] if kind in words else ["falsedemo", kind, "..."]
+    kept: list[str] = []
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+        elif word == "--resume":
+            skip = True
+        elif not word.startswith("--resume="):
+            kept.append(word)
+    return shlex.join([*kept, "--resume", str(run_directory)]).replace("'...'", "...")
+
+
+def read_manifest(run_directory: str | Path) -> dict:
+    """``checkpoint/MANIFEST`` of a run folder, checked: a JSON object with the run's kind and arguments."""
+    path = Path(run_directory) / FOLDER / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise FalseDemoError(f"--resume {str(run_directory)!r}: the checkpoint manifest {path} is unreadable "
+                             f"({error_summary(error)}); rerun without --resume to start again") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("kind"), str) \
+            or not isinstance(manifest.get("arguments", {}), dict):
+        raise FalseDemoError(f"--resume {str(run_directory)!r}: {path} is not a falsedemo checkpoint manifest "
+                             "(a JSON object with kind and arguments); rerun without --resume to start again")
+    return manifest
+
+
+def read_part(path: Path) -> dict[str, np.ndarray]:
+    """One ``part-*.npz``, every array read (a truncated or foreign file fails here, naming it)."""
+    try:
+        if not zipfile.is_zipfile(path):
+            raise ValueError("not a complete .npz archive: truncated, or not written by falsedemo")
+        with np.load(path, allow_pickle=False) as stored:
+            return {key: stored[key] for key in stored.files}
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        raise FalseDemoError(f"checkpoint part {path} is damaged ({error_summary(error)}); rerun without --resume to "
+                             "start again, or delete that file to recompute only its prompts") from None
+
 
 
 def probe_writable(folder: Path) -> None:
@@ -128,7 +181,7 @@ class RunCheckpoint:
 
     def resume(self, kind: str, config: Mapping[str, Any]) -> None:
         """After the model loads: the full configuration must be the interrupted run's."""
-        manifest = json.loads((self.folder / MANIFEST).read_text())
+        manifest = read_manifest(self.run_directory)
         if manifest.get("kind") != kind:
             raise FalseDemoError(f"--resume {str(self.run_directory)!r} is not a `falsedemo {kind}` run")
         if manifest.get("fingerprint") != fingerprint(config):
@@ -136,6 +189,13 @@ class RunCheckpoint:
                 f"--resume {str(self.run_directory)!r}: the configuration differs from the interrupted run: "
                 f"{_differences(manifest.get('config') or {}, _stable(config))}; results would not be one run's"
             )
+
+    def resume_command(self, kind: str) -> str:
+        try:
+            command = json.loads((self.folder / MANIFEST).read_text()).get("command")
+        except (OSError, ValueError, AttributeError):
+            command = None
+        return resume_command(command, kind, self.run_directory)
 
     def has_parts(self) -> bool:
         return self.run_directory is not None and any(self.folder.glob("part-*.npz"))
@@ -174,8 +234,7 @@ class RunCheckpoint:
         path = self.folder / f"part-{name}.npz"
         if not path.exists():
             return None
-        with np.load(path, allow_pickle=False) as stored:
-            return {key: stored[key] for key in stored.files}
+        return read_part(path)
 
     def part_names(self) -> list[str]:
         return sorted(path.name[len("part-"):-len(".npz")] for path in self.folder.glob("part-*.npz"))
@@ -215,6 +274,9 @@ class ReadOnlyCheckpoint:
     def discard_if_empty(self, created_root=None) -> bool:
         return False
 
+    def resume_command(self, kind: str) -> str:
+        return self._checkpoint.resume_command(kind)
+
     def save(self, name: str, arrays) -> None:
         pass
 
@@ -246,6 +308,18 @@ def prompt_digest(*parts: Iterable[int]) -> str:
     return digest.hexdigest()
 
 
+def check_prompt_part(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """A sweep's part: ``indices`` (integers), ``digests`` (one per index) and an array ``p<index>`` each."""
+    indices, digests = arrays.get("indices"), arrays.get("digests")
+    if indices is None or digests is None or indices.ndim != 1 or indices.dtype.kind not in "iu" \
+            or digests.shape != indices.shape or sorted(arrays) != sorted(["indices", "digests",
+                                                                          *(f"p{int(i)}" for i in indices)]):
+        raise FalseDemoError(
+            f"checkpoint part {path} is not a sweep's part (indices, digests and one array per prompt); rerun "
+            "without --resume to start again, or delete that file to recompute only its prompts"
+        )
+
+
 class PromptChunks:
     """The sweep's per-prompt readouts, saved in chunks at most every ``seconds`` (0: after every batch).
 
@@ -262,7 +336,8 @@ class PromptChunks:
         self.next_part = 1 + max((int(name) for name in names if name.isdigit()), default=0)
         for name in names:
             stored = checkpoint.load(name) or {}
-            for index, digest in zip(stored.get("indices", []), stored.get("digests", [])):
+            check_prompt_part(checkpoint.folder / f"part-{name}.npz", stored)
+            for index, digest in zip(stored["indices"], stored["digests"]):
                 index = int(index)
                 if self.digests.get(index) != str(digest):
                     raise FalseDemoError(
@@ -312,6 +387,5 @@ def kept_or_discarded(checkpoint: RunCheckpoint | None, kind: str, output_path: 
         yield checkpoint
     except BaseException:
         if checkpoint is not None and not resume and not checkpoint.discard_if_empty(created_root):
-            print(f"finished work is saved; continue with: falsedemo {kind} ... --resume {checkpoint.run_directory}",
-                  file=sys.stderr)
+            print(f"finished work is saved; continue with: {checkpoint.resume_command(kind)}", file=sys.stderr)
         raise

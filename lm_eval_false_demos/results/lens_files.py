@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 from lm_eval_false_demos.analysis.lens_training import CostEstimate, TrainingSettings
 from lm_eval_false_demos.core import files as results_io
 from lm_eval_false_demos.core.digests import sha256_file
-from lm_eval_false_demos.errors import FalseDemoError
+from lm_eval_false_demos.errors import FalseDemoError, error_summary
 
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "training.json"
@@ -32,8 +33,25 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any], fingerprint: Map
 
 def load_checkpoint(path: str | Path, fingerprint: Mapping[str, Any]) -> dict:
     """The state saved at ``path``; FalseDemoError if another setup (other than the token budget) wrote it."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    stored = json.loads(state.get("fingerprint") or "{}")
+    path = Path(path)
+    damaged = f"{path} is damaged or not a falsedemo lens checkpoint"
+    remedy = "delete it to train from the start (it only holds progress)"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError, KeyError, IndexError,
+            TypeError) as error:
+        reason = "empty" if path.stat().st_size == 0 else error_summary(error)
+        raise FalseDemoError(f"{damaged} ({reason}); {remedy}") from None
+    if not (isinstance(state, dict) and isinstance(state.get("translators"), dict)
+            and isinstance(state.get("optimizer"), dict) and isinstance(state.get("step"), int)
+            and isinstance(state.get("seconds"), (int, float)) and isinstance(state.get("fingerprint"), str)):
+        raise FalseDemoError(f"{damaged} (it holds no translators, optimizer, step and fingerprint); {remedy}")
+    try:
+        stored = json.loads(state["fingerprint"])
+    except json.JSONDecodeError:
+        raise FalseDemoError(f"{damaged} (its fingerprint is not JSON); {remedy}") from None
+    if not isinstance(stored, dict):
+        raise FalseDemoError(f"{damaged} (its fingerprint is not a JSON object); {remedy}")
     stored.pop("tokens", None)  # the budget may change on resume
     if stored != json.loads(json.dumps(fingerprint)):
         raise FalseDemoError(
