@@ -21,6 +21,7 @@ from lm_eval_false_demos.analysis.records import PromptRecord
 from lm_eval_false_demos.integrations import sweep as sweep_run
 from lm_eval_false_demos.integrations import sweep_prompts
 from lm_eval_false_demos.results import sweep_files
+from lm_eval_false_demos.core.lens import Readout
 from lm_eval_false_demos.core.metrics import normalise
 from lm_eval_false_demos.core.data_loading import data_provenance
 from lm_eval_false_demos.errors import FalseDemoError
@@ -183,7 +184,8 @@ def test_per_position_readouts_equal_rerunning_with_fewer_demos(tiny_lm, task_ma
     modules = resolve_modules(tiny_lm.model)
     encoded = [sweep_prompts.encode_record(tiny_lm, record, index) for index, record in enumerate(records)]
     with torch.no_grad():
-        full = readout.read_prompts(tiny_lm.model, encoded, 4, modules, pad_id=tiny_lm.tokenizer.pad_token_id or 0)
+        full = readout.read_prompts(Readout(tiny_lm.model, modules), encoded, 4,
+                                    pad_id=tiny_lm.tokenizer.pad_token_id or 0)
 
     for position in range(NUM_FEWSHOT):
         shortened = [
@@ -197,7 +199,7 @@ def test_per_position_readouts_equal_rerunning_with_fewer_demos(tiny_lm, task_ma
         ]
         short_encoded = [sweep_prompts.encode_record(tiny_lm, record, index) for index, record in enumerate(shortened)]
         with torch.no_grad():
-            short = readout.read_prompts(tiny_lm.model, short_encoded, 1, modules, pad_id=0)
+            short = readout.read_prompts(Readout(tiny_lm.model, modules), short_encoded, 1, pad_id=0)
         for index in range(len(records)):
             np.testing.assert_allclose(full[index][:, position], short[index][:, 0], rtol=1e-5, atol=1e-5)
         # and the dataset-level number at that position, at every layer

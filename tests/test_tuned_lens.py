@@ -163,8 +163,8 @@ def test_parity_runs_the_models_head_only_at_the_scored_positions(tiny_model):
         record = check_parity(model, inputs, [[-1, 3], [2, -1]])
     finally:
         handle.remove()
-    # positions 2, 3 and the last: the head reads 3 rows per sequence, not every position (the lens reads 4)
-    assert 3 in widths and inputs.shape[1] not in widths, (arch, widths)
+    # each sequence's own 2 positions: not the union of every row's positions (3) nor every position
+    assert 2 in widths and 3 not in widths and inputs.shape[1] not in widths, (arch, widths)
     assert record["max_abs_diff"] < 1e-4
 
 
@@ -357,7 +357,7 @@ def test_lens_training_runs_from_settings_without_the_command_line(tiny_model_di
                                 held_out_sequences=8, seed=1)
     settings.check()
     text = training_text(tokenizer, settings)
-    trainer = LensTrainer(model, resolve_modules(model), settings, "cpu")
+    trainer = LensTrainer(model, resolve_modules(model), settings)
     steps = planned_steps(settings, text)
     assert steps == 16 and trainer.estimate(text, steps).tokens == 4096
     before = trainer.held_out_kl(text.held_out)

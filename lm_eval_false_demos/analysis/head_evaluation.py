@@ -26,7 +26,8 @@ from lm_eval_false_demos.analysis.records import EncodedPrompt, PromptRecord
 from lm_eval_false_demos.core.ablation_specs import make_ablation
 from lm_eval_false_demos.core.architectures import ModelModules, resolve_modules
 from lm_eval_false_demos.core.interventions import zero_heads_per_row
-from lm_eval_false_demos.core.lens import lens_label_logits
+from lm_eval_false_demos.core.devices import input_device
+from lm_eval_false_demos.core.unembed import Unembed
 from lm_eval_false_demos.core.metrics import (
     calibrated_accuracy,
     gap_recovered,
@@ -81,9 +82,9 @@ def query_readouts(
     """
     if with_promotion and ablations[0] is not None:
         raise ValueError("label promotion is read from the unablated condition, which must come first")
-    device = next(model.parameters()).device
-    ids = torch.tensor([query.input_ids], device=device)
-    label_ids = torch.tensor(query.label_ids, device=device)
+    ids = torch.tensor([query.input_ids], device=input_device(model))
+    label_ids = torch.tensor(query.label_ids)
+    unembed = Unembed(modules)
     rows, promotion = [], None
     with torch.no_grad():
         prefix = model(input_ids=ids[:, :-1], use_cache=True, logits_to_keep=1).cache
@@ -93,7 +94,7 @@ def query_readouts(
             cache.batch_repeat_interleave(len(batch))
             with ReadoutCapture(modules, want_attention=False) as capture, zero_heads_per_row(model, batch, modules):
                 run_to_last_block(model, input_ids=ids[:, -1:].expand(len(batch), 1), cache=cache, use_cache=True)
-            rows.append(lens_label_logits(model, capture.final, label_ids, modules).float())
+            rows.append(unembed.label_logits(capture.final, label_ids))
             if with_promotion and start == 0:
                 promotion = label_promotion(
                     modules, [z[0] for z in capture.z], [out[0] for out in capture.attn_out], capture.final[0],

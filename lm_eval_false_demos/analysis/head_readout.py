@@ -6,7 +6,7 @@
   and the output head (:func:`run_to_last_block`).
 * :func:`label_promotion`: each head's write ``z_h @ W_O[h-slice]`` (:func:`head_writes`) pushed through the
   final norm and the output head's label rows. The final norm is not linear, so the write passes through it
-  with the scale *frozen* at the value the real final residual has (:func:`frozen_norm`: ``(c - mean c) * g /
+  with the scale *frozen* at the value the real final residual has (``unembed.frozen_norm``: ``(c - mean c) * g /
   sigma(x)`` for LayerNorm, ``c * g / rms(x)`` for RMSNorm): then the heads' terms, plus the other
   components', add up exactly to the normed residual, which is what direct logit attribution must satisfy.
   Gemma-2/3 also norm the attention output before it joins the residual; that norm is frozen the same way
@@ -22,11 +22,10 @@ from collections.abc import Sequence
 import torch
 
 from lm_eval_false_demos.core.architectures import ModelModules
+from lm_eval_false_demos.core.devices import weights_of
+from lm_eval_false_demos.core.hooks import Hooks, run
+from lm_eval_false_demos.core.unembed import Unembed, frozen_norm
 from lm_eval_false_demos.errors import FalseDemoError
-
-
-class _StopForward(Exception):
-    """Raised once the last block has run: the readout needs neither the final norm nor the logits."""
 
 
 def _conv1d_like(module) -> bool:
@@ -34,57 +33,16 @@ def _conv1d_like(module) -> bool:
 
 
 def head_writes(out_proj: torch.nn.Module, z: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
-    """Each head's write to the residual, [H, d], from one row ``z`` [H * head_dim] of the o_proj input."""
-    weight = out_proj.weight
+    """Each head's write to the residual, [H, d], from one row ``z`` [H * head_dim] of the o_proj input
+    (the projection's weight read inside accelerate's hook, wherever it is offloaded)."""
+    with torch.no_grad(), weights_of(out_proj):
+        weight = out_proj.weight.to(z.device)
     z = z.to(weight.dtype).view(num_heads, head_dim)
     if _conv1d_like(out_proj):  # GPT-2 Conv1D: weight is (in, out)
         return torch.einsum("hk,hkd->hd", z, weight.view(num_heads, head_dim, -1))
     if isinstance(out_proj, torch.nn.Linear) or weight.dim() == 2:
         return torch.einsum("hk,dhk->hd", z, weight.view(weight.shape[0], num_heads, head_dim))
     raise FalseDemoError(f"cannot split the attention output projection {type(out_proj).__name__} by head")
-
-
-def _rms_gain(norm: torch.nn.Module, width: int, dtype, device) -> torch.Tensor:
-    """The per-feature gain an RMS norm applies, read off the module itself (Gemma's (1 + w) included)."""
-    # A constant vector has rms = its value; at 1000 >> sqrt(eps) the norm returns the gain itself.
-    probe = torch.full((1, width), 1000.0, dtype=dtype, device=device)
-    with torch.no_grad():
-        return norm(probe)[0].to(torch.float32)
-
-
-def frozen_norm(norm: torch.nn.Module | None, x: torch.Tensor):
-    """The norm's linear map at the input ``x`` [d] with its scale frozen: c [..., d] -> normed share of c."""
-    if norm is None:
-        return lambda c: c
-    name = type(norm).__name__
-    x = x.to(torch.float32)
-    if "RMS" in name:
-        eps = getattr(norm, "eps", None) or getattr(norm, "variance_epsilon", None) or 1e-6
-        gain = _rms_gain(norm, x.shape[-1], next(norm.parameters(), x).dtype, x.device)
-        rms = torch.sqrt(x.pow(2).mean() + eps)
-        return lambda c: c.to(torch.float32) * gain / rms
-    if isinstance(norm, torch.nn.LayerNorm) or "LayerNorm" in name:
-        eps = getattr(norm, "eps", 1e-5)
-        weight = getattr(norm, "weight", None)
-        gain = torch.ones_like(x) if weight is None else weight.to(torch.float32)
-        sigma = torch.sqrt(x.var(unbiased=False) + eps)
-        return lambda c: (c.to(torch.float32) - c.to(torch.float32).mean(-1, keepdim=True)) * gain / sigma
-    raise FalseDemoError(f"cannot linearise the norm {name}; supported: LayerNorm and RMSNorm variants")
-
-
-def _label_rows(modules: ModelModules, label_ids: torch.Tensor) -> torch.Tensor:
-    head = modules.output_head
-    weight = getattr(head, "weight", None)
-    if weight is None:
-        raise FalseDemoError(f"output head {type(head).__name__} has no weight to read label rows from")
-    return weight[label_ids].to(torch.float32)
-
-
-def _pre_head_linear(modules: ModelModules):
-    if modules.pre_head is None:
-        return lambda c: c
-    weight = modules.pre_head.weight.to(torch.float32)  # OPT's project_out: linear, no bias
-    return lambda c: c @ weight.T
 
 
 def label_promotion(
@@ -96,17 +54,20 @@ def label_promotion(
     true_id: int,
 ) -> torch.Tensor:
     """[L, H] label-promoting scores of one readout: logit(promoted) - logit(true) of each head's write."""
-    to_final = frozen_norm(modules.final_norm, final_residual)
-    pre_head = _pre_head_linear(modules)
-    rows = _label_rows(modules, torch.tensor([promoted_id, true_id], device=final_residual.device))
-    direction = rows[0] - rows[1]
+    unembed = Unembed(modules)
+    to_logits = unembed.linearised(final_residual)
+    read = unembed.label_rows(torch.tensor([promoted_id, true_id]))
+    if read is None:
+        raise FalseDemoError(f"output head {type(unembed.head).__name__} is not linear: no label rows to score heads")
+    rows, _ = read
+    direction = (rows[0] - rows[1]).to(final_residual.device)
     scores = []
     for layer, z in enumerate(z_rows):
         writes = head_writes(modules.attn_out_proj[layer], z, modules.num_heads, modules.head_dim)
         post_norm = modules.attn_post_norm[layer]
         if post_norm is not None:
             writes = frozen_norm(post_norm, attn_outputs[layer])(writes)
-        scores.append(pre_head(to_final(writes)) @ direction)
+        scores.append(to_logits(writes.to(final_residual.device)) @ direction)
     return torch.stack(scores)
 
 
@@ -117,7 +78,7 @@ class ReadoutCapture:
     def __init__(self, modules: ModelModules, want_attention: bool):
         self.modules = modules
         self.want_attention = want_attention
-        self.handles = []
+        self.hooks = Hooks()
         self.clear()
 
     def clear(self):
@@ -129,57 +90,45 @@ class ReadoutCapture:
 
     def __enter__(self):
         modules = self.modules
+        hooks = self.hooks
         for layer in range(modules.num_layers):
             if self.want_attention:
-                self.handles.append(modules.attention[layer].register_forward_hook(self._attention_hook(layer)))
+                hooks.capture_output(modules.attention[layer], self._attention_store(layer), whole=True)
             out_proj = modules.attn_out_proj[layer]
-            self.handles.append(out_proj.register_forward_pre_hook(self._z_hook(layer), with_kwargs=True))
-            self.handles.append(out_proj.register_forward_hook(self._out_hook(layer)))
-        self.handles.append(modules.blocks[-1].register_forward_hook(self._final_hook))
+            hooks.capture_input(out_proj, self._last_row_store("z", layer))
+            hooks.capture_output(out_proj, self._last_row_store("attn_out", layer))
+        # the scores need nothing after the last block: skip the norm and the output head
+        hooks.capture_output(modules.blocks[-1], self._final_store, stop=True)
         return self
 
     def __exit__(self, *exc):
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []
+        self.hooks.remove()
         return False
 
-    def _attention_hook(self, layer):
-        def hook(module, args, output):
+    def _attention_store(self, layer):
+        def store(output):
             weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
             if weights is None:
                 raise FalseDemoError(
-                    f"the attention module of layer {layer} ({type(module).__name__}) returned no weights: it does "
-                    "not dispatch through transformers' AttentionInterface, so head scoring cannot read its rows"
+                    f"the attention module of layer {layer} ({type(self.modules.attention[layer]).__name__}) "
+                    "returned no weights: it does not dispatch through transformers' AttentionInterface, so head "
+                    "scoring cannot read its rows"
                 )
             self.attention[layer] = weights[:, :, -1, :].detach().to(torch.float32)  # [B, H, S]
 
-        return hook
+        return store
 
-    def _z_hook(self, layer):
-        def hook(module, args, kwargs):
-            tensor = args[0] if args else next(iter(kwargs.values()))
-            self.z[layer] = tensor[:, -1].detach().to(torch.float32)
+    def _last_row_store(self, name: str, layer: int):
+        def store(tensor):
+            getattr(self, name)[layer] = tensor[:, -1].detach().to(torch.float32)
 
-        return hook
+        return store
 
-    def _out_hook(self, layer):
-        def hook(module, args, output):
-            tensor = output[0] if isinstance(output, tuple) else output
-            self.attn_out[layer] = tensor[:, -1].detach().to(torch.float32)
-
-        return hook
-
-    def _final_hook(self, module, args, output):
-        tensor = output[0] if isinstance(output, tuple) else output
+    def _final_store(self, tensor):
         self.final = tensor[:, -1].detach()
-        raise _StopForward  # the scores need nothing after the last block: skip the norm and the output head
 
 
 def run_to_last_block(model, **inputs) -> None:
     """Forward under a :class:`ReadoutCapture`, which stops the model once its last block has run."""
-    try:
-        model(**inputs)
-    except _StopForward:
-        return
-    raise RuntimeError("the forward passed the last block without reaching the readout capture's hook")
+    if run(model, **inputs) is not None:
+        raise RuntimeError("the forward passed the last block without reaching the readout capture's hook")

@@ -29,6 +29,7 @@ from lm_eval_false_demos.analysis.head_prompts import label_token_positions
 from lm_eval_false_demos.analysis.head_readout import ReadoutCapture, label_promotion, run_to_last_block
 from lm_eval_false_demos.analysis.records import PromptRecord
 from lm_eval_false_demos.core.architectures import ModelModules, resolve_modules
+from lm_eval_false_demos.core.devices import input_device
 from lm_eval_false_demos.core.readout_attention import weights_capturing_attention
 from lm_eval_false_demos.errors import FalseDemoError
 
@@ -147,7 +148,7 @@ def score_heads(
     modules = modules or resolve_modules(model)
     modules.require("attention")
     modules.require("attn_out_proj")
-    device = next(model.parameters()).device
+    device = input_device(model)
     items = list(items)
     if not items:
         raise FalseDemoError("no prompts to score")

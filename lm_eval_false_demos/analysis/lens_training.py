@@ -27,6 +27,7 @@ caller's (``results/lens_files.py``), reached through the ``on_checkpoint`` call
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,7 +35,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 
 from lm_eval_false_demos.analysis.lens_text import TrainingSettings, TrainingText
-from lm_eval_false_demos.core.lens import lens_label_logits, lens_logits, residuals
+from lm_eval_false_demos.core.devices import input_device
+from lm_eval_false_demos.core.lens import Readout
 from lm_eval_false_demos.core.tuned_lens import TunedLens
 
 # ------------------------------------------------------------------------------------- objective
@@ -47,8 +49,17 @@ class _Objective:
         self.model, self.modules, self.lens, self.vocab_subset = model, modules, lens, vocab_subset
         self.vocab_size = modules.output_head.weight.shape[0] if hasattr(modules.output_head, "weight") else None
 
+    @functools.cached_property
+    def readout(self) -> Readout:
+        """The frozen model read through its own unembedding; the lens is trained on the translated rows."""
+        return Readout(self.model, self.modules)
+
+    @property
+    def unembed(self):
+        return self.readout.unembed
+
     def residual_rows(self, input_ids, positions):
-        return residuals(self.model, input_ids, None, positions, modules=self.modules)  # [L+1, B, P, d]
+        return self.readout.residuals(input_ids, None, positions)[0]  # [L+1, B, P, d] on the head's device
 
     def _subset(self, final_probs, generator):
         """Half the subset: the tokens carrying the most final probability over the batch; half: uniform others."""
@@ -67,11 +78,11 @@ class _Objective:
         subset = None
         with torch.no_grad():
             if self.vocab_subset and not full_vocab and self.vocab_subset < (self.vocab_size or 0):
-                final_full = lens_logits(self.model, rows[num_layers], num_layers, self.modules)
+                final_full = self.unembed.logits(rows[num_layers])
                 subset = self._subset(final_full.float().softmax(-1), generator)
                 final = final_full[..., subset]
             else:
-                final = lens_logits(self.model, rows[num_layers], num_layers, self.modules)
+                final = self.unembed.logits(rows[num_layers])
             target = final.float().log_softmax(-1)
             target_p = target.exp()
         losses = []
@@ -79,9 +90,9 @@ class _Objective:
             with torch.set_grad_enabled(train):
                 hidden = self.lens.translate(rows[layer], layer)
                 if subset is not None:
-                    logits = lens_label_logits(self.model, hidden, subset, self.modules)
+                    logits = self.unembed.label_logits(hidden, subset)
                 else:
-                    logits = lens_logits(self.model, hidden, layer, self.modules)
+                    logits = self.unembed.logits(hidden)
                 loss = (target_p * (target - logits.float().log_softmax(-1))).sum(-1).mean()
                 if train:
                     loss.backward()
@@ -141,10 +152,13 @@ class LensTrainer:
 
     ``step`` and ``seconds`` count the training done so far (restored by :meth:`load_state_dict`)."""
 
-    def __init__(self, model, modules, settings: TrainingSettings, device):
+    def __init__(self, model, modules, settings: TrainingSettings):
         torch.manual_seed(settings.seed)
-        self.model, self.modules, self.settings, self.device = model, modules, settings, device
+        self.model, self.modules, self.settings = model, modules, settings
+        # Translators live where the readout computes: the execution device of the model's head (also when
+        # accelerate offloads the model); input ids go to its first device.
         self.lens = TunedLens.for_model(model, modules.num_layers)
+        self.device = input_device(model)
         self.lens.requires_grad_(True)
         self.optimizer = torch.optim.SGD(self.lens.parameters(), lr=settings.lr * (1 - settings.momentum),
                                          momentum=settings.momentum, nesterov=True,

@@ -11,24 +11,25 @@ import torch
 
 from lm_eval_false_demos.analysis.records import EncodedPrompt
 from lm_eval_false_demos.core.interventions import ablate
-from lm_eval_false_demos.core.lens import read_label_logits
+from lm_eval_false_demos.core.lens import Readout
 from lm_eval_false_demos.core.lens_parity import check_parity, read_label_logits_checked
 
 
-def _ablation_context(ablation, model, modules, attention_mask):
+def _ablation_context(ablation, readout: Readout, attention_mask):
     """An ``hf-ablate`` model's ablation around our own forward pass (our hooks call the model directly)."""
     if ablation is None or ablation.is_empty:
         return contextlib.nullcontext()
-    return ablate(model, ablation, attention_mask=attention_mask, modules=modules)
+    return ablate(readout.model, ablation, attention_mask=attention_mask, modules=readout.modules)
 
 
-def read_prompts(model, encoded: Sequence[EncodedPrompt], batch_size: int, modules, *, pad_id: int,
-                 ablation=None, progress=None, translator=None, parity: dict | None = None, chunks=None
+def read_prompts(readout: Readout, encoded: Sequence[EncodedPrompt], batch_size: int, *, pad_id: int,
+                 ablation=None, progress=None, parity: dict | None = None, chunks=None
                  ) -> dict[int, np.ndarray]:
     """{index: label logits [L+1, P, K] float32} from one forward per prompt, batched by similar length.
 
-    ``ablation`` (an ``interventions.Ablation``) is applied around each forward; ``pad_id`` pads the batch.
-    ``translator`` is a tuned lens (None: the logit lens). With ``parity`` (a dict, filled in) the first batch is
+    ``readout`` (:class:`core.lens.Readout`) is the model with its lens and devices. ``ablation`` (an
+    ``interventions.Ablation``) is applied around each forward; ``pad_id`` pads the batch. Label logits that
+    are not finite stop the run (one line naming the dtype). With ``parity`` (a dict, filled in) the first batch is
     read with the lens parity check (:func:`core.lens_parity.read_label_logits_checked`): its forward runs on to
     the model's own logits at the scored positions, so the check costs no forward of its own.
 
@@ -37,7 +38,7 @@ def read_prompts(model, encoded: Sequence[EncodedPrompt], batch_size: int, modul
     (:class:`checkpoints.PromptChunks`) a batch an earlier attempt finished is taken from it, and each new
     batch is handed to it; the batches are the same either way, so the numbers are too.
     """
-    device = next(model.parameters()).device
+    device = readout.input_device
     groups: dict[tuple[int, int], list[EncodedPrompt]] = {}
     for prompt in encoded:
         key = (len(prompt.label_token_ids), len(prompt.demo_label_token_ids), len(prompt.positions))
@@ -66,24 +67,20 @@ def read_prompts(model, encoded: Sequence[EncodedPrompt], batch_size: int, modul
             input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
             if stored:
                 if check:  # the first batch of the plan even when stored: a resumed run checks the same prompts
-                    parity.update(check_parity(model, input_ids, positions.to(device), attention_mask, modules))
+                    parity.update(check_parity(readout, input_ids, positions.to(device), attention_mask))
                 outputs.update({prompt.index: chunks.done[prompt.index] for prompt in batch})
                 if progress is not None:
                     progress.update(len(batch))
                 continue
-            with _ablation_context(ablation, model, modules, attention_mask):
+            with _ablation_context(ablation, readout, attention_mask):
                 if check:
-                    logits, record = read_label_logits_checked(
-                        model, input_ids, positions.to(device), label_ids.to(device),
-                        attention_mask=attention_mask, modules=modules, translator=translator,
-                    )
+                    logits, record = read_label_logits_checked(readout, input_ids, positions, label_ids,
+                                                               attention_mask=attention_mask)
                     parity.update(record)
                 else:
-                    logits = read_label_logits(
-                        model, input_ids, positions.to(device), label_ids.to(device),
-                        attention_mask=attention_mask, modules=modules, translator=translator,
-                    )  # [L+1, B, P, K]
-            logits = logits.float().cpu().numpy()
+                    logits = readout.read_label_logits(input_ids, positions, label_ids,
+                                                       attention_mask=attention_mask)  # [L+1, B, P, K]
+            logits = readout.require_finite(logits, "the label logits").cpu().numpy()
             for row, prompt in enumerate(batch):
                 outputs[prompt.index] = _labels_by_position(logits[:, row], prompt)
             if chunks is not None:

@@ -161,7 +161,7 @@ def train(args: argparse.Namespace, settings: TrainingSettings) -> dict | None:
     text = training_text(tokenizer, settings)
     steps = planned_steps(settings, text)
 
-    trainer = lens_training.LensTrainer(model, modules, settings, context.device)
+    trainer = lens_training.LensTrainer(model, modules, settings)
     trainer.lens.config["base_model_name_or_path"] = model_args["pretrained"]
     trainer.lens.config["base_model_revision"] = model_args.get("revision")
 

@@ -17,7 +17,7 @@ import torch
 
 from lm_eval_false_demos.core.ablation_specs import Ablation
 from lm_eval_false_demos.core.architectures import ModelModules, resolve_modules
-from lm_eval_false_demos.core.lens import _block_input
+from lm_eval_false_demos.core.hooks import Hooks
 from lm_eval_false_demos.errors import FalseDemoError
 
 
@@ -77,20 +77,6 @@ def _feature_mask(width: int, slices) -> torch.Tensor:
     return mask
 
 
-def _with_first_input(args, kwargs, replace):
-    """(args, kwargs) of a forward pre-hook with the module's first input replaced."""
-    if args:
-        return (replace(args[0]),) + tuple(args[1:]), kwargs
-    key = next(iter(kwargs))
-    return args, {**kwargs, key: replace(kwargs[key])}
-
-
-def _replace_first(output, replace):
-    if isinstance(output, tuple):
-        return (replace(output[0]),) + tuple(output[1:])
-    return replace(output)
-
-
 @contextlib.contextmanager
 def ablate(model, ablation: Ablation, positions=None, attention_mask=None, modules: ModelModules | None = None):
     """Apply ``ablation`` to every forward pass inside the block; yields a handle with ``update(positions=,
@@ -101,61 +87,50 @@ def ablate(model, ablation: Ablation, positions=None, attention_mask=None, modul
     """
     modules = modules or resolve_modules(model)
     rows = _Rows(ablation.positions, positions, attention_mask)
-    handles = []
     heads_by_block: dict[int, list[int]] = {}
     for block, head in ablation.heads:
         heads_by_block.setdefault(block, []).append(head)
     head_dim, num_heads, num_kv = modules.head_dim, modules.num_heads, modules.num_kv_heads
 
-    def zero_slices(tensor: torch.Tensor, slices: list[tuple[int, int]]) -> torch.Tensor:
-        return _zero_features(tensor, rows, _feature_mask(tensor.shape[-1], slices))
+    def zero_slices(slices: list[tuple[int, int]]):
+        return lambda tensor: _zero_features(tensor, rows, _feature_mask(tensor.shape[-1], slices))
 
-    def slice_pre_hook(slices):
-        return lambda module, args, kwargs: _with_first_input(args, kwargs, lambda t: zero_slices(t, slices))
+    def zero_whole(tensor: torch.Tensor) -> torch.Tensor:
+        return _zero_features(tensor, rows, _feature_mask(tensor.shape[-1], [(0, tensor.shape[-1])]))
 
-    def slice_post_hook(slices):
-        return lambda module, args, output: _replace_first(output, lambda t: zero_slices(t, slices))
-
-    def whole_post_hook(module, args, output):
-        return _replace_first(output, lambda t: zero_slices(t, [(0, t.shape[-1])]))
-
-    def record_batch_shape(module, args, kwargs):
-        rows.batch_shape = tuple(_block_input(args, kwargs).shape[:2])
+    def record_batch_shape(hidden: torch.Tensor) -> None:
+        rows.batch_shape = tuple(hidden.shape[:2])
 
     touched = {block for block, _ in ablation.heads} | set(ablation.attn_layers) | set(ablation.mlp_layers)
-    try:
+    with Hooks() as hooks:
         for block in touched:
-            handles.append(modules.blocks[block].register_forward_pre_hook(record_batch_shape, with_kwargs=True))
+            hooks.capture_input(modules.blocks[block], record_batch_shape)
         for block, heads in heads_by_block.items():
             if ablation.head_method == "zero":
                 slices = [(h * head_dim, (h + 1) * head_dim) for h in heads]
-                module = modules.attn_out_proj[block]
-                handles.append(module.register_forward_pre_hook(slice_pre_hook(slices), with_kwargs=True))
+                hooks.replace_input(modules.attn_out_proj[block], zero_slices(slices))
                 continue
             # q/k/v of the head (kv head == query head: make_ablation rejects grouped-query attention)
             projections = modules.qkv[block]
             if modules.qkv_layout == "separate":
                 slices = [(h * head_dim, (h + 1) * head_dim) for h in heads]
                 for projection in projections:
-                    handles.append(projection.register_forward_hook(slice_post_hook(slices)))
+                    hooks.replace_output(projection, zero_slices(slices))
             elif modules.qkv_layout == "concat":
                 slices = []
                 for h in heads:
                     slices.append((h * head_dim, (h + 1) * head_dim))
                     slices.append(((num_heads + h) * head_dim, (num_heads + h + 1) * head_dim))
                     slices.append(((num_heads + num_kv + h) * head_dim, (num_heads + num_kv + h + 1) * head_dim))
-                handles.append(projections[0].register_forward_hook(slice_post_hook(slices)))
+                hooks.replace_output(projections[0], zero_slices(slices))
             else:  # per head [q_h | k_h | v_h]
                 slices = [(3 * h * head_dim, 3 * (h + 1) * head_dim) for h in heads]
-                handles.append(projections[0].register_forward_hook(slice_post_hook(slices)))
+                hooks.replace_output(projections[0], zero_slices(slices))
         for block in ablation.attn_layers:
-            handles.append(modules.attention[block].register_forward_hook(whole_post_hook))
+            hooks.replace_output(modules.attention[block], zero_whole)
         for block in ablation.mlp_layers:
-            handles.append(modules.mlp[block].register_forward_hook(whole_post_hook))
+            hooks.replace_output(modules.mlp[block], zero_whole)
         yield rows
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @contextlib.contextmanager
@@ -184,15 +159,10 @@ def zero_heads_per_row(model, ablations, modules: ModelModules | None = None):
             )
             zeroed[row, head * modules.head_dim:(head + 1) * modules.head_dim] = True
 
-    def pre_hook(zeroed):
-        return lambda module, args, kwargs: _with_first_input(args, kwargs, lambda t: _zero_features(t, rows, zeroed))
+    def zero(zeroed):
+        return lambda tensor: _zero_features(tensor, rows, zeroed)
 
-    handles = [
-        modules.attn_out_proj[block].register_forward_pre_hook(pre_hook(zeroed), with_kwargs=True)
-        for block, zeroed in zeroed_by_block.items()
-    ]
-    try:
+    with Hooks() as hooks:
+        for block, zeroed in zeroed_by_block.items():
+            hooks.replace_input(modules.attn_out_proj[block], zero(zeroed))
         yield
-    finally:
-        for handle in handles:
-            handle.remove()

@@ -1,36 +1,55 @@
-"""Logit lens: the residual stream after block l read through the model's own final norm and output head.
+"""Reading a layer: a lens (logit or tuned) in front of the model's own unembedding, from one forward pass.
 
-A tuned lens (tuned_lens.py) plugs in as ``translator``: its ``translate(hidden, layer)`` runs before the
-norm and head, and is the identity at layer L, so the last layer stays exactly the model's logits.
-lens_parity.py proves that last identity on every run's own first batch.
+:class:`Readout` is what every caller uses (the sweep, hf-earlyexit / hf-ablate, head evaluation, lens
+training, the parity check): it owns the lens, the :class:`~unembed.Unembed` (final norm, pre-head, head,
+soft-cap, label rows) and the devices, so callers never branch on the lens kind or ask a parameter where it
+is. A lens implements :class:`Lens`: ``translate(hidden, layer)`` (identity for the logit lens; a tuned
+lens's translator, identity at layer L, so the last layer stays exactly the model's logits) and
+``describe()`` (the record results carry). lens_parity.py proves the last-layer identity on every run.
 
 Layer l runs over 0..L: l = 0 is the input to block 0 (embeddings, incl. position embeddings or Gemma's
 scaling), l = L the last block's output, where the lens equals the model's logits. Residuals are captured
-with hooks on the blocks themselves, never from ``output_hidden_states``: transformers 5 replaces
-``hidden_states[-1]`` by the already-normed last hidden state, and a second norm would corrupt layer L.
+with hooks on the blocks themselves (core/hooks.py), never from ``output_hidden_states``: transformers 5
+replaces ``hidden_states[-1]`` by the already-normed last hidden state, and a second norm would corrupt
+layer L. The forward stops after the deepest block asked for.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from lm_eval_false_demos.core import precision
 from lm_eval_false_demos.core.architectures import ModelModules, resolve_modules
+from lm_eval_false_demos.core.devices import input_device
+from lm_eval_false_demos.core.hooks import Hooks, run
+from lm_eval_false_demos.core.unembed import Unembed
 from lm_eval_false_demos.errors import FalseDemoError
 
 
-class _StopForward(Exception):
-    """Raised from a hook once every requested residual is captured: later blocks are never run."""
+@runtime_checkable
+class Lens(Protocol):
+    """What reads a layer's residual before the unembedding."""
+
+    def translate(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        """The residual after block ``layer`` mapped towards the last layer's (identity at L)."""
+
+    def describe(self) -> dict:
+        """The lens record every result carries: kind, source, file, sha256, key."""
 
 
-def _block_output(output):
-    return output[0] if isinstance(output, tuple) else output
+class LogitLens:
+    """The logit lens: every layer read through the model's own norm and head, untranslated."""
 
+    kind = "logit"
 
-def _block_input(args, kwargs):
-    return args[0] if args else kwargs["hidden_states"]
+    def translate(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        return hidden
+
+    def describe(self) -> dict:
+        return {"kind": "logit", "source": None, "file": None, "sha256": None, "key": "logit"}
 
 
 def check_layer(layer, num_layers: int, name: str = "layer") -> int:
@@ -48,7 +67,7 @@ def check_layer(layer, num_layers: int, name: str = "layer") -> int:
     return value % (num_layers + 1)
 
 
-def _normalise_layers(layers, num_layers: int) -> list[int]:
+def normalise_layers(layers, num_layers: int) -> list[int]:
     if layers is None:
         return list(range(num_layers + 1))
     if isinstance(layers, (int, float)):
@@ -59,78 +78,8 @@ def _normalise_layers(layers, num_layers: int) -> list[int]:
     return resolved
 
 
-def _final_transform(modules: ModelModules, hidden: torch.Tensor) -> torch.Tensor:
-    if modules.final_norm is not None:
-        hidden = modules.final_norm(hidden)
-    if modules.pre_head is not None:
-        hidden = modules.pre_head(hidden)
-    return hidden
-
-
-def _softcap(modules: ModelModules, logits: torch.Tensor) -> torch.Tensor:
-    if modules.softcap:
-        logits = torch.tanh(logits / modules.softcap) * modules.softcap
-    return logits
-
-
-def lens_logits(
-    model, hidden: torch.Tensor, layer: int, modules: ModelModules | None = None, translator=None
-) -> torch.Tensor:
-    """Full-vocabulary lens logits of the raw residual ``hidden`` [..., d] taken after block ``layer``.
-
-    ``hidden`` must be un-normed: a hook-captured residual (see :func:`residuals`) or
-    ``output_hidden_states`` entries ``hidden_states[l]`` for l < L only (transformers 5 returns
-    ``hidden_states[L]`` already normed; use the model's logits there).
-    """
-    modules = modules or resolve_modules(model)
-    check_layer(layer, modules.num_layers)
-    head = modules.output_head
-    hidden = hidden.to(_head_weight(head).device)
-    if translator is not None:
-        hidden = translator.translate(hidden, layer % (modules.num_layers + 1))
-    return _softcap(modules, head(_final_transform(modules, hidden)))
-
-
-def _head_weight(head: torch.nn.Module) -> torch.Tensor:
-    weight = getattr(head, "weight", None)
-    if weight is None:
-        weight = next(head.parameters())
-    return weight
-
-
-def lens_label_logits(
-    model, hidden: torch.Tensor, label_token_ids, modules: ModelModules | None = None
-) -> torch.Tensor:
-    """Lens logits of only the K label tokens: [..., K], computing just K rows of the output head.
-
-    ``hidden`` is [n, B, P, d] (or [B, P, d]); ``label_token_ids`` is [K] (shared) or [B, K] (per sequence).
-    The final norm is per vector, so applying it to gathered rows equals applying it to the whole sequence.
-    """
-    modules = modules or resolve_modules(model)
-    head = modules.output_head
-    weight = _head_weight(head)
-    label_ids = torch.as_tensor(label_token_ids, dtype=torch.long, device=weight.device)
-    normed = _final_transform(modules, hidden.to(weight.device))
-    if isinstance(head, torch.nn.Linear):
-        rows = weight[label_ids].to(normed.dtype)  # [K, d] or [B, K, d]
-        if label_ids.dim() == 1:
-            logits = normed @ rows.T
-        else:
-            logits = torch.einsum("...bpd,bkd->...bpk", normed, rows)
-        if head.bias is not None:
-            bias = head.bias[label_ids].to(logits.dtype)
-            logits = logits + (bias if label_ids.dim() == 1 else bias[:, None, :])
-    else:  # an unusual head: pay for the full vocabulary rather than guess its maths
-        full = head(normed)
-        if label_ids.dim() == 1:
-            logits = full[..., label_ids]
-        else:
-            index = label_ids[:, None, :].expand(*full.shape[:-1], label_ids.shape[-1])
-            logits = torch.gather(full, -1, index)
-    return _softcap(modules, logits)
-
-
-def _normalise_positions(positions, batch: int, length: int, device) -> torch.Tensor:
+def normalise_positions(positions, batch: int, length: int, device=None) -> torch.Tensor:
+    """[B, P] positions in 0..T-1 from [P] (every row) or [B, P]; negative counts from the end."""
     positions = torch.as_tensor(positions, dtype=torch.long, device=device)
     if positions.dim() == 0:
         positions = positions.view(1)
@@ -143,122 +92,150 @@ def _normalise_positions(positions, batch: int, length: int, device) -> torch.Te
     return positions % length
 
 
-def residuals(
-    model,
-    input_ids: torch.Tensor,
-    layers: Sequence[int] | int | None = None,
-    positions=None,
-    attention_mask: torch.Tensor | None = None,
-    modules: ModelModules | None = None,
-    **forward_kwargs,
-) -> torch.Tensor:
-    """Raw residual rows after the requested layers from ONE forward that stops after the deepest one.
+def gather_rows(hidden: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """hidden [B, T, ...] at per-row positions ``index`` [B, P] -> [B, P, ...] (all of it for None)."""
+    if index is None:
+        return hidden
+    index = index.to(hidden.device)
+    return torch.gather(hidden, 1, index.view(*index.shape, *([1] * (hidden.dim() - 2))).expand(
+        -1, -1, *hidden.shape[2:]))
 
-    Returns [len(layers), B, P, d] for ``positions`` ([P] or [B, P], negative counts from the end) or
-    [len(layers), B, T, d] for ``positions=None``. Only the requested rows are kept.
+
+class Readout:
+    """A lens and the unembedding of one model: residual capture, layer logits and label logits.
+
+    ``lens`` is a :class:`Lens` (None: the logit lens); a tuned lens (an ``nn.Module``) is moved to the
+    head's execution device. Label and full logits come out in float32 on that device.
     """
-    return residuals_and_output(model, input_ids, layers, positions, attention_mask, modules, run_to_end=False,
-                                **forward_kwargs)[0]
+
+    def __init__(self, model, modules: ModelModules | None = None, lens: Lens | None = None):
+        self.model = model
+        self.modules = modules or resolve_modules(model)
+        self.unembed = Unembed(self.modules)
+        if isinstance(lens, torch.nn.Module):
+            lens = lens.to(self.unembed.device)
+        self.lens = lens if lens is not None else LogitLens()
+
+    @property
+    def num_layers(self) -> int:
+        return self.modules.num_layers
+
+    @property
+    def input_device(self) -> torch.device:
+        """Where input ids go (accelerate's first device for a dispatched model)."""
+        return input_device(self.model)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unembed.dtype
+
+    def describe(self) -> dict:
+        return self.lens.describe()
+
+    # ---- residuals -------------------------------------------------------------------------------------
+    def residuals(self, input_ids: torch.Tensor, layers=None, positions=None, attention_mask=None, *,
+                  run_to_end: bool = False, model_logits_at=None, **forward_kwargs) -> tuple[torch.Tensor, Any]:
+        """(raw residual rows [len(layers), B, P, d] after the requested layers, the model's output or None).
+
+        One forward that stops after the deepest layer, unless ``run_to_end``: then it runs on and the
+        model's own output is returned too; with ``model_logits_at`` ([B, P'] per-row positions) the model's
+        head sees only those rows, so ``output.logits`` is [B, P', V] (never B x T x V, nor the union of
+        every row's positions for every row). ``positions`` is [P] or [B, P] (negative counts from the
+        end), None for every position. Rows are on the head's execution device.
+        """
+        modules = self.modules
+        layer_list = normalise_layers(layers, modules.num_layers)
+        batch, length = input_ids.shape[:2]
+        index = None if positions is None else normalise_positions(positions, batch, length)
+        deepest = max(layer_list)
+        captured: dict[int, torch.Tensor] = {}
+        device = self.unembed.device
+
+        def keeper(layer: int):
+            return lambda hidden: captured.__setitem__(layer, gather_rows(hidden, index).to(device))
+
+        with Hooks() as hooks:
+            if 0 in layer_list:
+                hooks.capture_input(modules.blocks[0], keeper(0), stop=deepest == 0 and not run_to_end)
+            for layer in sorted(set(layer_list) - {0}):
+                hooks.capture_output(modules.blocks[layer - 1], keeper(layer),
+                                     stop=layer == deepest and not run_to_end)
+            if model_logits_at is not None:
+                head_index = normalise_positions(model_logits_at, batch, length)
+                hooks.replace_input(modules.output_head, lambda hidden: gather_rows(hidden, head_index))
+            output = run(self.model, input_ids=input_ids.to(self.input_device),
+                         attention_mask=None if attention_mask is None else attention_mask.to(self.input_device),
+                         use_cache=False, **forward_kwargs)
+        missing = sorted(set(layer_list) - set(captured))
+        if missing:
+            raise FalseDemoError(
+                f"the forward pass never reached layers {missing} through {modules.paths.get('layers')!r} of "
+                f"{modules.model_type!r}; are the block paths right (layers_path=)?")
+        return torch.stack([captured[layer] for layer in layer_list]), output
+
+    # ---- readouts of captured rows ---------------------------------------------------------------------
+    def logits(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        """Full-vocabulary lens logits [..., V] (float32) of raw residuals ``hidden`` taken at ``layer``."""
+        layer = check_layer(layer, self.num_layers)
+        return self.unembed.logits(self.lens.translate(hidden.to(self.unembed.device), layer))
+
+    def label_logits(self, rows: torch.Tensor, layers, label_ids) -> torch.Tensor:
+        """[len(layers), B, P, K] float32 label logits of residual rows [len(layers), B, P, d] read at
+        ``layers`` (None: 0..L); ``label_ids`` [K] or [B, K]."""
+        layer_list = normalise_layers(layers, self.num_layers)
+        rows = rows.to(self.unembed.device)
+        translated = torch.stack([self.lens.translate(row, layer) for row, layer in zip(rows, layer_list)])
+        return self.unembed.label_logits(translated, label_ids)
+
+    def require_finite(self, values: torch.Tensor, what: str) -> torch.Tensor:
+        return precision.require_finite(values, what, self.dtype)
+
+    # ---- one forward, read --------------------------------------------------------------------------------
+    def read_label_logits(self, input_ids, positions, label_ids, layers=None, attention_mask=None,
+                          **forward_kwargs) -> torch.Tensor:
+        """Label logits [len(layers) (L+1 for None), B, P, K] at the given positions and layers from one
+        forward up to the deepest layer, plus norm and K head rows on (layers x B x P) vectors."""
+        rows, _ = self.residuals(input_ids, layers, positions, attention_mask, **forward_kwargs)
+        with torch.no_grad():
+            return self.label_logits(rows, layers, label_ids)
+
+    def layer_logits(self, input_ids, layer: int, positions=None, attention_mask=None,
+                     **forward_kwargs) -> torch.Tensor:
+        """Full [B, P, V] (every position for ``positions=None``: [B, T, V]) float32 lens logits at ``layer``;
+        blocks after it never run."""
+        layer = check_layer(layer, self.num_layers)
+        rows, _ = self.residuals(input_ids, [layer], positions, attention_mask, **forward_kwargs)
+        with torch.no_grad():
+            return self.logits(rows[0], layer)
 
 
-def residuals_and_output(model, input_ids: torch.Tensor, layers, positions, attention_mask, modules, *,
-                         run_to_end: bool, **forward_kwargs) -> tuple[torch.Tensor, Any]:
-    """:func:`residuals` and, with ``run_to_end``, the model's own output of the same forward (the forward is
-    not stopped after the deepest layer); None otherwise."""
-    modules = modules or resolve_modules(model)
-    num_layers = modules.num_layers
-    layer_list = _normalise_layers(layers, num_layers)
-    batch, length = input_ids.shape[:2]
-    index = None if positions is None else _normalise_positions(positions, batch, length, input_ids.device)
-    deepest = max(layer_list)
-    captured: dict[int, torch.Tensor] = {}
+# ---- conveniences over a Readout (tests and one-off calls) ------------------------------------------------
 
-    def take(hidden: torch.Tensor) -> torch.Tensor:
-        if index is None:
-            return hidden
-        gather = index.to(hidden.device)[:, :, None].expand(-1, -1, hidden.shape[-1])
-        return torch.gather(hidden, 1, gather)
-
-    def make_post_hook(layer: int):
-        def hook(module, args, output):
-            captured[layer] = take(_block_output(output))
-            if layer == deepest and not run_to_end:
-                raise _StopForward
-
-        return hook
-
-    def pre_hook(module, args, kwargs):
-        captured[0] = take(_block_input(args, kwargs))
-        if deepest == 0 and not run_to_end:
-            raise _StopForward
-
-    handles = []
-    try:
-        if 0 in layer_list:
-            handles.append(modules.blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
-        for layer in sorted(set(layer_list) - {0}):
-            handles.append(modules.blocks[layer - 1].register_forward_hook(make_post_hook(layer)))
-        output = None
-        try:
-            with torch.no_grad():
-                output = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **forward_kwargs)
-        except _StopForward:
-            pass
-    finally:
-        for handle in handles:
-            handle.remove()
-    missing = sorted(set(layer_list) - set(captured))
-    if missing:
-        raise FalseDemoError(
-            f"the forward pass never reached layers {missing} through {modules.paths.get('layers')!r} of "
-            f"{modules.model_type!r}; are the block paths right (layers_path=)?")
-    device = _head_weight(modules.output_head).device
-    return torch.stack([captured[layer].to(device) for layer in layer_list]), output
+def residuals(model, input_ids, layers: Sequence[int] | int | None = None, positions=None, attention_mask=None,
+              modules: ModelModules | None = None, **forward_kwargs) -> torch.Tensor:
+    """Raw residual rows [len(layers), B, P or T, d] from one forward that stops after the deepest layer."""
+    return Readout(model, modules).residuals(input_ids, layers, positions, attention_mask, **forward_kwargs)[0]
 
 
-def read_label_logits(
-    model,
-    input_ids: torch.Tensor,
-    positions,
-    label_token_ids,
-    layers: Sequence[int] | None = None,
-    attention_mask: torch.Tensor | None = None,
-    modules: ModelModules | None = None,
-    translator=None,
-    **forward_kwargs,
-) -> torch.Tensor:
-    """Lens logits of the K label tokens at the given positions and layers from one forward pass.
+def lens_logits(model, hidden, layer: int, modules: ModelModules | None = None, translator: Lens | None = None):
+    """Full-vocabulary lens logits (float32) of the raw residual ``hidden`` [..., d] taken after ``layer``.
 
-    Returns [len(layers) (L+1 when ``layers`` is None), B, P, K]. Cost: one forward up to the deepest
-    requested layer plus norm and K head rows on (layers x B x P) vectors.
+    ``hidden`` must be un-normed: a hook-captured residual (:func:`residuals`) or ``output_hidden_states``
+    entries ``hidden_states[l]`` for l < L only (transformers 5 returns ``hidden_states[L]`` already normed).
     """
-    modules = modules or resolve_modules(model)
-    rows = residuals(model, input_ids, layers, positions, attention_mask, modules, **forward_kwargs)
-    return label_logits_of_rows(model, rows, label_token_ids, layers, modules, translator)
-
-
-def label_logits_of_rows(model, rows: torch.Tensor, label_token_ids, layers: Sequence[int] | None,
-                         modules: ModelModules, translator=None) -> torch.Tensor:
-    """[len(layers), B, P, K] label logits of residual rows [len(layers), B, P, d] read at ``layers``."""
     with torch.no_grad():
-        if translator is not None:
-            layer_list = _normalise_layers(layers, modules.num_layers)
-            rows = torch.stack([translator.translate(row, layer) for row, layer in zip(rows, layer_list)])
-        return lens_label_logits(model, rows, label_token_ids, modules)
+        return Readout(model, modules, translator).logits(hidden, layer)
 
 
-def early_exit_logits(
-    model,
-    input_ids: torch.Tensor,
-    layer: int,
-    attention_mask: torch.Tensor | None = None,
-    modules: ModelModules | None = None,
-    translator=None,
-    **forward_kwargs,
-) -> torch.Tensor:
+def read_label_logits(model, input_ids, positions, label_token_ids, layers=None, attention_mask=None,
+                      modules: ModelModules | None = None, translator: Lens | None = None, **forward_kwargs):
+    """:meth:`Readout.read_label_logits` of the model with ``translator`` (None: the logit lens)."""
+    return Readout(model, modules, translator).read_label_logits(input_ids, positions, label_token_ids, layers,
+                                                                  attention_mask, **forward_kwargs)
+
+
+def early_exit_logits(model, input_ids, layer: int, attention_mask=None, modules: ModelModules | None = None,
+                      translator: Lens | None = None, **forward_kwargs) -> torch.Tensor:
     """Full [B, T, V] lens logits at ``layer``; blocks after it are never run."""
-    modules = modules or resolve_modules(model)
-    layer = check_layer(layer, modules.num_layers)
-    hidden = residuals(model, input_ids, [layer], None, attention_mask, modules, **forward_kwargs)[0]
-    with torch.no_grad():
-        return lens_logits(model, hidden, layer, modules, translator)
+    return Readout(model, modules, translator).layer_logits(input_ids, layer, None, attention_mask,
+                                                            **forward_kwargs)

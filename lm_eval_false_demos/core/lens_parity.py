@@ -3,23 +3,25 @@
 The lens tests prove the readout on the architectures built in tests; a user's other architecture or module
 path override has no such proof, and a wrong final norm, a double norm or a missing soft-cap gives curves
 that look plausible. At layer L the lens is ``head(norm(residual after the last block))``, which must equal
-the model's own logits; one forward pass compares the two at the scored positions. Beyond a tolerance suited
-to the dtype the run stops, naming the architecture and module paths used. The check is independent of any
-tuned lens: translators stop before layer L.
+the model's own logits; one forward pass compares the two at the scored positions, in float32 (the readout
+is float32; the model's logits are upcast). Beyond a tolerance suited to the model's dtype the run stops,
+naming the architecture and module paths used; when the model's own logits are not finite (a float16 model
+overflowing) it stops saying so and what to run instead, since no module path is at fault. The check is
+independent of any tuned lens: translators stop before layer L.
 """
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 
-from lm_eval_false_demos.core.architectures import ModelModules, resolve_modules
-from lm_eval_false_demos.core.lens import _normalise_positions, label_logits_of_rows, lens_logits, residuals_and_output
+from lm_eval_false_demos.core import precision
+from lm_eval_false_demos.core.architectures import ModelModules
+from lm_eval_false_demos.core.lens import Readout, normalise_positions
 from lm_eval_false_demos.errors import FalseDemoError
 
 # Relative to the largest logit magnitude (at least 1): float32 rounding in a differently blocked matmul is
-# ~1e-6 of it, a wrong norm or a missing soft-cap several percent.
+# ~1e-6 of it, a wrong norm or a missing soft-cap several percent. Half precision: the model rounds its
+# logits (and a soft-cap) to 8 (bfloat16) or 11 (float16) bits, the readout does not.
 RELATIVE_TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
@@ -37,81 +39,66 @@ def describe_paths(modules: ModelModules) -> str:
     return f"architecture {modules.model_type!r} ({shown}, softcap={modules.softcap})"
 
 
-def _accepts_logits_to_keep(model) -> bool:
-    try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
+def _readout(model_or_readout, modules: ModelModules | None) -> Readout:
+    return model_or_readout if isinstance(model_or_readout, Readout) else Readout(model_or_readout, modules)
 
 
-def check_parity(
-    model,
-    input_ids: torch.Tensor,
-    positions,
-    attention_mask: torch.Tensor | None = None,
-    modules: ModelModules | None = None,
-    **forward_kwargs,
-) -> dict:
-    """{max_abs_diff, tolerance, dtype, positions} from one forward; FalseDemoError beyond the tolerance.
-
-    ``positions`` is [P] or [B, P] (negative counts from the end): the positions the run scores.
-    """
-    modules = modules or resolve_modules(model)
-    return _checked_forward(model, input_ids, positions, attention_mask, modules, [modules.num_layers],
+def check_parity(model_or_readout, input_ids: torch.Tensor, positions, attention_mask: torch.Tensor | None = None,
+                 modules: ModelModules | None = None, **forward_kwargs) -> dict:
+    """{max_abs_diff, tolerance, dtype, compared_in, positions} from one forward; FalseDemoError beyond the
+    tolerance. ``positions`` is [P] or [B, P] (negative counts from the end): the positions the run scores."""
+    readout = _readout(model_or_readout, modules)
+    return _checked_forward(readout, input_ids, positions, attention_mask, [readout.num_layers],
                             **forward_kwargs)[1]
 
 
-def read_label_logits_checked(
-    model,
-    input_ids: torch.Tensor,
-    positions,
-    label_token_ids,
-    attention_mask: torch.Tensor | None = None,
-    modules: ModelModules | None = None,
-    translator=None,
-    **forward_kwargs,
-) -> tuple[torch.Tensor, dict]:
-    """:func:`lens.read_label_logits` at every layer 0..L and :func:`check_parity`, from the same single forward:
-    it runs to the model's head (at the scored positions only) instead of stopping after the last block."""
-    modules = modules or resolve_modules(model)
-    rows, record = _checked_forward(model, input_ids, positions, attention_mask, modules, None, **forward_kwargs)
-    return label_logits_of_rows(model, rows, label_token_ids, None, modules, translator), record
-
-
-def _checked_forward(model, input_ids, positions, attention_mask, modules: ModelModules, layers, **forward_kwargs):
-    """(residual rows at ``layers`` and the scored positions, the parity record) from one full forward."""
-    batch, length = input_ids.shape[:2]
-    index = _normalise_positions(positions, batch, length, input_ids.device)
-    # The model's head only at the scored positions (transformers' logits_to_keep), not the full vocabulary at
-    # every position, which for a large vocabulary costs more than the forward itself.
-    kept = torch.unique(index)
-    if _accepts_logits_to_keep(model):
-        forward_kwargs = {"logits_to_keep": kept, **forward_kwargs}
-    rows, output = residuals_and_output(model, input_ids, layers, index, attention_mask, modules, run_to_end=True,
-                                        **forward_kwargs)
-    logits = output.logits
-    if logits.shape[1] == kept.numel():
-        index = torch.searchsorted(kept, index)  # positions -> their rows among the kept ones (identity for all)
-    gather = index.to(logits.device)[:, :, None].expand(-1, -1, logits.shape[-1])
-    expected = torch.gather(logits, 1, gather).float()
+def read_label_logits_checked(model_or_readout, input_ids: torch.Tensor, positions, label_token_ids,
+                              attention_mask: torch.Tensor | None = None, modules: ModelModules | None = None,
+                              **forward_kwargs) -> tuple[torch.Tensor, dict]:
+    """:meth:`Readout.read_label_logits` at every layer 0..L and :func:`check_parity` from the same single
+    forward: it runs on to the model's head (at the scored rows only) instead of stopping after the last block."""
+    readout = _readout(model_or_readout, modules)
+    rows, record = _checked_forward(readout, input_ids, positions, attention_mask, None, **forward_kwargs)
     with torch.no_grad():
-        lensed = lens_logits(model, rows[-1], modules.num_layers, modules).float().to(expected.device)
+        return readout.label_logits(rows, None, label_token_ids), record
+
+
+def _checked_forward(readout: Readout, input_ids, positions, attention_mask, layers, **forward_kwargs):
+    """(residual rows at ``layers`` and the scored positions, the parity record) from one full forward."""
+    modules = readout.modules
+    batch, length = input_ids.shape[:2]
+    index = normalise_positions(positions, batch, length)
+    # The model's head sees only each row's scored positions, so its logits are [B, P, V].
+    rows, output = readout.residuals(input_ids, layers, index, attention_mask, run_to_end=True,
+                                     model_logits_at=index, **forward_kwargs)
+    logits = output.logits
+    model_dtype = logits.dtype
+    expected = logits.float()
+    if expected.shape[:2] != index.shape:
+        raise FalseDemoError(
+            f"lens parity check failed: the model's head returned logits of shape {tuple(logits.shape)} for "
+            f"{tuple(index.shape)} scored positions; {describe_paths(modules)}; fix head_path=")
+    precision.require_finite(expected, "lens parity check: the model's own logits at the scored positions",
+                             model_dtype)
+    with torch.no_grad():
+        lensed = readout.logits(rows[-1], readout.num_layers).to(expected.device)
     if lensed.shape != expected.shape:
         raise FalseDemoError(
             f"lens parity check failed: the lens gives {lensed.shape[-1]} logits, the model {expected.shape[-1]}; "
             f"{describe_paths(modules)}; fix head_path="
         )
     difference = (lensed - expected).abs().max().item()
-    allowed = tolerance(logits.dtype, expected.abs().max().item())
-    if not difference <= allowed:  # also catches NaN
+    allowed = tolerance(model_dtype, expected.abs().max().item())
+    if not difference <= allowed:  # also catches NaN in the lens's own logits
         raise FalseDemoError(
             f"lens parity check failed: at the last layer the lens differs from the model's own logits by "
-            f"{difference:.4g} (tolerance {allowed:.3g} for {str(logits.dtype).replace('torch.', '')}); "
+            f"{difference:.4g} (tolerance {allowed:.3g} for {precision.dtype_name(model_dtype)}); "
             f"{describe_paths(modules)}: check norm_path=, head_path= and layers_path="
         )
     return rows, {
         "max_abs_diff": difference,
         "tolerance": allowed,
-        "dtype": str(logits.dtype).replace("torch.", ""),
+        "dtype": precision.dtype_name(model_dtype),
+        "compared_in": "float32",
         "positions": int(index.numel()),
     }

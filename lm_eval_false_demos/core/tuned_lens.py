@@ -24,7 +24,9 @@ from pathlib import Path
 import torch
 
 from lm_eval_false_demos.core import files as results_io
+from lm_eval_false_demos.core.devices import execution_device
 from lm_eval_false_demos.core.digests import sha256_file
+from lm_eval_false_demos.core.lens import LogitLens
 from lm_eval_false_demos.errors import FalseDemoError, error_summary
 
 CONFIG_FILE = "config.json"
@@ -221,11 +223,17 @@ class TunedLens(torch.nn.Module):
         if layer >= self.num_layers:
             return hidden
         translator = self.layer_translators[layer]
-        return hidden + translator(hidden.to(translator.weight.dtype)).to(hidden.dtype)
+        return hidden + translator(hidden.to(translator.weight.device, translator.weight.dtype)).to(hidden.dtype)
+
+    def describe(self) -> dict:
+        """The lens record every result carries (``lens.Lens``): kind, source, file, sha256, key."""
+        record = dict(self.source)
+        record["key"] = f"tuned:{record['sha256'][:12]}" if record.get("sha256") else "tuned"
+        return record
 
     @classmethod
     def for_model(cls, model, num_layers: int, bias: bool = True) -> "TunedLens":
-        """Zero translators sized for ``model`` (the identity: equal to the logit lens)."""
+        """Zero translators sized for ``model`` (the identity: equal to the logit lens), on its head's device."""
         head = model.get_output_embeddings()
         d_model = head.in_features if isinstance(head, torch.nn.Linear) else int(model.config.hidden_size)
         config = {
@@ -233,9 +241,7 @@ class TunedLens(torch.nn.Module):
             "base_model_revision": None,
             "unembed_hash": None,
         }
-        lens = cls(d_model, num_layers, bias=bias, config=config)
-        dtype = next(model.parameters()).dtype
-        return lens.to(device=next(model.parameters()).device, dtype=dtype if dtype.is_floating_point else None)
+        return _placed(cls(d_model, num_layers, bias=bias, config=config), model)
 
     def save(self, folder: str | Path, overwrite: bool = False) -> Path:
         """``config.json`` + ``params.pt`` as tuned-lens writes them (``params.pt`` last: it marks completion)."""
@@ -269,22 +275,21 @@ def load_tuned_lens(source: str | Path, model=None, num_layers: int | None = Non
     lens.layer_translators.load_state_dict(state)
     lens.source = {"kind": "tuned", "source": str(source), "file": params_path.name, "sha256": sha256_file(params_path)}
     if model is not None:
-        parameter = next(model.parameters())
-        lens = lens.to(device=parameter.device, dtype=parameter.dtype if parameter.is_floating_point() else None)
+        lens = _placed(lens, model)
     return lens.eval().requires_grad_(False)
 
 
-def build_lens(spec: LensSpec, model, num_layers: int) -> TunedLens | None:
-    """The translator object for ``lens.py`` (None for the logit lens)."""
+def _placed(lens: TunedLens, model) -> TunedLens:
+    """The translators on the execution device of the model's head (where the readout computes, also when
+    accelerate offloads the model) and in the head's dtype (known even while its weight is offloaded)."""
+    head = model.get_output_embeddings()
+    parameter = next(head.parameters(), None) if head is not None else None
+    dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else None
+    return lens.to(device=execution_device(head if head is not None else model), dtype=dtype)
+
+
+def build_lens(spec: LensSpec, model, num_layers: int):
+    """The ``lens.Lens`` that ``spec`` names: the logit lens, or the tuned lens loaded and checked."""
     if spec.kind == "logit":
-        return None
+        return LogitLens()
     return load_tuned_lens(spec.source, model, num_layers)
-
-
-def describe(spec: LensSpec, lens: TunedLens | None) -> dict:
-    """The lens record every result carries: kind, source and the tensor file's sha256."""
-    if lens is None:
-        return {"kind": "logit", "source": None, "file": None, "sha256": None, "key": "logit"}
-    record = dict(lens.source)
-    record["key"] = f"tuned:{record['sha256'][:12]}" if record.get("sha256") else "tuned"
-    return record

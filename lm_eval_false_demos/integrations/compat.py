@@ -24,6 +24,7 @@ INTERNALS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("lm_eval.models.huggingface", "HFLM._encode_pair", ("context", "continuation")),
     ("lm_eval.models.huggingface", "HFLM._model_call", ("inps",)),
     ("lm_eval.models.huggingface", "HFLM._loglikelihood_tokens", ("requests", "disable_tqdm", "override_bs")),
+    ("lm_eval.models.huggingface", "HFLM._select_cont_toks", ("logits", "contlen", "inplen")),
     ("lm_eval.models.huggingface", "pad_and_concat", ("max_length", "tensors", "padding_side")),
     ("lm_eval.models.utils", "resolve_max_length", ()),
     ("lm_eval.evaluator_utils", "get_sample_size", ("task", "limit")),
@@ -92,6 +93,26 @@ def right_padding_recorded(record: Callable[[list[int]], None]) -> Iterator[None
         yield
     finally:
         hf_module.pad_and_concat = original
+
+
+class ScoredColumnsLogits:
+    """Mixin for an HFLM subclass whose ``_model_call`` may return only the columns HFLM scores.
+
+    HFLM log-softmaxes whatever ``_model_call`` returns, then ``_select_cont_toks`` slices each row's
+    continuation ``[inplen - contlen : inplen]`` out of a [B, T, V] tensor. A subclass that returns [B, W, V]
+    instead (row b's columns are its last W input positions, right-aligned to its own length, W the longest
+    continuation of the batch) sets ``self.scored_columns = W`` for that batch; the continuation is then the
+    last ``contlen`` columns. Memory: B x W x V instead of B x T x V, twice (logits and log-softmax).
+    """
+
+    scored_columns: int | None = None
+
+    def _select_cont_toks(self, logits, contlen=None, inplen=None):
+        if self.scored_columns is None:
+            return super()._select_cont_toks(logits, contlen=contlen, inplen=inplen)
+        if not contlen or contlen > logits.shape[0]:
+            raise RuntimeError(f"continuation of {contlen} tokens but {logits.shape[0]} scored columns")
+        return logits[logits.shape[0] - contlen:]
 
 
 def resolve_max_length(config, tokenizer) -> int:

@@ -37,10 +37,10 @@ from lm_eval_false_demos.core.architectures import PATH_OVERRIDES, resolve_modul
 from lm_eval_false_demos.core.chat import label_token_index
 from lm_eval_false_demos.core.files import canonical_model_args
 from lm_eval_false_demos.core.interventions import ablate
-from lm_eval_false_demos.core.lens import check_layer, early_exit_logits, lens_logits, residuals
+from lm_eval_false_demos.core.lens import Readout, check_layer
 from lm_eval_false_demos.core.lens_parity import check_parity
 from lm_eval_false_demos.core.task_names import TASK_PREFIX
-from lm_eval_false_demos.core.tuned_lens import build_lens, describe, parse_lens
+from lm_eval_false_demos.core.tuned_lens import build_lens, parse_lens
 from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.integrations import compat
 
@@ -94,7 +94,7 @@ def _choice(name: str, value, allowed) -> str | None:
     return value
 
 
-class _FalseDemoHFLM(HFLM):
+class _FalseDemoHFLM(compat.ScoredColumnsLogits, HFLM):
     _alias = ""
 
     def __init__(
@@ -166,7 +166,8 @@ class _FalseDemoHFLM(HFLM):
         self._falsedemo_modules = resolve_modules(self.model, **overrides)
         num_layers = self._falsedemo_modules.num_layers
         self._exit_layer = None if exit_layer is None else check_layer(exit_layer, num_layers, "exit_layer")
-        self._translator = build_lens(self._lens_spec, self.model, num_layers)
+        self._readout = Readout(self.model, self._falsedemo_modules,
+                                build_lens(self._lens_spec, self.model, num_layers))
         self._lens_parity = None  # filled on the first batch (lens_parity.py)
         self._ablation = None
         if ablating:
@@ -212,63 +213,52 @@ class _FalseDemoHFLM(HFLM):
         """The validated ``Ablation`` this model applies (None without ``heads=``/``attn_layers=``/``mlp_layers=``)."""
         return self._ablation
 
-    # ---- logits -------------------------------------------------------------------------------------
+    # ---- logits ----------------------------------------------------------------------------------------
     def _model_call(self, inps, attn_mask=None, labels=None):
+        """Logits for HFLM's log-softmax. Scoring requests (``_loglikelihood_tokens``): only the positions HFLM
+        reads, each row's last ``max continuation length`` input positions, as [B, W, V] float32 (the
+        ``compat.ScoredColumnsLogits`` contract), never B x T x V; otherwise (generation) the full [B, T, V]."""
         if attn_mask is not None or labels is not None:
             raise FalseDemoError(f"{self._alias} supports decoder-only (causal) models only")
         row_lengths, self._row_lengths = self._row_lengths, None
+        self.scored_columns = None
         num_layers = self._falsedemo_modules.num_layers
         layer = num_layers if self._exit_layer is None else self._exit_layer
-        if self._lens_parity is None:
-            self._lens_parity = self._check_parity(inps, row_lengths)
-        # Knowing which rows HFLM reads, the head runs on those positions only (the vocabulary projection
-        # of every position is most of a small model's cost); otherwise early exit or the plain call.
         targeted = (
             row_lengths is not None and len(row_lengths) == inps.shape[0] and self._max_continuation is not None
         )
+        positions = self._scored_positions(inps, row_lengths) if targeted else None
+        if self._lens_parity is None:
+            self._lens_parity = check_parity(
+                self._readout, inps, positions if positions is not None else self._scored_positions(inps, None))
         if self._ablation is None and layer == num_layers and not targeted:
             return super()._model_call(inps)
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.no_grad())
             if self._ablation is not None:
-                positions = torch.tensor(row_lengths, device=inps.device) - 1 if targeted else None
-                stack.enter_context(ablate(self.model, self._ablation, positions, modules=self._falsedemo_modules))
+                last = torch.tensor(row_lengths, device=inps.device) - 1 if targeted else None
+                stack.enter_context(ablate(self.model, self._ablation, last, modules=self._falsedemo_modules))
             if layer == num_layers and not targeted:
                 return super()._model_call(inps)
-            with torch.autocast(
+            stack.enter_context(torch.autocast(
                 device_type=self.device.type,
                 dtype=self.mixed_precision_dtype,
                 enabled=self.mixed_precision_dtype is not None,
-            ):
-                if not targeted:
-                    return early_exit_logits(
-                        self.model, inps, layer, modules=self._falsedemo_modules, translator=self._translator
-                    )
-                return self._scored_lens_logits(inps, row_lengths, layer)
+            ))
+            logits = self._readout.layer_logits(inps, layer, positions)
+        self._readout.require_finite(logits, f"{self._alias}'s logits at layer {layer}")
+        if targeted:
+            self.scored_columns = positions.shape[1]
+        return logits
 
-    def _check_parity(self, inps, row_lengths):
-        """The lens at layer L against the model's logits at the positions this run scores (first batch)."""
+    def _scored_positions(self, inps, row_lengths) -> torch.Tensor:
+        """[B, W]: each row's last W = ``max continuation length`` input positions (right-aligned to its own
+        length; clamped at 0 for a row shorter than W, whose clamped columns HFLM never reads)."""
         width = min(self._max_continuation or 1, inps.shape[1])
         if row_lengths is None or len(row_lengths) != inps.shape[0]:
             row_lengths = [inps.shape[1]] * inps.shape[0]
-        lengths = torch.tensor(row_lengths, device=inps.device)
-        positions = (lengths[:, None] - width + torch.arange(width, device=inps.device)).clamp(min=0)
-        return check_parity(self.model, inps, positions, modules=self._falsedemo_modules)
-
-    def _scored_lens_logits(self, inps, row_lengths, layer):
-        """[B, T, V] lens logits at ``layer``, computed only at the positions HFLM reads (each row's last
-        ``max continuation length`` input positions); the rest stay zero and are never read."""
-        modules = self._falsedemo_modules
-        scored = self._max_continuation
-        hidden = residuals(self.model, inps, [layer], modules=modules)[0]
-        width = min(scored, inps.shape[1])
-        lengths = torch.tensor(row_lengths, device=hidden.device)
-        positions = (lengths[:, None] - width + torch.arange(width, device=hidden.device)).clamp(min=0)
-        rows = torch.gather(hidden, 1, positions[:, :, None].expand(-1, -1, hidden.shape[-1]))
-        logits = lens_logits(self.model, rows, layer, modules, self._translator)
-        full = logits.new_zeros(inps.shape[0], inps.shape[1], logits.shape[-1])
-        full.scatter_(1, positions[:, :, None].expand(-1, -1, logits.shape[-1]).to(full.device), logits)
-        return full
+        lengths = torch.tensor(row_lengths)
+        return (lengths[:, None] - width + torch.arange(width)).clamp(min=0)
 
     def _model_generate(self, context, max_length, stop, **generation_kwargs):
         if self._exit_layer is not None and self._exit_layer < self._falsedemo_modules.num_layers:
@@ -343,7 +333,7 @@ class _FalseDemoHFLM(HFLM):
             "label_scoring": self._label_scoring,
             "ablation": self._ablation.describe() if self._ablation is not None else None,
             "path_overrides": self._path_overrides,
-            "lens": describe(self._lens_spec, self._translator),
+            "lens": self._readout.describe(),
             "lens_parity": self._lens_parity,
             "pretrained": self._pretrained_name,
             "resolved_pretrained": str(self.pretrained) if isinstance(self.pretrained, str) else None,

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 from lm_eval_false_demos.core import tuned_lens
 from lm_eval_false_demos.core.architectures import PATH_OVERRIDES, ModelModules, resolve_modules
+from lm_eval_false_demos.core.lens import Readout
 from lm_eval_false_demos.core.data_loading import data_provenance_for, data_source_summary
 from lm_eval_false_demos.core.files import canonical_model_args, versions
 from lm_eval_false_demos.integrations import compat, loading
@@ -89,7 +90,7 @@ class RunContext:
     lm: Any  # the lm-eval model (HFLM or one of our subclasses)
     options: ModelOptions
     modules: ModelModules
-    translator: Any  # core.tuned_lens.TunedLens, or None for the logit lens
+    readout: Readout  # the lens (logit or tuned) and the model's unembedding, where accelerate put them
     rank: int
     world_size: int
     # The processes split the work (data parallel); False when they share one model instead (tensor
@@ -122,7 +123,7 @@ class RunContext:
     @property
     def lens(self) -> dict:
         """The lens record every result carries (kind, source, file, sha256, key)."""
-        return tuned_lens.describe(self.options.lens, self.translator)
+        return self.readout.describe()
 
     def encode(self, text: str) -> list[int]:
         """A context's token ids as lm-eval's HFLM encodes it (its BOS rule)."""
@@ -215,8 +216,8 @@ def open_model(model: str, model_args: Mapping[str, Any] | None = None, *, batch
     modules = getattr(lm, "resolved_modules", None)
     if modules is None:  # lm-eval's plain hf: our model classes resolved theirs with the same overrides
         modules = resolve_modules(lm.model, **options.path_overrides)
-    translator = tuned_lens.build_lens(options.lens, lm.model, modules.num_layers)
-    return RunContext(lm=lm, options=options, modules=modules, translator=translator, rank=rank,
+    readout = Readout(lm.model, modules, tuned_lens.build_lens(options.lens, lm.model, modules.num_layers))
+    return RunContext(lm=lm, options=options, modules=modules, readout=readout, rank=rank,
                       world_size=world_size, data_parallel="tp_plan" not in options.given)
 
 

@@ -193,9 +193,8 @@ def read_all_prompts(context: RunContext, encoded, batch_size, parity, chunks, s
                     disable=not show_progress or not context.show_progress)
 
     def read(prompts, stored):
-        return readout.read_prompts(context.model, prompts, batch_size, context.modules, pad_id=pad_id,
-                                    ablation=context.ablation, progress=progress, translator=context.translator,
-                                    parity=parity, chunks=stored)
+        return readout.read_prompts(context.readout, prompts, batch_size, pad_id=pad_id,
+                                    ablation=context.ablation, progress=progress, parity=parity, chunks=stored)
 
     try:
         with torch.no_grad():

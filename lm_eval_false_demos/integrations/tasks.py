@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from typing import Any, Mapping
 
 import numpy as np
 from lm_eval.api.task import ConfigurableTask
 
 from lm_eval_false_demos import __version__
-from lm_eval_false_demos.core import chat, embedded_models
+from lm_eval_false_demos.core import chat, embedded_models, precision
 from lm_eval_false_demos.core.corruption import FOLLOW_SETTINGS, check_setting, check_wrong_share, shifted
 from lm_eval_false_demos.core.data_loading import data_provenance, data_source, load_examples
 from lm_eval_false_demos.core.datasets import get_spec
@@ -170,6 +171,7 @@ class FalseDemoTask(ConfigurableTask):
         else:
             self.dataset_key = variant_key(self.formats[0]) if len(self.formats) == 1 else "sst2_formats"
         self.wrong_share = check_wrong_share(metadata.get("wrong_share"))
+        self.model_dtype = metadata.get("dtype")  # model_args reach the metadata (lm-eval's CLI), for the error line
         self.fewshot_seed = DEFAULT_FEWSHOT_SEED
         super().__init__(config=config, **kwargs)
         # Written into every results file (configs.<task>.metadata): where the data came from (and a fingerprint
@@ -285,6 +287,10 @@ class FalseDemoTask(ConfigurableTask):
 
     def process_results(self, doc, results):
         log_likelihoods = [float(result[0]) for result in results]
+        if not all(math.isfinite(value) for value in log_likelihoods):
+            # A -inf or NaN would become a normalised score of NaN or 0 and a silent 0.0 accuracy.
+            raise FalseDemoError(f"task {self.config.task} doc {doc['uid']}: " + precision.non_finite_message(
+                f"the log-likelihoods of the choices {log_likelihoods}", self.model_dtype))
         scores = normalise(log_likelihoods)
         gold = int(doc["label"])
         predicted = int(np.argmax(scores))

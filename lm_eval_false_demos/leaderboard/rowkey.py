@@ -41,7 +41,7 @@ READOUT_FIELDS: tuple[ReadoutField, ...] = (
     ReadoutField("chat_template_sha256", (("configs", "*", "metadata", "chat_template_sha256"),
                                           ("chat_template_sha",))),  # lm-eval's own, when ours is absent
     ReadoutField("system_instruction", (("system_instruction_sha",),)),
-    # the lens layers are read through (tuned_lens.describe): our lm-eval models' record; the plain logit lens
+    # the lens layers are read through (the Lens.describe() record): our lm-eval models' record; the plain logit lens
     # records none
     ReadoutField("lens_sha256", (("config", "falsedemo", "lens", "sha256"),)),
 )
