@@ -54,7 +54,7 @@ def create(name: str, args: dict, batch_size: int = 2):
 
 @pytest.fixture(scope="module")
 def task_manager():
-    from lm_eval_false_demos.integrations.sweep import falsedemo_task_manager
+    from lm_eval_false_demos.integrations.sweep_prompts import falsedemo_task_manager
 
     return falsedemo_task_manager(None, {})  # our task folder only: indexing lm-eval's own costs seconds
 
