@@ -153,10 +153,6 @@ class RunContext:
     def shard(self) -> int:
         return self.rank if self.data_parallel else 0
 
-    def my_share(self, items: Sequence[Item]) -> list[Item]:
-        """This process's items: every ``shards``-th, starting at its shard."""
-        return list(items[self.shard::self.shards])
-
     def gather(self, value: Any) -> list[Any]:
         """Every shard's ``value``, in order, on every process."""
         if self.shards <= 1:
@@ -172,12 +168,8 @@ class RunContext:
         order on every process (one process computes them all)."""
         if self.shards <= 1:
             return [work(item) for item in items]
-        indices = range(self.shard, len(items), self.shards)
-        mine = [(index, work(items[index])) for index in indices]
-        merged: dict[int, Result] = {}
-        for part in self.gather(mine):
-            merged.update(part)
-        return [merged[index] for index in range(len(items))]
+        mine = [(index, work(items[index])) for index in shard_positions(len(items), self.shard, self.shards)]
+        return merge_in_order(self.gather(mine), len(items))
 
     def close(self) -> None:
         """Every process leaves the process group together (after the last collective)."""
@@ -200,6 +192,24 @@ class RunContext:
             "data_provenance": data_provenance_for(datasets),
             "world_size": self.world_size,
         }
+
+
+def shard_positions(count: int, shard: int, shards: int) -> range:
+    """The positions of ``count`` items that shard ``shard`` of ``shards`` works on: every ``shards``-th."""
+    return range(shard, count, shards)
+
+
+def merge_in_order(parts: Iterable[Sequence[tuple[int, Result]]], count: int) -> list[Result]:
+    """The shards' (position, result) pairs as one list in item order; every position exactly once."""
+    merged: dict[int, Result] = {}
+    for part in parts:
+        for index, result in part:
+            if index in merged:
+                raise RuntimeError(f"item {index} was computed by two processes")
+            merged[index] = result
+    if len(merged) != count:
+        raise RuntimeError(f"gathered {len(merged)} results for {count} items")
+    return [merged[index] for index in range(count)]
 
 
 def open_model(model: str, model_args: Mapping[str, Any] | None = None, *, batch_size: int = 1,

@@ -208,7 +208,7 @@ def read_all_prompts(context: RunContext, encoded, batch_size, parity, chunks, s
                 finished = {}
                 for part in context.gather(read(mine, stored)):
                     finished.update(part)
-                if chunks is not None:  # the writer's store saves; the others' writes nothing
+                if chunks is not None and context.is_writer:  # the writer saves what every process finished
                     chunks.record({index: value for index, value in finished.items() if index not in chunks.done})
                 outputs.update(finished)
             return outputs
