@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -63,8 +64,9 @@ def test_a_sweep_resumed_under_two_processes_gives_the_one_process_numbers(tiny_
             raise KeyboardInterrupt
 
     monkeypatch.setattr(checkpoints.PromptChunks, "record", record_then_stop)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as exited:  # Ctrl-C: the finished batches are kept, status 130
         cli.main(argv + ["--checkpoint_seconds", "0"])
+    assert exited.value.code == 128 + signal.SIGINT
     (folder,) = (tmp_path / "runs").iterdir()
 
     _launch(TORCHRUN, argv + ["--resume", str(folder)], tmp_path)
