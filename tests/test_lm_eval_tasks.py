@@ -68,7 +68,7 @@ def test_metrics_reported_per_task(evaluation):
     results = evaluation["results"]
     for task in TASKS:
         row = results[task]
-        for metric in ("calibrated_acc,none", "acc,none"):
+        for metric in ("calibrated_acc,none", "acc,none", "true_label_prob,none"):
             assert isinstance(row[metric], float) and 0.0 <= row[metric] <= 1.0
         assert ("follow_acc,none" in row) == task.endswith("permuted")
     assert evaluation["n-shot"]["falsedemo_unnatural_correct"] == 3
@@ -94,11 +94,14 @@ def test_contexts_are_our_paired_prompts_and_metrics_recompute(evaluation):
             assert [a[1] for a in sample["arguments"]] == [" " + w for w in spec.label_word_list]
             lls = [float(r[0]) for r in sample["filtered_resps"]]
             items.append((query.label, normalise(lls).tolist()))
+            assert sample["true_label_prob"] == pytest.approx(normalise(lls)[query.label])
             if setting == "permuted":
                 follow = (query.label + query_shift(spec, uid, seed)) % 3
                 assert sample["follow_acc"] == float(int(np.argmax(lls)) == follow)
         assert evaluation["results"][task]["calibrated_acc,none"] == pytest.approx(
             calibrated_accuracy_aggregation(items))
+        assert evaluation["results"][task]["true_label_prob,none"] == pytest.approx(
+            np.mean([scores[gold] for gold, scores in items]))
     correct = build_prompt(spec, by_uid[next(iter(samples[TASKS[0]]))], pool, 3, "correct", seed)
     permuted = build_prompt(spec, by_uid[next(iter(samples[TASKS[0]]))], pool, 3, "permuted", seed)
     assert correct.demo_uids == permuted.demo_uids and correct.context != permuted.context

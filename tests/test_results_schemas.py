@@ -11,7 +11,7 @@ from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.results import heads_files, heads_schema, sweep_schema
 from lm_eval_false_demos.results.heads_schema import HeadsFile
 from lm_eval_false_demos.results.schema import SchemaError
-from lm_eval_false_demos.results.sweep_schema import SweepFile
+from lm_eval_false_demos.results.sweep_schema import SUMMARY_SECTIONS, SweepFile
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
@@ -45,7 +45,9 @@ def test_every_committed_file_loads_with_its_numbers(path):
             assert derived.critical_layer == entry.get("critical_layer")
             for setting, comparison in derived.by_setting.items():
                 assert comparison.last_gap == pytest.approx(entry["by_setting"][setting]["last_layer"]["gap"])
-        assert set(sweep.summary.headline) == set(raw["summary"]) - {"datasets", "mean_by_setting"}
+        assert set(sweep.summary.headline) == set(raw["summary"]) - set(SUMMARY_SECTIONS)
+        for dataset, derived in sweep.datasets.items():  # files before issue 23 have none
+            assert (derived.prediction_metrics is None) == ("prediction_metrics" not in raw["datasets"][dataset])
     else:
         heads = HeadsFile.load(path)
         assert heads.format_version == raw["format_version"] and heads.top_k == raw["top_k"]
@@ -117,6 +119,7 @@ def test_an_older_sweep_without_derived_numbers_summary_or_positions_loads():
     payload["config"].pop("date")
     sweep = SweepFile.from_json(payload)
     assert sweep.datasets == {} and sweep.summary.datasets == () and sweep.summary.mean_by_setting == {}
+    assert sweep.summary.prediction_curves == {}
     assert sweep.config.date is None and all(task.chance is None for task in sweep.tasks.values())
     assert len(sweep.tasks) == len(payload["tasks"])
 

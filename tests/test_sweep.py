@@ -24,6 +24,7 @@ from lm_eval_false_demos.results import sweep_files
 from lm_eval_false_demos.core.lens import Readout
 from lm_eval_false_demos.core.metrics import normalise
 from lm_eval_false_demos.core.data_loading import data_provenance
+from lm_eval_false_demos.core.files import strict_json_payload
 from lm_eval_false_demos.errors import FalseDemoError
 
 TASKS = ["falsedemo_unnatural_correct", "falsedemo_unnatural_permuted"]
@@ -335,7 +336,13 @@ def test_two_accelerate_processes_give_the_same_numbers(sweep_result, tiny_model
     launched = json.loads((folders[0] / "sweep.json").read_text())
     assert launched["config"]["world_size"] == 2
     assert launched["tasks"] == sweep_result["tasks"]
-    assert launched["datasets"] == sweep_result["datasets"]
+    expected = strict_json_payload({"datasets": sweep_result["datasets"]})["datasets"]  # NaN in memory: null in files
+    # probabilities (mean true-label probability) differ in float32's last bits with another batching; shares do not
+    for entry in expected.values():
+        for values in entry["prediction_metrics"]["settings"].values():
+            values["true_label_prob"] = {key: pytest.approx(curve, abs=1e-6)
+                                         for key, curve in values["true_label_prob"].items()}
+    assert launched["datasets"] == expected
 
 
 def test_the_sweeps_own_loading_reads_the_tokenizer_once_and_indexes_only_our_tasks(

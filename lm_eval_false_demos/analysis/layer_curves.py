@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from lm_eval_false_demos.analysis.prediction_curves import dataset_prediction_metrics, mean_prediction_curves
 from lm_eval_false_demos.analysis.records import PromptRecord, TaskInfo
 from lm_eval_false_demos.analysis.sweep_results import (
     DatasetComparison,
@@ -191,9 +192,9 @@ def summarise_tasks(
         per_layer = {metric: [row[-1] for row in per_position[metric]] for metric in names}
         gold = position_targets[:, -1]
         results[name] = TaskCurves(
-            dataset=info.dataset, setting=info.setting, n=len(task_records), k=info.num_fewshot,
+            dataset=info.dataset, setting=info.label, n=len(task_records), k=info.num_fewshot,
             num_classes=info.num_classes, label_words=tuple(info.label_words), per_layer=per_layer,
-            per_position=per_position,
+            per_position=per_position, wrong_share=info.wrong_share,
         )
         arrays[name] = TaskScores(
             query_keys=[record.query_key for record in task_records], query_scores=query_scores, gold=gold,
@@ -207,17 +208,20 @@ def analyse_datasets(
     infos: Mapping[str, TaskInfo], arrays: Mapping[str, TaskScores], bootstrap_iters: int, seed: int,
     confidence: float,
 ) -> dict[str, DatasetComparison]:
-    """Per dataset: correct against each corrupted setting present, paired query by query."""
+    """Per dataset: correct against each corrupted setting present, paired query by query, and the prediction
+    metrics of every setting (:mod:`.prediction_curves`). Settings are named by ``TaskInfo.label``."""
     by_dataset: dict[str, dict[str, str]] = {}
     for name, info in infos.items():
-        by_dataset.setdefault(info.dataset, {})[info.setting] = name
+        by_dataset.setdefault(info.dataset, {})[info.label] = name
     datasets = {}
     for dataset, settings in by_dataset.items():
         correct_name = settings.get("correct")
         corrupted = [setting for setting in HEADLINE_CORRUPTED_PREFERENCE if setting in settings]
-        corrupted += sorted(set(settings) - set(HEADLINE_CORRUPTED_PREFERENCE) - {"correct", "zeroshot"})
+        corrupted += sorted(set(settings) - set(HEADLINE_CORRUPTED_PREFERENCE) - {"correct", "zeroshot"},
+                            key=lambda label: (label.split("@")[0], float(label.partition("@")[2] or -1)))
+        predictions = _prediction_metrics(infos, arrays, settings, bootstrap_iters, seed, confidence)
         if correct_name is None or not corrupted:
-            datasets[dataset] = DatasetComparison(tasks=dict(settings))
+            datasets[dataset] = DatasetComparison(tasks=dict(settings), prediction_metrics=predictions)
             continue
         correct = arrays[correct_name]
         by_setting = {}
@@ -232,8 +236,21 @@ def analyse_datasets(
         datasets[dataset] = DatasetComparison(
             tasks=dict(settings), by_setting=by_setting, primary_setting=corrupted[0],
             num_classes=infos[correct_name].num_classes, k=infos[correct_name].num_fewshot,
+            prediction_metrics=predictions,
         )
     return datasets
+
+
+def _prediction_metrics(infos, arrays, settings: Mapping[str, str], bootstrap_iters, seed, confidence):
+    """The dataset's settings paired query by query (on correct's order, else zero-shot's) and their metrics."""
+    reference = settings.get("correct") or settings.get("zeroshot") or settings[sorted(settings)[0]]
+    keys = arrays[reference].query_keys
+    by_label = {
+        label: (infos[name], arrays[name].reordered(_pair_queries(keys, arrays[name].query_keys, reference, name)))
+        for label, name in settings.items()
+    }
+    return dataset_prediction_metrics(by_label, bootstrap_iters=bootstrap_iters, seed=seed, confidence=confidence,
+                                      label_words=tuple(infos[reference].label_words))
 
 
 def _pair_queries(reference: Sequence[str], other: Sequence[str], reference_task: str, other_task: str) -> np.ndarray:
@@ -303,4 +320,6 @@ def summarise_run(datasets: Mapping[str, DatasetComparison], tasks: Mapping[str,
             "early_exit_layer": exit_layer,
             "early_exit_gain": gain,
         }
+    predictions = {name: entry.prediction_metrics for name, entry in datasets.items() if entry.prediction_metrics}
+    summary["prediction_metrics"] = mean_prediction_curves(predictions)
     return summary

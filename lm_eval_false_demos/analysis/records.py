@@ -19,6 +19,12 @@ class TaskInfo:
     num_fewshot: int
     num_classes: int
     label_words: tuple[str, ...]
+    wrong_share: float | None = None  # percent of demonstrations shown wrong, for a graded permuted task
+
+    @property
+    def label(self) -> str:
+        """The setting as results name it: ``permuted``, or ``permuted@40`` for a graded share (percent)."""
+        return self.setting if self.wrong_share is None else f"{self.setting}@{self.wrong_share:g}"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -101,6 +101,7 @@ class DatasetComparison:
     primary_setting: str | None = None  # the headline corrupted setting (permuted when present)
     num_classes: int | None = None
     k: int | None = None
+    prediction_metrics: "PredictionMetrics | None" = None
 
     @property
     def primary(self) -> SettingComparison | None:
@@ -110,12 +111,16 @@ class DatasetComparison:
         payload: dict[str, Any] = {"tasks": dict(self.tasks)}
         if self.primary is None:
             payload["note"] = "needs a correct and a corrupted setting of this dataset for the derived numbers"
+            if self.prediction_metrics is not None:
+                payload["prediction_metrics"] = self.prediction_metrics.to_json()
             return payload
         payload.update(num_classes=self.num_classes, chance=1.0 / self.num_classes, k=self.k,
                        corrupted_setting=self.primary_setting)
         headline = self.primary.to_json()
         payload.update({key: headline[key] for key in HEADLINE_KEYS})
         payload["by_setting"] = {setting: comparison.to_json() for setting, comparison in self.by_setting.items()}
+        if self.prediction_metrics is not None:
+            payload["prediction_metrics"] = self.prediction_metrics.to_json()
         return payload
 
 
@@ -131,12 +136,16 @@ class TaskCurves:
     label_words: tuple[str, ...]
     per_layer: Mapping[str, list[float]]  # metric -> [L+1]
     per_position: Mapping[str, Any]  # num_preceding_demos, readout, metric -> [L+1][k+1]
+    wrong_share: float | None = None  # a graded permuted task (setting "permuted@<share>"): percent shown wrong
 
     def to_json(self) -> dict[str, Any]:
-        return {"dataset": self.dataset, "setting": self.setting, "n": self.n, "k": self.k,
-                "num_classes": self.num_classes, "chance": 1.0 / self.num_classes,
-                "label_words": list(self.label_words), "per_layer": dict(self.per_layer),
-                "per_position": dict(self.per_position)}
+        payload = {"dataset": self.dataset, "setting": self.setting, "n": self.n, "k": self.k,
+                   "num_classes": self.num_classes, "chance": 1.0 / self.num_classes,
+                   "label_words": list(self.label_words), "per_layer": dict(self.per_layer),
+                   "per_position": dict(self.per_position)}
+        if self.wrong_share is not None:
+            payload["wrong_share"] = self.wrong_share
+        return payload
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +159,78 @@ class TaskScores:
     position_targets: np.ndarray  # [N, k+1] true class at each readout
     follow: np.ndarray | None = None  # [N] the class a copying model answers (corruption.shifted); None: no shift
 
+    def reordered(self, order: np.ndarray) -> "TaskScores":
+        """The same task with its queries in ``order`` (rows of every per-query array)."""
+        return TaskScores(
+            query_keys=[self.query_keys[row] for row in order], query_scores=self.query_scores[order],
+            gold=self.gold[order], position_scores=self.position_scores[order],
+            position_targets=self.position_targets[order],
+            follow=None if self.follow is None else self.follow[order])
+
     def for_file(self) -> dict[str, Any]:
         return {"query_keys": self.query_keys, "query_scores": self.query_scores, "gold": self.gold,
                 "follow": self.follow}
+
+
+def _floats(values) -> tuple[float, ...]:
+    return tuple(float(value) for value in np.atleast_1d(np.asarray(values, dtype=np.float64)))
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricCurve(_SetFieldsOnly):
+    """A metric at every lens layer 0..L, with its paired-bootstrap interval per layer (NaN: undefined)."""
+
+    value: tuple[float, ...]
+    low: tuple[float, ...] | None = None
+    high: tuple[float, ...] | None = None
+
+    @classmethod
+    def of(cls, value, low=None, high=None) -> "MetricCurve":
+        return cls(_floats(value), None if low is None else _floats(low), None if high is None else _floats(high))
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelSensitivity:
+    """Calibrated accuracy over a wrong-share grid and the slope of its least-squares line, per layer."""
+
+    wrong_shares: tuple[float, ...]  # percent
+    settings: tuple[str, ...]  # the graded settings, one per share (permuted@25 ...)
+    calibrated_acc: tuple[tuple[float, ...], ...]  # [share][layer]
+    slope: MetricCurve  # accuracy per unit wrong share (a fraction): minus the loss from all-correct to all-wrong
+
+    def to_json(self) -> dict[str, Any]:
+        return {"wrong_shares": list(self.wrong_shares), "settings": list(self.settings),
+                "calibrated_acc": [list(row) for row in self.calibrated_acc], "slope": self.slope.to_json()}
+
+
+PREDICTIONS_NOTE = ("predictions are the argmax over the K labels at each layer; the prior is the zero-shot "
+                    "prompt's answer at the last layer")
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictionMetrics:
+    """One dataset's prediction metrics (analysis.prediction_curves) by setting label, and what is absent and why."""
+
+    prior_setting: str | None
+    settings: Mapping[str, Mapping[str, Any]]  # label -> metric -> MetricCurve (class_recall: word -> MetricCurve)
+    absent: Mapping[str, Mapping[str, str]]  # label -> metric -> why it is absent
+    label_sensitivity: LabelSensitivity | None = None
+    label_sensitivity_note: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        def encode(value):
+            return {word: curve.to_json() for word, curve in value.items()} if isinstance(value, Mapping) \
+                else value.to_json()
+
+        payload: dict[str, Any] = {
+            "predictions": PREDICTIONS_NOTE,
+            "prior_setting": self.prior_setting,
+            "settings": {label: {name: encode(value) for name, value in values.items()}
+                         for label, values in self.settings.items()},
+            "absent": {label: dict(values) for label, values in self.absent.items()},
+        }
+        if self.label_sensitivity is not None:
+            payload["label_sensitivity"] = self.label_sensitivity.to_json()
+        else:
+            payload["absent"]["label_sensitivity"] = self.label_sensitivity_note
+        return payload

@@ -212,6 +212,21 @@ PRESENTATION_ARGUMENTS = frozenset({"output_path", "resume", "no_plots", "no_pro
                                     "command", "_module"})
 
 
+def wrong_share_grid(text: str) -> list[float]:
+    """``--wrong_share 0,25,50,75,100``: distinct percents in 0..100. An argparse type, so a bad value is
+    argparse's one line with exit status 2 naming it."""
+    from lm_eval_false_demos.core.corruption import check_wrong_share
+
+    allowed = "give distinct percents in 0..100 separated by commas, e.g. 0,25,50,75,100"
+    try:
+        shares = [check_wrong_share(part.strip() or None) for part in str(text).split(",")]
+    except FalseDemoError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: {error}; {allowed}") from None
+    if None in shares or len(set(shares)) != len(shares):
+        raise argparse.ArgumentTypeError(f"{text!r}: {allowed}")
+    return shares
+
+
 def run_arguments(args: argparse.Namespace) -> dict:
     """The parsed arguments that change what a run computes (a resumed run must repeat them)."""
     return {key: value for key, value in sorted(vars(args).items()) if key not in PRESENTATION_ARGUMENTS}

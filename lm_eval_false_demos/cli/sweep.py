@@ -63,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sst2_format", default=None, metavar="<formats>",
                         help="SST-2 prompt formats (paper: 15, 0-14) for the SST-2 tasks requested: all, 3, 0,5 or "
                              "0-14; each format is scored as its own task (falsedemo_sst2_f<i>_<setting>)")
+    parser.add_argument("--wrong_share", default=None, type=cli_args.wrong_share_grid, metavar="<percents>",
+                        help="also run every permuted task at these shares of wrong demonstration labels, e.g. "
+                             "0,25,50,75,100 (paired: the same demonstrations; label-correctness sensitivity)")
     parser.add_argument("--resume", default=None, metavar="<run folder>",
                         help="continue an interrupted sweep in its run folder (same arguments; refuses others)")
     parser.add_argument("--checkpoint_seconds", type=float, default=60.0,
@@ -151,6 +154,7 @@ def _run_from_arguments(args, batch_size, output):
         sst2_formats=sst2_formats,
         output=output,
         checkpoint_seconds=args.checkpoint_seconds,
+        wrong_shares=args.wrong_share,
     )
 
 

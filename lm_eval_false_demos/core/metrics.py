@@ -9,6 +9,7 @@ the same scores earns exactly 1/K.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -145,3 +146,171 @@ def pooled_gap_recovered_by_condition(per_dataset: dict) -> tuple[float, list[fl
         for i in range(len(entries[0]["random"]["draws"]) if entries else 0)
     ]
     return top, draws
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Prediction metrics (issue 23): how a model trades its prior against the demonstrations.
+#
+# Every one is a ratio of per-query sums, numerator / denominator, so the same per-query parts give the value,
+# its curve over layers and its paired-bootstrap interval (``bootstrap_ratio``). Scores are [N, K] or
+# [N, L, K] (any axes between the queries and the K labels: the result keeps them, e.g. a curve over layers).
+# A *prediction* is the argmax over the K labels of the normalised scores (the model's answer; no calibration:
+# calibrated accuracy is a dataset-level statistic and gives no per-query answer). A ratio with an empty
+# denominator is NaN (undefined), never 0.
+
+
+def predictions(scores) -> np.ndarray:
+    """The argmax over the K labels (last axis): [N, ..., K] -> [N, ...]; ties go to the lower label."""
+    return np.asarray(scores, dtype=np.float64).argmax(axis=-1)
+
+
+def _per_query(labels, like: np.ndarray) -> np.ndarray:
+    """[N] class indices broadcast against per-query arrays [N, ...]."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.ndim != 1 or len(labels) != like.shape[0]:
+        raise ValueError(f"need one class per query ({like.shape[0]}), got shape {labels.shape}")
+    return labels.reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+def _check_scores(scores) -> np.ndarray:
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim < 2 or scores.shape[0] == 0:
+        raise ValueError(f"need scores [N, ..., K] with N > 0, got {scores.shape}")
+    return scores
+
+
+def ratio(parts: tuple[np.ndarray, np.ndarray]):
+    """sum(numerator) / sum(denominator) over queries (axis 0); NaN where the denominator is empty."""
+    numerator, denominator = (np.asarray(part, dtype=np.float64) for part in parts)
+    total = denominator.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = np.where(total > 0, numerator.sum(axis=0) / np.where(total > 0, total, 1), np.nan)
+    return float(value) if np.ndim(value) == 0 else value
+
+
+def agreement_parts(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Per query: [prediction == label], over every query."""
+    scores = _check_scores(scores)
+    hit = predictions(scores) == _per_query(labels, scores[..., 0])
+    return hit.astype(np.float64), np.ones(hit.shape)
+
+
+def flip_parts(correct_scores, corrupted_scores, gold) -> tuple[np.ndarray, np.ndarray]:
+    """Per query (paired: row i is the same query in both settings): denominator [right with correct
+    demonstrations], numerator [right with correct and wrong with corrupted ones]."""
+    correct_scores, corrupted_scores = _check_scores(correct_scores), _check_scores(corrupted_scores)
+    if correct_scores.shape != corrupted_scores.shape:
+        raise ValueError(f"paired scores must have one shape, got {correct_scores.shape} and {corrupted_scores.shape}")
+    gold = _per_query(gold, correct_scores[..., 0])
+    right = predictions(correct_scores) == gold
+    return (right & (predictions(corrupted_scores) != gold)).astype(np.float64), right.astype(np.float64)
+
+
+def flip_rate(correct_scores, corrupted_scores, gold):
+    """Share of the queries answered right with correct demonstrations that are answered wrong with corrupted
+    ones (argmax predictions, paired by query); NaN when none was right."""
+    return ratio(flip_parts(correct_scores, corrupted_scores, gold))
+
+
+def prior_alignment(scores, prior):
+    """Share of queries whose prediction equals the model's own zero-shot answer ``prior`` [N] (the argmax of
+    the zero-shot prompt of the same query)."""
+    return ratio(agreement_parts(scores, prior))
+
+
+def override_parts(scores, follow_target, prior) -> tuple[np.ndarray, np.ndarray]:
+    """Per query: denominator [the zero-shot answer is not the follow target], numerator [and the prediction
+    is the follow target]."""
+    scores = _check_scores(scores)
+    follow = _per_query(follow_target, scores[..., 0])
+    against = np.broadcast_to(follow != _per_query(prior, scores[..., 0]), follow.shape[:1] + scores.shape[1:-1])
+    return (against & (predictions(scores) == follow)).astype(np.float64), against.astype(np.float64)
+
+
+def semantic_override_rate(scores, follow_target, prior):
+    """Of the queries whose zero-shot answer ``prior`` differs from the label the shown (corrupted) mapping
+    gives them (``follow_target``), the share answered with that label: following the demonstrations against
+    the prior (argmax predictions); NaN when no query's prior differs from its follow target."""
+    return ratio(override_parts(scores, follow_target, prior))
+
+
+def recall_parts(scores, gold, label: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per query: denominator [gold == label], numerator [and predicted label]."""
+    scores = _check_scores(scores)
+    gold = _per_query(gold, scores[..., 0])
+    is_class = np.broadcast_to(gold == label, gold.shape[:1] + scores.shape[1:-1])
+    return (is_class & (predictions(scores) == label)).astype(np.float64), is_class.astype(np.float64)
+
+
+def per_class_recall(scores, gold) -> np.ndarray:
+    """Recall of each class c (argmax predictions): of the queries of class c, the share predicted c.
+    [K] (or [K, ...] over the middle axes); NaN for a class without queries."""
+    scores = _check_scores(scores)
+    return np.array([ratio(recall_parts(scores, gold, label)) for label in range(scores.shape[-1])])
+
+
+def true_probability_parts(scores, gold) -> tuple[np.ndarray, np.ndarray]:
+    scores = _check_scores(scores)
+    gold = _per_query(gold, scores[..., 0])
+    own = np.take_along_axis(scores, gold[..., None], axis=-1)[..., 0]
+    return own, np.ones(own.shape)
+
+
+def mean_true_label_probability(scores, gold):
+    """Mean over queries of the probability of the true label (scores normalised over the K labels); no
+    prediction involved."""
+    return ratio(true_probability_parts(scores, gold))
+
+
+def label_correctness_sensitivity(wrong_shares, accuracies):
+    """Slope of the least-squares line of accuracy against the share of wrong demonstration labels (a fraction
+    0..1; give percent / 100): the accuracy a model loses going from all-correct to all-wrong labels is minus
+    this slope (StaICC's GLER, as a slope). ``accuracies`` [S] or [S, ...] (e.g. [S, L+1] curves); NaN with
+    fewer than two distinct shares or any undefined accuracy."""
+    shares = np.asarray(wrong_shares, dtype=np.float64)
+    values = np.asarray(accuracies, dtype=np.float64)
+    if shares.ndim != 1 or values.shape[:1] != shares.shape:
+        raise ValueError(f"need one accuracy per wrong share, got {shares.shape} and {values.shape}")
+    if np.any((shares < 0) | (shares > 1)):
+        raise ValueError("wrong shares are fractions in 0..1")
+    centred = shares - shares.mean()
+    spread = float((centred ** 2).sum())
+    if spread == 0:
+        slope = np.full(values.shape[1:], np.nan)
+    else:
+        slope = np.tensordot(centred, values - values.mean(axis=0), axes=(0, 0)) / spread
+    return float(slope) if np.ndim(slope) == 0 else slope
+
+
+def bootstrap_ratio(parts: Sequence[tuple[np.ndarray, np.ndarray]], n_resamples: int = 1000, seed: int = 0,
+                    confidence: float = 0.95, combine: Callable[..., np.ndarray] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval of a statistic of ratio metrics, resampling queries once for all of them (paired).
+
+    ``parts``: one (numerator, denominator) pair of per-query arrays [N, ...] per metric, the same N queries in
+    the same order. ``combine(*ratios)`` maps the metrics' resampled values (each [B, ...], B resamples) to the
+    statistic [B, ...] (default: the one metric's value). Returns (low, high) shaped like one resample's
+    statistic; NaN where fewer than half of the resamples define it (an empty denominator)."""
+    size = np.shape(parts[0][0])[0]
+    if size == 0 or any(np.shape(part)[0] != size for pair in parts for part in pair):
+        raise ValueError("bootstrap_ratio needs per-query arrays with one number of queries")
+    if combine is None and len(parts) != 1:
+        raise ValueError("several metrics need a combine function")
+    rng = np.random.default_rng(seed)
+    # a resample is a count per query, so a resampled sum is counts @ per-query values (all resamples at once)
+    counts = np.stack([np.bincount(rng.integers(0, size, size), minlength=size) for _ in range(n_resamples)])
+    resampled = []
+    for numerator, denominator in parts:
+        shape = np.shape(numerator)[1:]
+        top = counts @ np.asarray(numerator, dtype=np.float64).reshape(size, -1)
+        bottom = counts @ np.asarray(denominator, dtype=np.float64).reshape(size, -1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            resampled.append(np.where(bottom > 0, top / np.where(bottom > 0, bottom, 1), np.nan)
+                             .reshape((n_resamples, *shape)))
+    statistic = combine(*resampled) if combine is not None else resampled[0]
+    tail = (1 - confidence) / 2 * 100
+    defined = np.isfinite(statistic).mean(axis=0) >= 0.5
+    with warnings.catch_warnings():  # all-NaN columns: reported as NaN below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = np.nanpercentile(np.where(np.isfinite(statistic), statistic, np.nan), [tail, 100 - tail], axis=0)
+    return np.where(defined, low, np.nan), np.where(defined, high, np.nan)

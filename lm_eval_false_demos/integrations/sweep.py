@@ -65,12 +65,15 @@ def run_sweep(
     sst2_formats: Sequence[int] | None = None,
     output: "RunOutput | None" = None,
     checkpoint_seconds: float = 60.0,
+    wrong_shares: Sequence[float] | None = None,
 ) -> dict | None:
     """Run the sweep and return the ``sweep.json`` payload (None on every process but the writer).
 
     With ``output`` (a :class:`RunOutput`) finished prompts are saved into its run folder as the forward passes
     go, and on a resumed output the ones saved there are reused (the configuration must be the interrupted
-    run's); under several processes each reads its share and the writer saves what all finished."""
+    run's); under several processes each reads its share and the writer saves what all finished. With
+    ``wrong_shares`` (percent) every permuted task also runs once per share, as ``<task>@<share>``: the same
+    demonstrations with that share of their labels shifted (paired; nested wrong sets)."""
     clock = PhaseClock()
     model_args = dict(model_args or {})
     seeds = seed_like_simple_evaluate(seed)
@@ -86,7 +89,8 @@ def run_sweep(
     context = open_model(model, model_args, batch_size=batch_size, device=device, lm=lm)
     clock.lap("model_load")
     prompts = task_prompts(context, task_names, task_manager, limit, num_fewshot, seeds[3], apply_chat_template,
-                           fewshot_as_multiturn, system_instruction, sst2_formats)
+                           fewshot_as_multiturn, system_instruction, sst2_formats, wrong_shares=wrong_shares,
+                           include_path=include_path)
     task_objects, infos, records = prompts.tasks, prompts.infos, prompts.records
     clock.lap("task_prompts")
 
@@ -96,6 +100,8 @@ def run_sweep(
         analysis_seed=analysis_seed, confidence=confidence,
     )
     config.update(prompts.recorded_format)
+    if wrong_shares:  # absent without a grid, so runs checkpointed before the option resume (same fingerprint)
+        config["wrong_shares"] = sorted(float(share) for share in wrong_shares)
     config["lens"] = context.lens
     clock.lap("configuration")
 

@@ -110,6 +110,7 @@ def build_records(name: str, task, limit: float | None, chat: Mapping[str, Any] 
         num_fewshot=num_fewshot,
         num_classes=num_classes,
         label_words=tuple(task.spec.label_word_list),
+        wrong_share=getattr(task, "wrong_share", None) if task.setting == "permuted" else None,
     )
     return info, records
 
@@ -256,16 +257,39 @@ class TaskPrompts:
 
 def task_prompts(context, task_names: Sequence[str], task_manager, limit, num_fewshot, fewshot_seed,
                  apply_chat_template=False, fewshot_as_multiturn=False, system_instruction=None,
-                 sst2_formats=None) -> TaskPrompts:
+                 sst2_formats=None, wrong_shares=None, include_path=None) -> TaskPrompts:
     """The one prompt route: lm-eval's tasks (resolved by its ``TaskManager``, configured as ``simple_evaluate``
     configures them, with lm-eval's chat flags) and their requests turned into :class:`PromptRecord`\\ s;
     ``context`` is the run's :class:`~.run_context.RunContext` (its model renders chat templates)."""
     recorded_format, chat_args = prompt_format(context.lm, context.options.given, apply_chat_template,
                                                fewshot_as_multiturn, system_instruction)
     task_objects = load_leaf_tasks(task_names, task_manager, num_fewshot, fewshot_seed, sst2_formats)
+    if wrong_shares:
+        task_objects.update(graded_tasks(task_objects, wrong_shares, include_path, context.options.given,
+                                         num_fewshot, fewshot_seed))
     infos, records = {}, []
     for name in task_objects:
         info, task_records = build_records(name, task_objects[name], limit, chat_args)
         infos[name] = info
         records.extend(task_records)
     return TaskPrompts(task_objects, infos, records, recorded_format)
+
+
+def graded_task_name(name: str, share: float) -> str:
+    return f"{name}@{share:g}"
+
+
+def graded_tasks(task_objects: Mapping[str, Any], wrong_shares: Sequence[float], include_path, model_args,
+                 num_fewshot, fewshot_seed) -> dict:
+    """Every permuted task once more per wrong share, as ``<task>@<share>``: lm-eval's task with
+    ``metadata.wrong_share`` (the same demonstrations, that share of their labels shifted)."""
+    permuted = [name for name, task in task_objects.items() if getattr(task, "setting", None) == "permuted"]
+    if not permuted:
+        raise FalseDemoError(
+            "--wrong_share grades the permuted setting; add falsedemo_<dataset>_permuted tasks to --tasks")
+    graded = {}
+    for share in wrong_shares:
+        manager = falsedemo_task_manager(include_path, {**dict(model_args), "wrong_share": share})
+        for name, task in load_tasks(permuted, manager, num_fewshot, fewshot_seed).items():
+            graded[graded_task_name(name, share)] = task
+    return graded

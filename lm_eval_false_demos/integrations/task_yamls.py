@@ -51,6 +51,7 @@ def render_task_yaml(spec: DatasetSpec, setting: str, formats: tuple[int, ...] =
                ("acc", "mean")]
     if setting in FOLLOW_SETTINGS:
         metrics.append(("follow_acc", "mean"))
+    metrics.append(("true_label_prob", "mean"))  # mean probability of the true label (softmax over the K labels)
     quoted = json.dumps
     lines = [
         _HEADER.rstrip("\n"),

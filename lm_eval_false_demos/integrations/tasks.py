@@ -295,7 +295,7 @@ class FalseDemoTask(ConfigurableTask):
         gold = int(doc["label"])
         predicted = int(np.argmax(scores))
         item = (gold, scores.tolist()) if len(self.formats) == 1 else (gold, scores.tolist(), int(doc["format"]))
-        outcome = {"calibrated_acc": item, "acc": float(predicted == gold)}
+        outcome = {"calibrated_acc": item, "acc": float(predicted == gold), "true_label_prob": float(scores[gold])}
         if self.setting in FOLLOW_SETTINGS:
             follow = shifted(gold, self.spec.num_classes, query_shift(self.spec, doc["uid"], self.fewshot_seed))
             outcome["follow_acc"] = float(predicted == follow)

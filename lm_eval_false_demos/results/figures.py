@@ -90,6 +90,47 @@ def draw_position_gaps(
     axis.legend(fontsize="x-small", loc="best")
 
 
+def draw_prior_and_follow(axis, lines: Mapping[str, Mapping], chance: float | None = None,
+                          critical_layer: int | None = None, title: str = "") -> None:
+    """Prior alignment (agreement with the model's own zero-shot answer) and follow rate against layer, with
+    bands: where the corrupted prompts stop agreeing with the prior and start following the shown labels is a
+    second view of the critical layer. ``lines``: {legend label: {"value", optional "low", "high", "setting",
+    "dashed"}} (the sweep.json MetricCurve shape)."""
+    for label, line in lines.items():
+        values = np.array([np.nan if v is None else v for v in line["value"]], dtype=float)
+        style = _style(line.get("setting", ""))
+        if line.get("dashed"):
+            style.update(linestyle="--", marker="d")
+        axis.plot(range(len(values)), values, label=label, **style)
+        if line.get("low") is not None and line.get("high") is not None:
+            low = np.array([np.nan if v is None else v for v in line["low"]], dtype=float)
+            high = np.array([np.nan if v is None else v for v in line["high"]], dtype=float)
+            axis.fill_between(range(len(values)), low, high, color=style["color"], alpha=0.15, linewidth=0)
+    if chance is not None:
+        axis.axhline(chance, color="black", linewidth=0.8, linestyle=":", label=f"chance 1/K = {chance:.2f}")
+    if critical_layer is not None:
+        axis.axvline(critical_layer, color="tab:green", linewidth=1.0, linestyle="--",
+                     label=f"critical layer {critical_layer}")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_xlabel("layer (0 = embeddings)")
+    axis.set_ylabel("share of queries (argmax)")
+    axis.set_ylim(-0.02, 1.02)
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize="x-small", loc="best")
+
+
+def prior_follow_figure(panels: Sequence[Mapping], suptitle: str = ""):
+    """One panel per entry: keys ``lines``, optionally ``chance``, ``critical_layer``, ``title``."""
+    figure, axes = _grid(len(panels))
+    for axis, panel in zip(axes, panels):
+        draw_prior_and_follow(axis, panel["lines"], panel.get("chance"), panel.get("critical_layer"),
+                              panel.get("title", ""))
+    if suptitle:
+        figure.suptitle(suptitle)
+    return figure
+
+
 def _grid(count: int, panel_width: float = 4.8, panel_height: float = 3.6):
     columns = min(count, 2) if count > 1 else 1
     rows = math.ceil(count / columns)

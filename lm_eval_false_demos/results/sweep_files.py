@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from lm_eval_false_demos.analysis.layer_curves import HEADLINE_CORRUPTED_PREFERENCE, LAYER_METRICS
+from lm_eval_false_demos.analysis.prediction_curves import UNDEFINED_REASONS
 from lm_eval_false_demos.core import files as results_io
 from lm_eval_false_demos.results import query_scores
 
@@ -82,7 +83,7 @@ def write_outputs(result: Mapping, output_path: str | Path, plots: bool = True, 
     payload.pop("query_scores", None)
     payload["files"] = written
     # sweep.json last: its presence means the folder is complete.
-    results_io.write_json_atomic(run_directory / "sweep.json", payload)
+    results_io.write_json_atomic(run_directory / "sweep.json", payload, reasons=UNDEFINED_REASONS)
     return run_directory
 
 
@@ -128,6 +129,28 @@ def position_panels(result: Mapping) -> list[dict]:
     return panels
 
 
+def prior_follow_panels(result: Mapping) -> list[dict]:
+    """One panel per dataset with a zero-shot prior or a follow rate: prior alignment of every setting with
+    demonstrations, and the follow rate (dashed) of the settings that show a shifted label, with their bands
+    (a wrong-share grid's graded settings are left out: their numbers are in sweep.json)."""
+    panels = []
+    for dataset, entry in result["datasets"].items():
+        settings = {label: values for label, values in
+                    ((entry.get("prediction_metrics") or {}).get("settings") or {}).items() if "@" not in label}
+        lines = {}
+        for setting, values in settings.items():
+            if "prior_alignment" in values:
+                lines[f"{setting}: prior alignment"] = {**values["prior_alignment"], "setting": setting}
+        for setting, values in settings.items():
+            if "follow_rate" in values:
+                lines[f"{setting}: follow rate"] = {**values["follow_rate"], "setting": setting, "dashed": True}
+        if not lines:
+            continue
+        panels.append({"lines": lines, "chance": entry.get("chance"), "critical_layer": entry.get("critical_layer"),
+                       "title": dataset})
+    return panels
+
+
 def write_figures(result: Mapping, run_directory: Path) -> list[Path]:
     from lm_eval_false_demos.results import figures as plots
 
@@ -141,6 +164,11 @@ def write_figures(result: Mapping, run_directory: Path) -> list[Path]:
     if gap_panels:
         written += plots.save_figure(plots.position_figure(gap_panels, f"{model}: gap by number of demonstrations"),
                                      run_directory, "gap_by_demos")
+    prior_panels = prior_follow_panels(result)
+    if prior_panels:
+        written += plots.save_figure(plots.prior_follow_figure(prior_panels, f"{model}: prior alignment and follow "
+                                                                             "rate by layer"),
+                                     run_directory, "prior_and_follow_by_layer")
     return written
 
 

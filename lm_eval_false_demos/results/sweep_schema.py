@@ -5,12 +5,14 @@ The records here are what a file of any vintage holds (numbers may be missing); 
 computes are :mod:`lm_eval_false_demos.analysis.sweep_results`, whose ``to_json`` writes the layout read here.
 
 Versions read: ``format_version`` 1, in every layout written so far (``datasets``, ``summary`` and
-``summary.mean_by_setting`` are absent from the earliest files, ``per_position`` and ``label_words`` from some).
+``summary.mean_by_setting`` are absent from the earliest files, ``per_position`` and ``label_words`` from some,
+``datasets.<d>.prediction_metrics``, ``summary.prediction_metrics`` and a task's ``wrong_share`` from files
+written before issue 23).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -62,6 +64,7 @@ class TaskRecord:
     chance: float | None
     calibrated_acc: tuple[float, ...]  # per_layer.calibrated_acc, layers 0..L
     per_layer: Mapping[str, tuple[float | None, ...]]  # every metric recorded
+    wrong_share: float | None = None  # a graded permuted task (setting "permuted@<share>"): percent shown wrong
 
     @classmethod
     def from_json(cls, name: str, entry: Any) -> "TaskRecord":
@@ -76,7 +79,8 @@ class TaskRecord:
         if calibrated is None:
             raise ValueError(f"ignored task {name}: per_layer.{CURVE_METRIC} is not a list of accuracies in [0, 1]")
         return cls(name, dataset, setting, integer(entry.get("n")), integer(entry.get("k")), number(entry.get("chance")),
-                   calibrated, {metric: numbers(values) for metric, values in per_layer.items()})
+                   calibrated, {metric: numbers(values) for metric, values in per_layer.items()},
+                   number(entry.get("wrong_share")))
 
 
 # ComparisonRecord's fields: the one path each is written at (analysis.sweep_results.SettingComparison.to_json)
@@ -122,6 +126,56 @@ class ComparisonRecord:
 
 
 @dataclass(frozen=True)
+class CurveRecord:
+    """A metric over lens layers 0..L with its interval bounds per layer (None: undefined or not computed)."""
+
+    value: tuple[float | None, ...]
+    low: tuple[float | None, ...] | None
+    high: tuple[float | None, ...] | None
+
+    @classmethod
+    def from_json(cls, entry: Any) -> "CurveRecord | None":
+        if not isinstance(entry, dict) or not isinstance(entry.get("value"), list):
+            return None
+        bounds = [numbers(entry[name]) if isinstance(entry.get(name), list) else None for name in ("low", "high")]
+        return cls(numbers(entry["value"]), *bounds)
+
+
+@dataclass(frozen=True)
+class PredictionMetricsRecord:
+    """``datasets.<d>.prediction_metrics`` (analysis.prediction_curves): argmax-prediction metrics by setting."""
+
+    prior_setting: str | None
+    curves: Mapping[str, Mapping[str, CurveRecord]]  # setting -> metric -> curve (flip_rate, prior_alignment, ...)
+    class_recall: Mapping[str, Mapping[str, CurveRecord]]  # setting -> label word -> curve
+    absent: Mapping[str, Any]  # setting -> {metric: why}; "label_sensitivity": why
+    wrong_shares: tuple[float, ...]  # label_sensitivity's grid (percent); empty without one
+    sensitivity_slope: CurveRecord | None  # label_sensitivity.slope
+
+    @classmethod
+    def from_json(cls, entry: Any) -> "PredictionMetricsRecord | None":
+        if not isinstance(entry, dict):
+            return None
+        settings = entry.get("settings") if isinstance(entry.get("settings"), dict) else {}
+        curves, recall = {}, {}
+        for label, values in settings.items():
+            if not isinstance(values, dict):
+                continue
+            curves[label] = {name: found for name, value in values.items()
+                             if name != "class_recall" and (found := CurveRecord.from_json(value)) is not None}
+            words = values.get("class_recall") if isinstance(values.get("class_recall"), dict) else {}
+            recall[label] = {word: found for word, value in words.items()
+                             if (found := CurveRecord.from_json(value)) is not None}
+        sensitivity = entry.get("label_sensitivity") if isinstance(entry.get("label_sensitivity"), dict) else {}
+        return cls(
+            prior_setting=string(entry.get("prior_setting")), curves=curves, class_recall=recall,
+            absent=dict(entry.get("absent")) if isinstance(entry.get("absent"), dict) else {},
+            wrong_shares=tuple(v for v in numbers(sensitivity.get("wrong_shares")) if v is not None),
+            sensitivity_slope=CurveRecord.from_json(sensitivity.get("slope")),
+        )
+
+
+@dataclass(frozen=True)
 class DatasetRecord:
     """``datasets.<d>``: one dataset's derived numbers; a dataset without a correct and a corrupted setting has
     only ``tasks`` and a ``note``."""
@@ -134,6 +188,7 @@ class DatasetRecord:
     corrupted_setting: str | None  # the headline's (permuted when run)
     headline: ComparisonRecord | None  # the entry's flat fields: by_setting[corrupted_setting]
     by_setting: Mapping[str, ComparisonRecord]
+    prediction_metrics: PredictionMetricsRecord | None = None  # None in files written before them
 
     @property
     def critical_layer(self) -> int | None:
@@ -155,6 +210,7 @@ class DatasetRecord:
             corrupted_setting=string(entry.get("corrupted_setting")),
             headline=ComparisonRecord.from_json(entry) if by_setting else None,
             by_setting={setting: ComparisonRecord.from_json(comparison) for setting, comparison in by_setting.items()},
+            prediction_metrics=PredictionMetricsRecord.from_json(entry.get("prediction_metrics")),
         )
 
 
@@ -183,16 +239,21 @@ class SettingHeadline:
     early_exit_gain: float | None
 
 
+SUMMARY_SECTIONS = ("datasets", "mean_by_setting", "prediction_metrics")  # the rest are headlines by setting
+
+
 @dataclass(frozen=True)
 class SweepSummary:
     datasets: tuple[str, ...]  # the datasets with derived numbers
     mean_by_setting: Mapping[str, SettingMeans]
     headline: Mapping[str, SettingHeadline]  # by corrupted setting: summary.<setting>
+    # summary.prediction_metrics: setting -> metric -> mean curve over the main datasets (empty in older files)
+    prediction_curves: Mapping[str, Mapping[str, tuple[float | None, ...]]] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, summary: Mapping[str, Any], path: str | Path) -> "SweepSummary":
         means = section(summary, "mean_by_setting", path)
-        headline = {key: value for key, value in summary.items() if key not in ("datasets", "mean_by_setting")}
+        headline = {key: value for key, value in summary.items() if key not in SUMMARY_SECTIONS}
         for key, value in (*means.items(), *headline.items()):
             if not isinstance(value, dict):
                 raise SchemaError(path, f"summary entry {key!r} is not an object")
@@ -206,6 +267,7 @@ class SweepSummary:
                 _names(value.get("datasets")), number(value.get("correct_last")), number(value.get("corrupted_last")),
                 number(value.get("gap")), integer(value.get("critical_layer")), integer(value.get("early_exit_layer")),
                 number(value.get("early_exit_gain"))) for setting, value in headline.items()},
+            prediction_curves=_mean_curves(summary.get("prediction_metrics")),
         )
 
 
@@ -244,6 +306,13 @@ class SweepFile:
             datasets={dataset: DatasetRecord.from_json(dataset, entry, path) for dataset, entry in datasets.items()},
             summary=SweepSummary.from_json(section(payload, "summary", path), path),
         )
+
+
+def _mean_curves(value: Any) -> dict[str, dict[str, tuple[float | None, ...]]]:
+    if not isinstance(value, dict):
+        return {}
+    return {setting: {name: numbers(curve.get("value")) for name, curve in metrics.items() if isinstance(curve, dict)}
+            for setting, metrics in value.items() if isinstance(metrics, dict)}
 
 
 def _names(value: Any) -> tuple[str, ...]:
