@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # Regenerates our published rows, the page and the hub exports.
 #
-# Published protocol (CPU-sized; see README "Leaderboard"): for each embedded model, `falsedemo sweep` over the 14
-# main datasets, settings correct and permuted, k = 12 demonstrations, lm-eval's default seeds (few-shot seed 1234),
-# the first 24 queries of each dataset's fixed seeded order, and SST-2 in its 13 first-token-scorable prompt formats
-# (0-10, 12, 13) at 8 queries each; local dataset copies, one sweep per chunk of datasets (a chunk that fails leaves
-# the others; an interrupted chunk continues with `falsedemo sweep --resume <its folder>`). About 20 minutes of one
-# core per model. Then the leaderboard from those sweeps plus the false-induction-head evaluations of reports/heads.
+# Published protocol (CPU-sized; see README "Leaderboard" and leaderboard/README.md for the cost): for each embedded
+# model, `falsedemo sweep` over the 14 main datasets, settings correct, permuted and zeroshot (the zero-shot answers
+# are the prior of the prior-alignment metrics), k = 12 demonstrations, lm-eval's default seeds (few-shot seed 1234),
+# the first N = 50 queries of each dataset's fixed seeded order, and SST-2 in its 13 first-token-scorable prompt
+# formats (0-10, 12, 13) at 50 queries each; local dataset copies, one sweep per chunk of datasets (a chunk that fails
+# leaves the others). Rerunning this script resumes: finished chunks are skipped, an interrupted one continues.
+# Then the leaderboard from those sweeps plus the false-induction-head evaluations of reports/heads.
 #
 # The full paper protocol (k = 40, every query; for a GPU), one command per model:
 #   falsedemo sweep --model_args pretrained=<model>,dtype=float32 --tasks falsedemo_main_correct,falsedemo_main_permuted \
 #     --num_fewshot 40 --device cuda:0 --batch_size 8 --output_path results
 #
 # Usage: leaderboard/build.sh        (SWEEPS=0 rebuilds the tables, page and exports from leaderboard/runs only;
-#                                     MODELS="gemma-3-270m" runs one model)
+#                                     MODELS="gemma-3-270m" runs one model; RUNS=<folder> sweeps elsewhere;
+#                                     TABLES=0 runs the sweeps only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 K=${K:-12}
@@ -30,6 +32,19 @@ CHUNKS=(
   "tweet_eval_hate tweet_eval_stance_atheism tweet_eval_stance_feminist"
   "sst2_formats"
 )
+# Resumable: a chunk whose finished sweep is already under $RUNS/<model> (same tasks, N, k, model args) is skipped,
+# an interrupted one (a checkpoint/ manifest with those arguments) continues with --resume; the rest run anew.
+chunk_state() {  # model tasks -> "done <folder>", "resume <folder>" or "new"
+  python - "$RUNS/$1" "$2" "$N" "$K" "$1" <<'PY'
+import sys
+from lm_eval_false_demos.results.checkpoints import find_run
+
+root, tasks, limit, k, model = sys.argv[1:]
+state, folder = find_run(root, "sweep", {"tasks": tasks.split(","), "limit": float(limit), "num_fewshot": int(k),
+                                         "model_args": {"pretrained": model, "dtype": "float32"}})
+print(state, folder or "")
+PY
+}
 for model in ${MODELS:-gemma-3-270m smollm2-135m}; do
   [ "${SWEEPS:-1}" = 0 ] && break
   for chunk in "${CHUNKS[@]}"; do
@@ -38,15 +53,20 @@ for model in ${MODELS:-gemma-3-270m smollm2-135m}; do
     for dataset in $datasets; do
       for setting in $SETTINGS; do tasks="$tasks,falsedemo_${dataset}_${setting}"; done
     done
+    tasks=${tasks#,}
+    read -r state folder < <(chunk_state "$model" "$tasks")
+    if [ "$state" = done ]; then echo "chunk '$datasets' of $model: done in $folder, skipped" >&2; continue; fi
+    resume=()
+    if [ "$state" = resume ]; then echo "chunk '$datasets' of $model: continuing $folder" >&2; resume=(--resume "$folder"); fi
     # the all-formats SST-2 tasks expand to one task per format; formats 11 and 14 cannot be first-token scored here
-    falsedemo sweep --model hf --model_args "pretrained=$model,dtype=float32" --tasks "${tasks#,}" \
+    falsedemo sweep --model hf --model_args "pretrained=$model,dtype=float32" --tasks "$tasks" \
       --sst2_format 0-10,12-13 --num_fewshot "$K" --limit "$N" --batch_size 2 --device cpu --no_plots \
-      --output_path "$RUNS/$model" || echo "chunk '$datasets' of $model failed; the others are kept" >&2
+      --output_path "$RUNS/$model" "${resume[@]}" || echo "chunk '$datasets' of $model failed; the others are kept" >&2
   done
 done
 [ "${TABLES:-1}" = 0 ] && exit 0
 falsedemo leaderboard --results "$RUNS" reports/heads/runs/*/evaluate --output leaderboard --force \
-  --note "Protocol: k = 12, correct and permuted settings, 24 queries per dataset (SST-2: 13 formats x 8), few-shot seed 1234, local data; one leaderboard/build.sh."
+  --note "Protocol: k = 12, settings correct, permuted and zeroshot (for prior alignment), the first 50 queries of each dataset (SST-2: 13 formats x 50), few-shot seed 1234, local data, first label token; one leaderboard/build.sh."
 # The README shows the same table, between its leaderboard markers.
 python - <<'PY'
 from pathlib import Path

@@ -332,14 +332,16 @@ def test_read_only_output_check_without_permissions(tmp_path, monkeypatch):
         publish.check_output(tmp_path / "old", force=True)
 
 
-def lm_eval_file(folder, name, model_args, scores, num_layers=18, groups=None, metadata=None):
+def lm_eval_file(folder, name, model_args, scores, num_layers=18, groups=None, metadata=None, k=4, model="hf-earlyexit",
+                 limit=None):
     payload = {
         "results": {task: {"alias": task, "calibrated_acc,none": value} for task, value in scores.items()},
         "groups": groups or {},
         "configs": {task: {"metadata": dict(metadata or {})} for task in scores},
         "n-samples": {task: {"effective": 30} for task in scores},
-        "config": {"model": "hf-earlyexit", "model_args": model_args, "fewshot_seed": 1234,
-                   "falsedemo": {"num_layers": num_layers, "label_scoring": "first"}},
+        "n-shot": {task: k for task in scores},
+        "config": {"model": model, "model_args": model_args, "fewshot_seed": 1234, "limit": limit,
+                   **({"falsedemo": {"num_layers": num_layers, "label_scoring": "first"}} if model != "hf" else {})},
         "date": 1_700_000_000.0,
     }
     path = folder / name
@@ -373,6 +375,69 @@ def test_readout_fields_outside_model_args_split_rows(tmp_path):
         "(default)", "chat_template_sha256=abc123,prompt_mode=chat_multiturn", "chat_template_sha256=def456"]
     default = next(row for row in board.ordered_rows() if not row.args)
     assert leaderboard.summarise(default, iterations=0)["gap_permuted"] == pytest.approx(0.1)  # raw + old file
+
+
+def test_k_4_and_k_0_of_one_model_and_task_are_two_rows_never_a_duplicate(tmp_path, capsys):
+    """The reported case: the same model and task at k = 4 and k = 0 gave ONE row "k = 0, 4" whose permuted value
+    was the k = 0 run alone (the k = 4 file dropped as a duplicate, exit 0)."""
+    four = lm_eval_file(tmp_path, "results_k4.json", "pretrained=m", {"falsedemo_trec_correct": 0.7,
+                                                                      "falsedemo_trec_permuted": 0.4}, k=4)
+    zero = lm_eval_file(tmp_path, "results_k0.json", "pretrained=m", {"falsedemo_trec_correct": 0.6,
+                                                                      "falsedemo_trec_permuted": 0.55}, k=0)
+    assert run_cli("--results", four, zero, "--output", tmp_path / "out") == 0
+    board, paths = leaderboard.build([four, zero], tmp_path / "again", bootstrap_iters=0)
+    assert not [message for message in board.warnings if message.startswith("duplicate")]
+    by_k = {leaderboard.summarise(row, iterations=0)["k"]: leaderboard.summarise(row, iterations=0)
+            for row in board.ordered_rows()}
+    assert set(by_k) == {"4", "0"}
+    assert by_k["4"]["permuted_acc"] == pytest.approx(0.4) and by_k["4"]["gap_permuted"] == pytest.approx(0.3)
+    assert by_k["0"]["permuted_acc"] == pytest.approx(0.55) and by_k["0"]["gap_permuted"] == pytest.approx(0.05)
+    markdown = paths["markdown"].read_text()
+    assert "2 different protocols" in markdown and "ranked only within a group" in markdown
+    rows = [line for line in markdown.splitlines() if line.startswith("| m [")]
+    assert len(rows) == 2 and sorted(row.split("{")[1][:3] for row in rows) == ["k=0", "k=4"]  # each marked
+    page = paths["html"].read_text()
+    assert page.count('<span class="protocol">') == 2 and "2 different protocols" in page
+
+
+@pytest.mark.parametrize("change, protocol_text", [
+    ({"limit": 50}, "N=50"),
+    ({"metadata": {"data_source": "hub:CogComp/trec"}}, "data hub"),
+    ({"model": "hf"}, "whole label"),
+])
+def test_runs_under_another_protocol_are_separate_rows(tmp_path, change, protocol_text):
+    """N, data source and label scoring split rows like k; dtype, prompt mode and lens already split them
+    (model args and rowkey.READOUT_FIELDS)."""
+    base = lm_eval_file(tmp_path, "results_a.json", "pretrained=m", {"falsedemo_trec_correct": 0.6,
+                                                                     "falsedemo_trec_permuted": 0.4})
+    other = lm_eval_file(tmp_path, "results_b.json", "pretrained=m", {"falsedemo_trec_permuted": 0.5}, **change)
+    board, _ = leaderboard.build([base, other], tmp_path / "out", bootstrap_iters=0)
+    summaries = [leaderboard.summarise(row, iterations=0) for row in board.ordered_rows()]
+    assert len(summaries) == 2 and not [m for m in board.warnings if m.startswith("duplicate")]
+    (changed,) = [summary for summary in summaries if protocol_text in summary["protocol"]]
+    assert changed["permuted_acc"] == pytest.approx(0.5) and changed["gap_permuted"] is None
+
+
+def test_other_dtype_lens_or_prompt_mode_are_other_rows(tmp_path):
+    files = [lm_eval_file(tmp_path, "results_a.json", "pretrained=m,dtype=float32", {"falsedemo_trec_permuted": 0.4}),
+             lm_eval_file(tmp_path, "results_b.json", "pretrained=m,dtype=bfloat16", {"falsedemo_trec_permuted": 0.5}),
+             lm_eval_file(tmp_path, "results_c.json", "pretrained=m,dtype=float32,lens=tuned:/x",
+                          {"falsedemo_trec_permuted": 0.6})]
+    board, _ = leaderboard.build(files, tmp_path / "out", bootstrap_iters=0)
+    assert len(board.ordered_rows()) == 3 and not board.warnings
+
+
+def test_a_heads_file_joins_every_protocol_of_its_model(tmp_path):
+    for folder in ("sweeps", "heads"):
+        shutil.copytree(FIXTURES / folder, tmp_path / folder)
+    lm_eval_file(tmp_path, "results_k4.json", "pretrained=gemma-3-270m,dtype=float32",
+                 {"falsedemo_trec_correct": 0.7, "falsedemo_trec_permuted": 0.4}, k=4)
+    board, paths = leaderboard.build([tmp_path], tmp_path / "out", bootstrap_iters=0)
+    rows = csv_rows(paths["csv"])
+    summaries = [leaderboard.summarise(row, iterations=0) for row in board.ordered_rows()]
+    assert sorted(summary["k"] for summary in summaries) == ["4", "40"]
+    assert all(summary["false_heads"] == "14:2;16:1" for summary in summaries)
+    assert rows[("gemma-3-270m", "dtype=float32")]["false_heads"] == "14:2;16:1"
 
 
 def test_lm_eval_groups_and_the_sst2_formats_task_feed_the_row(tmp_path):
@@ -416,12 +481,12 @@ def write_sweep(folder, tasks, model="m", layers=3):
 
     folder.mkdir(parents=True)
     entries, arrays = {}, {}
-    for name, (dataset, setting, scores, gold) in tasks.items():
-        entries[name] = {"dataset": dataset, "setting": setting, "n": len(gold), "k": 4,
+    for name, (dataset, setting, scores, gold, *follow) in tasks.items():
+        entries[name] = {"dataset": dataset, "setting": setting, "n": len(gold), "k": 0 if setting == "zeroshot" else 4,
                          "chance": 1 / scores.shape[2],
                          "per_layer": {"calibrated_acc": calibrated_accuracy_by_layer(scores, gold).tolist()}}
         arrays[name] = {"query_keys": [f"q{i}" for i in range(len(gold))], "query_scores": scores,
-                        "gold": np.asarray(gold)}
+                        "gold": np.asarray(gold), "follow": np.asarray(follow[0]) if follow else None}
     config = {"model": "hf", "model_args": {"pretrained": model}, "num_layers": layers, "k": [4],
               "seed": {"fewshot": 1234}, "command": f"falsedemo sweep --model_args pretrained={model}"}
     (folder / "sweep.json").write_text(json.dumps({"kind": "falsedemo.sweep", "format_version": 1, "config": config,
@@ -495,6 +560,59 @@ def test_no_interval_is_claimed_without_scores_for_every_dataset(tmp_path):
     assert summary["gap_permuted"] == pytest.approx(0.1)  # (0 + 0.2) / 2
     assert summary["gap_permuted_low"] is None and summary["interval_datasets"] == 0
     assert csv_rows(paths["csv"])[("m", "(default)")]["gap_permuted_low"] == ""
+
+
+def test_prediction_metrics_are_means_over_datasets_of_the_final_layer_metrics(tmp_path):
+    import numpy as np
+
+    from lm_eval_false_demos.core import metrics
+
+    rng = np.random.default_rng(5)
+    tasks, oracle = {}, {"flip_rate": [], "prior_alignment": [], "semantic_override": [], "follow_rate": []}
+    for dataset in ("trec", "rte", "mrpc"):
+        correct, gold = random_scores(rng, 16, 3, 3, 2.0)
+        permuted, _ = random_scores(rng, 16, 3, 3, 0.5)
+        zeroshot, _ = random_scores(rng, 16, 3, 3, 1.0)
+        follow = (gold + 1) % 3
+        tasks[f"falsedemo_{dataset}_correct"] = (dataset, "correct", correct, gold)
+        tasks[f"falsedemo_{dataset}_permuted"] = (dataset, "permuted", permuted, gold, follow)
+        tasks[f"falsedemo_{dataset}_zeroshot"] = (dataset, "zeroshot", zeroshot, gold)
+        prior = metrics.predictions(zeroshot[:, -1])
+        oracle["flip_rate"].append(metrics.flip_rate(correct[:, -1], permuted[:, -1], gold))
+        oracle["prior_alignment"].append(metrics.prior_alignment(permuted[:, -1], prior))
+        oracle["semantic_override"].append(metrics.semantic_override_rate(permuted[:, -1], follow, prior))
+        oracle["follow_rate"].append(metrics.follow_accuracy(permuted[:, -1], follow))
+    write_sweep(tmp_path / "s", tasks)
+    board, paths = leaderboard.build([tmp_path], tmp_path / "out", bootstrap_iters=100)
+    (row,) = board.ordered_rows()
+    summary = leaderboard.summarise(row, iterations=100)
+    for name, values in oracle.items():
+        assert summary[name] == pytest.approx(np.mean(values)), name
+    assert summary["k"] == "4"  # the zero-shot tasks' k = 0 is not the row's k
+    assert summary["prior_alignment_low"] <= summary["prior_alignment"] <= summary["prior_alignment_high"]
+    assert summary["flip_rate_low"] <= summary["flip_rate"] <= summary["flip_rate_high"]
+    assert summary["label_sensitivity"] is None and "wrong-share grid" in summary["prediction_notes"]
+    row_csv = csv_rows(paths["csv"])[("m", "(default)")]
+    assert float(row_csv["semantic_override"]) == pytest.approx(np.mean(oracle["semantic_override"]), abs=1e-6)
+    assert row_csv["label_sensitivity"] == ""  # absent, not 0
+    header = next(line for line in paths["markdown"].read_text().splitlines() if line.startswith("|"))
+    cells = [cell.strip() for cell in header.strip("|").split("|")]
+    assert "prior alignment" in cells and "flip rate" in cells and "semantic override" not in cells
+    # the markdown stays narrow: two columns more than before issue 23
+    assert len(leaderboard.MARKDOWN_COLUMNS) == 14
+
+
+def test_without_a_zeroshot_run_prior_alignment_is_absent_with_a_note(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(6)
+    correct, gold = random_scores(rng, 10, 3, 2, 1.0)
+    write_sweep(tmp_path / "s", {"falsedemo_trec_correct": ("trec", "correct", correct, gold),
+                                 "falsedemo_trec_permuted": ("trec", "permuted", correct[::-1].copy(), gold)})
+    board, _ = leaderboard.build([tmp_path], tmp_path / "out", bootstrap_iters=0)
+    summary = leaderboard.summarise(board.ordered_rows()[0], iterations=0)
+    assert summary["prior_alignment"] is None and summary["flip_rate"] is not None
+    assert "prior_alignment: needs the permuted and zeroshot settings" in summary["prediction_notes"]
 
 
 # ----------------------------------------------------------------------------------- hub export

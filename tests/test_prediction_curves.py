@@ -155,3 +155,32 @@ def test_the_schema_reads_the_prediction_metrics_back(grid_sweep):
     assert sweep.tasks["falsedemo_unnatural_permuted@50"].wrong_share == 50.0
     assert set(sweep.summary.prediction_curves) == set()  # unnatural is not a main dataset
     assert "permuted@50" not in sweep.summary.headline or sweep.summary.headline["permuted@50"].datasets == ()
+
+
+def test_find_run_says_done_resume_or_new(tmp_path):
+    import json
+
+    from lm_eval_false_demos.results.checkpoints import find_run
+
+    wanted = {"tasks": ["falsedemo_trec_correct"], "limit": 50.0, "num_fewshot": 12, "model_args": {"pretrained": "m"}}
+    assert find_run(tmp_path, "sweep", wanted) == ("new", None)
+    interrupted = tmp_path / "sweep_m_2" / "checkpoint"
+    interrupted.mkdir(parents=True)
+    (interrupted / "MANIFEST").write_text(json.dumps({"kind": "sweep", "arguments": {**wanted, "batch_size": "2"}}))
+    assert find_run(tmp_path, "sweep", wanted) == ("resume", tmp_path / "sweep_m_2")
+    assert find_run(tmp_path, "sweep", {**wanted, "limit": 24.0}) == ("new", None)
+    finished = tmp_path / "sweep_m_1"
+    finished.mkdir()
+    config = {"requested_tasks": wanted["tasks"], "limit": 50.0, "num_fewshot": 12, "model_args": {"pretrained": "m"}}
+    (finished / "sweep.json").write_text(json.dumps({"kind": "falsedemo.sweep", "config": config}))
+    assert find_run(tmp_path, "sweep", wanted) == ("done", finished)
+
+
+def test_an_unused_wrong_share_leaves_the_resume_arguments_of_older_runs_alone():
+    from lm_eval_false_demos.cli import args as cli_args
+    from lm_eval_false_demos.cli.main import build_parser
+
+    argv = ["sweep", "--tasks", "falsedemo_trec_permuted"]
+    assert "wrong_share" not in cli_args.run_arguments(build_parser(argv).parse_args(argv))
+    argv += ["--wrong_share", "0,50"]
+    assert cli_args.run_arguments(build_parser(argv).parse_args(argv))["wrong_share"] == [0.0, 50.0]

@@ -227,9 +227,14 @@ def wrong_share_grid(text: str) -> list[float]:
     return shares
 
 
+# Options added after runs were checkpointed: left out while unused, so a run started before them still resumes.
+LATER_OPTIONS = frozenset({"wrong_share"})
+
+
 def run_arguments(args: argparse.Namespace) -> dict:
     """The parsed arguments that change what a run computes (a resumed run must repeat them)."""
-    return {key: value for key, value in sorted(vars(args).items()) if key not in PRESENTATION_ARGUMENTS}
+    return {key: value for key, value in sorted(vars(args).items())
+            if key not in PRESENTATION_ARGUMENTS and not (key in LATER_OPTIONS and value is None)}
 
 
 # ------------------------------------------------------------------------------- accelerate ranks

@@ -9,8 +9,10 @@ Reads, recursively, every ``*.json`` under the given folders:
 * our ``heads.json`` (``"kind": "falsedemo.heads"``, :class:`results.heads_schema.HeadsFile`):
   false-induction-head gap recovered vs random heads.
 
-Rows are keyed by :func:`rowkey.row_key`. Anything unreadable, partial or foreign is skipped with a warning
-naming the file and why, and a measurement given twice is reported (the newer file wins).
+Rows are keyed by :func:`rowkey.row_key` plus the file's :class:`rowkey.Protocol` (k, N, data source, label
+scoring): runs under different protocols are never merged. A heads file describes its own ablations, so it joins
+every row of its model's readout. Anything unreadable, partial or foreign is skipped with a warning naming the file
+and why, and a measurement given twice is reported (the newer file wins).
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from lm_eval_false_demos.leaderboard.lm_eval_files import add_lm_eval
-from lm_eval_false_demos.leaderboard.rowkey import RowKeyError, row_key, schema_readout
+from lm_eval_false_demos.leaderboard.rowkey import (
+    HEADS_PROTOCOL,
+    Protocol,
+    RowKeyError,
+    protocol,
+    row_key,
+    schema_readout,
+)
 from lm_eval_false_demos.leaderboard.rows import METRIC, Measurement, Row, SkipFile
 from lm_eval_false_demos.leaderboard.values import data_source_text, date_from_name
 from lm_eval_false_demos.results import query_scores
@@ -97,7 +106,9 @@ class Leaderboard:
 
     def add_sweep(self, path: Path, sweep: SweepFile) -> None:
         config = sweep.config
-        row = self.run_row(config)
+        shown = {task.k for task in sweep.tasks.values() if task.setting != "zeroshot" and task.k is not None}
+        row = self.run_row(config, protocol(shown or set(config.k), config.limit,
+                                            data_source_text(config.data_source), "first"))
         date = config.date or date_from_name(path)
         scores = self._query_scores(path)
         for problem in sweep.ignored:
@@ -124,7 +135,7 @@ class Leaderboard:
         row.label_scoring.add("first label token")  # the sweep reads the first token of " " + label
         if config.command:
             row.commands[path] = config.command
-        row.k.update(config.k)
+        row.k.update(row.protocol.k)
         self.register_run(row, config, path, date)
 
     def _query_scores(self, path: Path) -> dict:
@@ -142,7 +153,7 @@ class Leaderboard:
     def add_heads(self, path: Path, heads: HeadsFile) -> None:
         if heads.top_k is None and heads.evaluation is None:
             raise SkipFile("heads file with neither top_k nor evaluation")
-        row = self.run_row(heads.config)
+        row = self.run_row(heads.config, HEADS_PROTOCOL)
         date = date_from_name(path)  # heads.json records no date: its folder is named by it
         # k is not added: it describes the accuracy columns, and a heads file's k is that of its own ablations
         self.register_run(row, heads.config, path, date)
@@ -159,14 +170,16 @@ class Leaderboard:
 
     # -- shared helpers
 
-    def row(self, model: Any, model_args: Any, readout: Mapping[str, Any], num_layers: int | None) -> Row:
+    def row(self, model: Any, model_args: Any, readout: Mapping[str, Any], num_layers: int | None,
+            run_protocol: Protocol | None) -> Row:
         try:
             checkpoint, args, model_type = row_key(model, model_args, readout, num_layers)
         except RowKeyError as error:
             raise SkipFile(str(error)) from None
-        row = self.rows.get((checkpoint, args))
+        row = self.rows.get((checkpoint, args, run_protocol))
         if row is None:
-            row = self.rows[(checkpoint, args)] = Row(checkpoint=checkpoint, args=args)
+            row = self.rows[(checkpoint, args, run_protocol)] = Row(checkpoint=checkpoint, args=args,
+                                                                    protocol=run_protocol)
         if model_type:
             row.model_types.add(model_type)
         revision = dict(args).get("revision")
@@ -174,8 +187,9 @@ class Leaderboard:
             row.identities.add(("revision", f"revision:{revision}"))
         return row
 
-    def run_row(self, config: RunConfig) -> Row:
-        return self.row(config.model, dict(config.model_args), schema_readout(config.readout), config.num_layers)
+    def run_row(self, config: RunConfig, run_protocol: Protocol | None) -> Row:
+        return self.row(config.model, dict(config.model_args), schema_readout(config.readout), config.num_layers,
+                        run_protocol)
 
     def register_run(self, row: Row, config: RunConfig, path: Path, date: float | None) -> None:
         """What a sweep's or heads run's configuration says about the checkpoint, data and versions."""
@@ -216,8 +230,27 @@ class Leaderboard:
             row.versions[which].add(found)
 
     def ordered_rows(self) -> list[Row]:
-        """Rows that at least one file filled, by model then config."""
-        return [self.rows[key] for key in sorted(self.rows) if self.rows[key].files]
+        """Rows that at least one file filled, by model, config and protocol; a heads file's numbers joined to every
+        row of its model's readout (a heads-only row where there is none)."""
+        self._attach_heads()
+        measured = {(row.checkpoint, row.args) for row in self.rows.values() if row.protocol is not None}
+        keep = [row for row in self.rows.values()
+                if row.files and (row.protocol is not None or (row.checkpoint, row.args) not in measured)]
+        return sorted(keep, key=lambda row: (row.checkpoint, row.args, row.protocol or Protocol((), "", "", "")))
+
+    def _attach_heads(self) -> None:
+        for heads_row in [row for row in self.rows.values() if row.protocol is None and row.heads is not None]:
+            for row in self.rows.values():
+                if row.protocol is not None and (row.checkpoint, row.args) == (heads_row.checkpoint, heads_row.args):
+                    row.heads, row.heads_source, row.heads_date = heads_row.heads, heads_row.heads_source, \
+                        heads_row.heads_date
+                    row.files |= heads_row.files
+                    row.identities |= heads_row.identities
+                    row.parameters |= heads_row.parameters
+                    row.layers |= heads_row.layers
+                    row.model_types |= heads_row.model_types
+                    for which, found in heads_row.versions.items():
+                        row.versions[which] |= found
 
 
 def add_identity(row: Row, identity: ModelIdentity) -> None:

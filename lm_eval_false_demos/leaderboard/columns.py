@@ -12,7 +12,13 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from lm_eval_false_demos.core.datasets import MAIN_DATASETS
-from lm_eval_false_demos.leaderboard.headline import dataset_value, main_values, setting_headline
+from lm_eval_false_demos.leaderboard.headline import (
+    PREDICTION_METRICS,
+    dataset_value,
+    main_values,
+    prediction_headline,
+    setting_headline,
+)
 from lm_eval_false_demos.leaderboard.rows import GROUP_DATASET, Row, identity_text
 from lm_eval_false_demos.leaderboard.values import joined, mean
 
@@ -42,12 +48,20 @@ COLUMNS = (
            "half its final value (paper), and as a fraction of depth L"),
     Column("early_exit_gain", "early-exit gain", "signed", "permuted accuracy at the layer maximising it minus at the "
            "final layer (mean curves), with its interval (the layer held fixed)", True),
+    Column("prior_alignment", "prior alignment", "acc", "with permuted labels, the share of queries answered (argmax, "
+           "final layer) as the model's own zero-shot answer; mean over the main datasets run with the zeroshot "
+           "setting, with its interval", True),
+    Column("flip_rate", "flip rate", "acc", "of the queries answered right with correct demonstrations, the share "
+           "answered wrong with permuted ones (argmax, final layer, paired); mean over the main datasets", True),
     Column("heads_vs_random", "heads vs random", "text", "share of the permuted gap recovered by zeroing the 5 false "
            "induction heads, against 5 random heads (pooled over the evaluated datasets; mean of random draws)"),
     Column("data_source", "data", "text", "datasets from the hub or a local copy"),
     # detail
     Column("config", "config", "text", "the other readout-defining settings (model args such as exit_layer, heads; "
            "chat template or lens hashes); rows are keyed by model + config"),
+    Column("protocol", "protocol", "text", "what was measured: k, N (the query limit asked for; all: every query), "
+           "data source and label scoring; runs that differ in any of them are separate rows, ranked only within "
+           "their protocol"),
     Column("model_type", "lm-eval model", "text", "lm-eval model class(es) the row's files were run with"),
     Column("identity", "identity", "text", "exact checkpoint: hub revision / commit sha, or GGUF file hash"),
     Column("k", "k", "text", "demonstrations per prompt"),
@@ -74,6 +88,21 @@ COLUMNS = (
     Column("heads_gap_recovered", "heads (paper's ratio)", "signed", "mean over datasets of per-dataset shares "
            "(the paper's figure; a dataset with a tiny gap inflates it)"),
     Column("random_heads_gap_recovered", "random (paper's ratio)", "signed", "same for random heads"),
+    Column("prior_alignment_correct", "prior alignment correct", "acc", "prior alignment with correct "
+           "demonstrations", True),
+    Column("semantic_override", "semantic override", "acc", "of the queries whose zero-shot answer differs from the "
+           "label the permuted mapping gives them, the share answered with that label (argmax, final layer)", True),
+    Column("follow_rate", "follow rate", "acc", "with permuted labels, the share answered with the label the shown "
+           "mapping gives the query (argmax, final layer)", True),
+    Column("true_label_prob_correct", "p(true) correct", "acc", "mean probability of the true label (softmax over "
+           "the K labels, final layer), correct demonstrations", True),
+    Column("true_label_prob_permuted", "p(true) permuted", "acc", "same with permuted labels", True),
+    Column("lowest_class_recall", "lowest class recall", "acc", "per dataset the lowest per-class recall (argmax, "
+           "final layer, correct demonstrations), mean over the main datasets"),
+    Column("label_sensitivity", "label sensitivity", "signed", "slope of final-layer calibrated accuracy against the "
+           "share of wrong labels (0..1) over a wrong-share grid, mean over datasets (StaICC's GLER as a slope)"),
+    Column("prediction_datasets", "prediction #", "text", "main datasets behind each prediction metric"),
+    Column("prediction_notes", "absent", "text", "why a prediction metric is absent (a setting that was not run)"),
     Column("ran", "ran", "text", "what the row's files hold when no main dataset was run"),
     Column("plugin_version", "plugin", "text", "lm_eval_false_demos version"),
     Column("lm_eval_version", "lm-eval", "text", "lm-eval version"),
@@ -83,7 +112,7 @@ COLUMNS = (
     Column("reproduce", "reproduce", "text", "the commands that wrote the row's files"),
 )
 DEFAULT_KEYS = ("model", "parameters", "layers", "correct_acc", "permuted_acc", "gap_permuted", "critical_layer",
-                "early_exit_gain", "heads_vs_random", "data_source")
+                "early_exit_gain", "prior_alignment", "flip_rate", "heads_vs_random", "data_source")
 DEFAULT_COLUMNS = tuple(column for column in COLUMNS if column.key in DEFAULT_KEYS)
 MARKDOWN_COLUMNS = DEFAULT_COLUMNS[:3] + tuple(c for c in COLUMNS if c.key in ("k", "n_per_dataset")) + DEFAULT_COLUMNS[3:]
 CSV_KEYS = tuple(key for column in COLUMNS for key in (
@@ -96,6 +125,7 @@ def summarise(row: Row, iterations: int = 1000, seed: int = 0) -> dict[str, Any]
     summary: dict[str, Any] = {
         "model": row.checkpoint,
         "config": row.config_text,
+        "protocol": row.protocol.text if row.protocol is not None else None,
         "model_type": joined(row.model_types),
         "identity": identity_text(row.identities),
         "parameters": max(row.parameters) if row.parameters else None,
@@ -138,6 +168,16 @@ def summarise(row: Row, iterations: int = 1000, seed: int = 0) -> dict[str, Any]
         summary["curves"] = headline.get("curves", {})
         summary["bands"] = headline.get("bands", {})
         summary["bootstrap"] = headline.get("bootstrap")
+    predictions = prediction_headline(row, iterations=iterations, seed=seed)
+    for name in (*PREDICTION_METRICS, "lowest_class_recall", "label_sensitivity"):
+        summary[name] = predictions[name]
+        low, high = predictions.get(f"{name}_ci") or (None, None)
+        summary[f"{name}_low"], summary[f"{name}_high"] = low, high
+    summary["prediction_datasets"] = ", ".join(
+        f"{name} {predictions[f'{name}_datasets']}" for name in (*PREDICTION_METRICS, "lowest_class_recall",
+                                                                 "label_sensitivity")
+        if predictions[f"{name}_datasets"]) or None
+    summary["prediction_notes"] = "; ".join(f"{name}: {why}" for name, why in predictions["notes"].items()) or None
     heads = row.heads or {}
     summary["false_heads"] = heads.get("top_k")
     for key in ("pooled_gap_recovered", "gap_recovered"):

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from lm_eval_false_demos.analysis.layer_curves import critical_layer, early_exit
 from lm_eval_false_demos.core.datasets import MAIN_DATASETS
+from lm_eval_false_demos.core import metrics
 from lm_eval_false_demos.core.metrics import calibrated_accuracy_by_layer
 from lm_eval_false_demos.core.sst2_formats import BASE_KEY, parse_variant_key
 from lm_eval_false_demos.leaderboard.rows import Measurement, Row
@@ -205,3 +207,134 @@ def _bootstrap(paired_units: list[Unit], exit_layer: int | None, iterations: int
         # the exit layer is chosen once on all queries and held fixed, as in the sweep's per-dataset intervals
         found["early_exit_gain_ci"] = interval(corrupted[:, exit_layer] - corrupted[:, -1])
     return found
+
+
+# ----------------------------------------------------------------------------------- prediction metrics
+# The prediction metrics of core.metrics at the final layer, from the sweeps' per-query scores: per main dataset
+# (SST-2: the mean over its formats) and then the mean over the datasets that have them; intervals resample each
+# dataset's queries (one draw for every setting, format and metric), as the gap's do.
+
+PREDICTION_METRICS = ("flip_rate", "prior_alignment", "prior_alignment_correct", "semantic_override", "follow_rate",
+                      "true_label_prob_correct", "true_label_prob_permuted")
+_SWEPT = "of the same queries in a sweep (query_scores.npz)"
+NEEDS = {"flip_rate": f"the correct and permuted settings {_SWEPT}",
+         "prior_alignment": f"the permuted and zeroshot settings {_SWEPT}",
+         "prior_alignment_correct": f"the correct and zeroshot settings {_SWEPT}",
+         "semantic_override": f"the permuted and zeroshot settings {_SWEPT}, with follow targets",
+         "follow_rate": f"the permuted setting {_SWEPT}, with follow targets (sweeps since f508f32)",
+         "true_label_prob_correct": f"the correct setting {_SWEPT}",
+         "true_label_prob_permuted": f"the permuted setting {_SWEPT}",
+         "lowest_class_recall": f"the correct setting {_SWEPT}",
+         "label_sensitivity": "a wrong-share grid (falsedemo sweep --wrong_share 0,25,50,75,100)"}
+
+
+def _format_keys(row: Row, dataset: str) -> list[str]:
+    if dataset != BASE_KEY:
+        return [dataset]
+    return sorted({d for d, _ in row.sweep if parse_variant_key(d) is not None})
+
+
+def _aligned_settings(row: Row, key: str, settings: tuple[str, ...]) -> dict[str, Any] | None:
+    """{"keys", "gold", setting: scores [N, L+1, K], "follow": [N] or None} on the correct setting's query order
+    (else the first setting present); settings without per-query scores, or other queries, are left out."""
+    found = {s: m for s in settings if (m := row.sweep.get((key, s))) is not None and m.scores is not None}
+    if not found:
+        return None
+    reference = found.get("correct") or next(iter(found.values()))
+    keys = list(reference.scores["keys"])
+    aligned: dict[str, Any] = {"keys": keys, "gold": reference.scores["gold"], "follow": None}
+    for setting, measurement in found.items():
+        where = {k: i for i, k in enumerate(measurement.scores["keys"])}
+        if set(where) != set(keys):
+            continue
+        order = [where[k] for k in keys]
+        aligned[setting] = measurement.scores["scores"][order]
+        if setting == "permuted" and measurement.scores.get("follow") is not None:
+            aligned["follow"] = np.asarray(measurement.scores["follow"])[order]
+    return aligned
+
+
+def _parts(aligned: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The final-layer (numerator, denominator) parts of every metric this format's settings define."""
+    gold, parts = aligned["gold"], {}
+    correct, permuted, zeroshot = (aligned.get(s) for s in ("correct", "permuted", "zeroshot"))
+    last = (lambda scores: scores[:, -1, :])
+    prior = metrics.predictions(last(zeroshot)) if zeroshot is not None else None
+    if correct is not None:
+        parts["true_label_prob_correct"] = metrics.true_probability_parts(last(correct), gold)
+        if prior is not None:
+            parts["prior_alignment_correct"] = metrics.agreement_parts(last(correct), prior)
+    if permuted is not None:
+        parts["true_label_prob_permuted"] = metrics.true_probability_parts(last(permuted), gold)
+        if correct is not None:
+            parts["flip_rate"] = metrics.flip_parts(last(correct), last(permuted), gold)
+        if prior is not None:
+            parts["prior_alignment"] = metrics.agreement_parts(last(permuted), prior)
+        if aligned["follow"] is not None:
+            parts["follow_rate"] = metrics.agreement_parts(last(permuted), aligned["follow"])
+            if prior is not None:
+                parts["semantic_override"] = metrics.override_parts(last(permuted), aligned["follow"], prior)
+    return parts
+
+
+def _sensitivity(row: Row, key: str) -> float | None:
+    """Slope of final-layer calibrated accuracy over the graded permuted settings (permuted@<share>) swept."""
+    graded = sorted((float(setting.split("@", 1)[1]), m.value) for (d, setting), m in row.sweep.items()
+                    if d == key and setting.startswith("permuted@"))
+    if len({share for share, _ in graded}) < 2:
+        return None
+    return float(metrics.label_correctness_sensitivity([s / 100 for s, _ in graded], [v for _, v in graded]))
+
+
+def prediction_headline(row: Row, iterations: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
+    """{metric: mean over main datasets, metric_ci: [low, high], metric_datasets: count} for PREDICTION_METRICS,
+    ``lowest_class_recall`` (correct setting: the mean over datasets of the lowest per-class recall),
+    ``label_sensitivity`` and ``notes`` (why a metric is absent); None where no dataset defines a metric."""
+    rng = np.random.default_rng(seed)
+    values: dict[str, list[float]] = {name: [] for name in (*PREDICTION_METRICS, "lowest_class_recall",
+                                                            "label_sensitivity")}
+    draws: dict[str, list[np.ndarray]] = {name: [] for name in PREDICTION_METRICS}
+    for dataset in MAIN_DATASETS:
+        per_format = []
+        for key in _format_keys(row, dataset):
+            aligned = _aligned_settings(row, key, ("correct", "permuted", "zeroshot"))
+            if aligned is not None:
+                per_format.append(aligned)
+        if not per_format:
+            continue
+        n = len(per_format[0]["gold"])
+        counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(iterations)]) \
+            if iterations > 0 and all(len(a["gold"]) == n for a in per_format) else None
+        format_parts = [_parts(aligned) for aligned in per_format]
+        for name in PREDICTION_METRICS:
+            found = [parts[name] for parts in format_parts if name in parts]
+            if not found:
+                continue
+            value = float(np.nanmean([metrics.ratio(pair) for pair in found]))
+            if not np.isfinite(value):
+                continue
+            values[name].append(value)
+            if counts is not None:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    resampled = [(counts @ top) / (counts @ bottom) for top, bottom in found]
+                draws[name].append(np.nanmean(resampled, axis=0) if len(resampled) > 1 else resampled[0])
+        recalls = [np.nanmin(metrics.per_class_recall(a["correct"][:, -1, :], a["gold"])) for a in per_format
+                   if a.get("correct") is not None]
+        if recalls:
+            values["lowest_class_recall"].append(float(np.mean(recalls)))
+        slopes = [found for key in _format_keys(row, dataset) if (found := _sensitivity(row, key)) is not None]
+        if slopes:
+            values["label_sensitivity"].append(float(np.mean(slopes)))
+    tail = (1 - confidence) / 2 * 100
+    result: dict[str, Any] = {"notes": {}}
+    for name, found in values.items():
+        result[name] = float(np.mean(found)) if found else None
+        result[f"{name}_datasets"] = len(found)
+        if not found:
+            result["notes"][name] = f"needs {NEEDS[name]}"
+        if draws.get(name) and len(draws[name]) == len(found):
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean = np.nanmean(np.stack(draws[name]), axis=0)
+            result[f"{name}_ci"] = [float(v) for v in np.nanpercentile(mean, [tail, 100 - tail])]
+    return result

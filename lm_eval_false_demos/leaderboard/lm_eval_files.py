@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from lm_eval_false_demos.core.task_names import parse_task_name
-from lm_eval_false_demos.leaderboard.rowkey import lm_eval_readout
+from lm_eval_false_demos.leaderboard.rowkey import (
+    LABEL_SCORING_TEXT,
+    Protocol,
+    label_scoring_of,
+    lm_eval_readout,
+    protocol,
+)
 from lm_eval_false_demos.leaderboard.rows import GROUP_DATASET, METRIC, Measurement, Row, SkipFile
 from lm_eval_false_demos.leaderboard.values import data_source_text, date_from_name, first, mapping_at, walk_objects
 from lm_eval_false_demos.results.schema import accuracy, integer, number, text
@@ -29,12 +35,12 @@ def add_lm_eval(board: "Leaderboard", path: Path, payload: Mapping[str, Any]) ->
     if not tasks:
         raise SkipFile("lm-eval results without any falsedemo_* task")
     info = mapping_at(config, "falsedemo")
-    row = board.row(config.get("model"), config.get("model_args"), lm_eval_readout(payload),
-                    integer(info.get("num_layers")))
     date = number(payload.get("date")) or date_from_name(path)
     configs = payload.get("configs") if isinstance(payload.get("configs"), dict) else {}
     n_samples = payload.get("n-samples") if isinstance(payload.get("n-samples"), dict) else {}
     n_shot = payload.get("n-shot") if isinstance(payload.get("n-shot"), dict) else {}
+    row = board.row(config.get("model"), config.get("model_args"), lm_eval_readout(payload),
+                    integer(info.get("num_layers")), file_protocol(config, tasks, configs, n_shot))
     used = 0
     for task, metrics in sorted(tasks.items()):
         parsed = parse_task_name(task)
@@ -51,9 +57,6 @@ def add_lm_eval(board: "Leaderboard", path: Path, payload: Mapping[str, Any]) ->
         if parsed[0] == "sst2" and integer(sst2_format):  # --metadata sst2_format on the format-0 task
             parsed = (f"sst2_f{integer(sst2_format)}", parsed[1])
         n = integer(mapping_at(n_samples, task).get("effective"))
-        k = integer(first(metadata, ("k", "num_demos"))) or integer(n_shot.get(task))
-        if k is not None and parsed[0] != GROUP_DATASET:
-            row.k.add(k)
         source = data_source_text(first(metadata, ("data_source",)))
         if source:
             row.data_sources.add(source)
@@ -61,12 +64,12 @@ def add_lm_eval(board: "Leaderboard", path: Path, payload: Mapping[str, Any]) ->
         used += 1
     if not used:
         raise SkipFile("no usable falsedemo_* task results")
+    row.k.update(row.protocol.k)
     row.commands[path] = lm_eval_command(config, sorted(tasks), n_shot)
     fewshot_seed = integer(config.get("fewshot_seed"))
     if fewshot_seed is not None:
         row.seeds.add(fewshot_seed)
-    if text(info.get("label_scoring")):
-        row.label_scoring.add(f"{text(info.get('label_scoring'))} label token")
+    row.label_scoring.add(LABEL_SCORING_TEXT.get(row.protocol.label_scoring, row.protocol.label_scoring))
     plugin = text(first(config, ("plugin_version",)))
     for task_config in configs.values():
         plugin = plugin or text(first(mapping_at(task_config, "metadata"), ("plugin_version",)))
@@ -75,6 +78,27 @@ def add_lm_eval(board: "Leaderboard", path: Path, payload: Mapping[str, Any]) ->
     board.add_version(row, "transformers", payload.get("transformers_version"))
     add_identity(row, config)
     board.register(row, path, date)
+
+
+def task_k(task: str, metadata: Mapping[str, Any], n_shot: Mapping[str, Any]) -> int | None:
+    return integer(first(metadata, ("k", "num_demos"))) or integer(n_shot.get(task))
+
+
+def file_protocol(config: Mapping[str, Any], tasks: Mapping[str, Any], configs: Mapping[str, Any],
+                  n_shot: Mapping[str, Any]) -> Protocol:
+    """k (of the tasks that show demonstrations), the --limit, the data source and the label scoring of one file."""
+    ks, sources = set(), []
+    for task in tasks:
+        parsed = parse_task_name(task)
+        if parsed is None or parsed[0] == GROUP_DATASET:
+            continue
+        metadata = mapping_at(configs, task, "metadata")
+        sources.append(data_source_text(first(metadata, ("data_source",))))
+        if parsed[1] != "zeroshot":
+            ks.add(task_k(task, metadata, n_shot))
+    source = next((found for found in sources if found), None)
+    return protocol(ks, config.get("limit"), source,
+                    label_scoring_of(config.get("model"), mapping_at(config, "falsedemo").get("label_scoring")))
 
 
 def add_identity(row: Row, config: Mapping[str, Any]) -> None:

@@ -30,10 +30,29 @@ DETAIL_COLUMNS = tuple(column for column in COLUMNS if column not in DEFAULT_COL
 _COLUMN_BY_KEY = {column.key: column for column in COLUMNS}
 
 
+def protocols(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The measurement protocols present, most rows first (a heads-only row has none)."""
+    found = [summary.get("protocol") for summary in summaries if summary.get("protocol")]
+    return sorted(set(found), key=lambda text: (-found.count(text), text))
+
+
 def by_gap(summaries: Sequence[Mapping[str, Any]]) -> list[int]:
-    """Row order of the published tables: largest permuted gap first, rows without one last."""
-    return sorted(range(len(summaries)), key=lambda i: (summaries[i].get("gap_permuted") is None,
+    """Row order of the published tables: grouped by protocol (rows under different protocols are never ranked
+    against each other), within a group the largest permuted gap first, rows without one last."""
+    order = {text: index for index, text in enumerate(protocols(summaries))}
+    return sorted(range(len(summaries)), key=lambda i: (order.get(summaries[i].get("protocol"), len(order)),
+                                                        summaries[i].get("gap_permuted") is None,
                                                         -(summaries[i].get("gap_permuted") or 0.0)))
+
+
+def protocol_notice(summaries: Sequence[Mapping[str, Any]]) -> str:
+    """One line when the rows come from more than one protocol: they are not comparable across groups."""
+    found = protocols(summaries)
+    if len(found) < 2:
+        return ""
+    return (f"These rows come from {len(found)} different protocols ({'; '.join(found)}): each row names its "
+            "protocol, rows are grouped by it and ranked only within a group; numbers of different groups are "
+            "not comparable.")
 
 
 # --------------------------------------------------------------------------------------- markdown
@@ -42,10 +61,13 @@ def by_gap(summaries: Sequence[Mapping[str, Any]]) -> list[int]:
 def render_markdown(summaries: Sequence[Mapping[str, Any]], protocol_note: str = "") -> str:
     columns = MARKDOWN_COLUMNS
     matrix = []
+    notice = protocol_notice(summaries)
     for index in by_gap(summaries):
         summary = summaries[index]
         cells = [_markdown_cell(cell_text(column, summary)) for column in columns]
-        cells[0] += " " + _markdown_cell(f"[{summary.get('config')}]")  # the row key: model + config
+        cells[0] += " " + _markdown_cell(f"[{summary.get('config')}]")  # the row key: model + config + protocol
+        if notice:
+            cells[0] += " " + _markdown_cell(f"{{{summary.get('protocol') or 'heads only'}}}")
         if summary.get("ran"):
             cells[0] += " " + _markdown_cell(f"(no main dataset; ran {summary['ran']})")
         matrix.append(cells)
@@ -67,6 +89,7 @@ def render_markdown(summaries: Sequence[Mapping[str, Any]], protocol_note: str =
         f"Calibrated accuracy at the final layer, mean over the {len(MAIN_DATASETS)} main datasets, with 95% "
         "paired-bootstrap intervals over queries in brackets; sorted by the gap. "
         + (protocol_note + " " if protocol_note else "")
+        + (f"**{notice}** " if notice else "")
         + "Every other column (random and half-correct settings, per-dataset values, versions, the reproduction "
         "commands) is in leaderboard.csv and on the page.\n\n" + table + "\n" + legend + "\n"
     )
@@ -112,6 +135,7 @@ def embed_json(payload: Any) -> str:
 
 def render_html(summaries: Sequence[Mapping[str, Any]], warnings: Sequence[str], protocol_note: str = "") -> str:
     order = by_gap(summaries)
+    notice = protocol_notice(summaries)
     head = "".join(
         f'<th scope="col" data-key="{html.escape(c.key)}" data-kind="{c.kind}" title="{html.escape(c.description)}">'
         f'<button type="button">{html.escape(c.header)}</button></th>'
@@ -127,6 +151,9 @@ def render_html(summaries: Sequence[Mapping[str, Any]], warnings: Sequence[str],
                 config = html.escape(summary.get("config") or "")
                 text = (f'<a class="detail-link" href="#detail-{index}">{text}</a>'
                         f'<span class="config">{config}</span>')
+                if notice:
+                    text += f'<span class="protocol">{html.escape(summary.get("protocol") or "heads only")}</span>'
+
                 if summary.get("ran"):
                     text += f'<span class="ran">no main dataset; ran {html.escape(summary["ran"])}</span>'
             cells.append(f'<td data-key="{column.key}">{text}</td>')
@@ -139,7 +166,7 @@ def render_html(summaries: Sequence[Mapping[str, Any]], warnings: Sequence[str],
         "{{TITLE}}": TITLE,
         "{{MAIN_COUNT}}": str(len(MAIN_DATASETS)),
         "{{ROW_COUNT}}": str(len(summaries)),
-        "{{PROTOCOL}}": html.escape(protocol_note),
+        "{{PROTOCOL}}": html.escape(" ".join(part for part in (protocol_note, notice) if part)),
         "{{TABLE_HEAD}}": head,
         "{{TABLE_BODY}}": "\n".join(body),
         "{{DETAILS}}": "\n".join(details),

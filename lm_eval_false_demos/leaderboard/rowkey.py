@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from lm_eval_false_demos.results.schema import Readout, integer, parse_model_args, text
+from lm_eval_false_demos.results.schema import Readout, integer, number, parse_model_args, text
 
 # Model args that change where or how fast a model runs, not what it computes.
 RUNTIME_ONLY_ARGS = frozenset(
@@ -120,3 +120,51 @@ def row_key(model: Any, model_args: Any, readout: Mapping[str, Any], num_layers:
         if _recorded(value, field):
             pairs[field.name] = str(value) if not isinstance(value, str) else " ".join(value.split())
     return checkpoint, tuple(sorted(pairs.items())), model_type
+
+
+# ------------------------------------------------------------------------------------------- protocol
+# What was measured, beside which model: runs that differ in any of these are never merged into one row, and rows
+# under different protocols are never ranked together (render.py groups them). k counts the demonstrations of the
+# settings that show any (a zeroshot task has none by definition); N is the query limit asked for ("all" without
+# one: each dataset's full query set); label scoring is which part of each label is scored.
+
+LABEL_SCORING_TEXT = {"first": "first label token", "full": "whole label"}
+OUR_MODELS = ("hf-earlyexit", "hf-ablate")
+
+
+@dataclass(frozen=True, order=True)
+class Protocol:
+    k: tuple[int, ...]
+    limit: str  # the --limit given ("50", "0.5"), or "all"
+    data_source: str  # "local", "hub" or "?"
+    label_scoring: str  # "first", "full" or "?"
+
+    @property
+    def text(self) -> str:
+        ks = ",".join(map(str, self.k)) or "?"
+        return (f"k={ks}, N={self.limit}, data {self.data_source}, "
+                f"{LABEL_SCORING_TEXT.get(self.label_scoring, 'label scoring ' + self.label_scoring)}")
+
+
+HEADS_PROTOCOL = None  # a heads file describes its own ablations: it joins every protocol of its model's readout
+
+
+def limit_text(limit: Any) -> str:
+    value = number(limit)
+    if value is None:
+        return "all"
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def label_scoring_of(model: Any, recorded: Any) -> str:
+    """Our wrappers record their choice (config.falsedemo.label_scoring, default first for falsedemo tasks);
+    lm-eval's plain models score the whole continuation; a sweep reads the first token."""
+    recorded = text(recorded)
+    if recorded:
+        return recorded
+    return "first" if text(model) in OUR_MODELS else "full"
+
+
+def protocol(ks: Any, limit: Any, data_source: str | None, label_scoring: str) -> Protocol:
+    return Protocol(tuple(sorted({int(k) for k in ks if k is not None})), limit_text(limit), data_source or "?",
+                    label_scoring or "?")

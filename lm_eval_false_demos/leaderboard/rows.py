@@ -33,6 +33,7 @@ class Row:
 
     checkpoint: str
     args: tuple[tuple[str, str], ...]
+    protocol: Any = None  # rowkey.Protocol: k, N, data source, label scoring (None: a heads-only row)
     model_types: set[str] = field(default_factory=set)
     identities: set[tuple[str, str]] = field(default_factory=set)  # (kind, text), see identity_text
     parameters: set[int] = field(default_factory=set)
@@ -55,8 +56,8 @@ class Row:
     heads_date: float | None = None
 
     @property
-    def key(self) -> tuple[str, tuple[tuple[str, str], ...]]:
-        return self.checkpoint, self.args
+    def key(self) -> tuple:
+        return self.checkpoint, self.args, self.protocol
 
     @property
     def config_text(self) -> str:

@@ -389,3 +389,27 @@ def kept_or_discarded(checkpoint: RunCheckpoint | None, kind: str, output_path: 
         if checkpoint is not None and not resume and not checkpoint.discard_if_empty(created_root):
             print(f"finished work is saved; continue with: {checkpoint.resume_command(kind)}", file=sys.stderr)
         raise
+
+
+def find_run(root: str | Path, kind: str, wanted: Mapping[str, Any]) -> tuple[str, Path | None]:
+    """Where a run with these arguments stands under ``root`` (the folders ``kind`` runs write there):
+    ("done", folder) when a finished run's config has them, ("resume", folder) when an interrupted run's
+    checkpoint manifest has them (the newest such folder), ("new", None) otherwise. ``wanted`` holds argument
+    names and values as the manifest stores them (tasks, limit, num_fewshot, model_args); a finished run is
+    matched on its config's requested_tasks, limit, num_fewshot and model_args."""
+    wanted = json.loads(json.dumps(dict(wanted), default=str))
+    as_config = {("requested_tasks" if name == "tasks" else name): value for name, value in wanted.items()}
+    interrupted = None
+    for folder in sorted(Path(root).glob(f"{kind}_*")):
+        try:
+            if (folder / RESULT_FILES[kind]).is_file():
+                config = json.loads((folder / RESULT_FILES[kind]).read_text()).get("config") or {}
+                if all(config.get(name) == value for name, value in as_config.items()):
+                    return "done", folder
+            elif (folder / FOLDER / MANIFEST).is_file():
+                stored = json.loads((folder / FOLDER / MANIFEST).read_text()).get("arguments") or {}
+                if all(stored.get(name) == value for name, value in wanted.items()):
+                    interrupted = folder
+        except (OSError, ValueError):
+            continue  # an unreadable folder is neither done nor resumable: the chunk runs anew
+    return ("resume", interrupted) if interrupted is not None else ("new", None)

@@ -43,13 +43,15 @@ class SweepConfig(RunConfig):
     date: float | None  # config.date: seconds since the epoch
     k: tuple[int, ...]  # demonstrations per prompt, over the tasks
     fewshot_seed: int | None  # config.seed.fewshot
+    limit: float | None = None  # config.limit: queries per task asked for (None: all)
 
     @classmethod
     def from_json(cls, config: Mapping[str, Any], path: str | Path) -> "SweepConfig":
         ks = config.get("k") if isinstance(config.get("k"), list) else []
         seed = config.get("seed") if isinstance(config.get("seed"), dict) else {}
         return cls(**RunConfig.fields_from_json(config, path), date=number(config.get("date")),
-                   k=tuple(k for k in map(integer, ks) if k), fewshot_seed=integer(seed.get("fewshot")))
+                   k=tuple(k for k in map(integer, ks) if k), fewshot_seed=integer(seed.get("fewshot")),
+                   limit=number(config.get("limit")))
 
 
 @dataclass(frozen=True)
