@@ -27,7 +27,7 @@ from lm_eval_false_demos.core.datasets import MAIN_DATASETS
 from lm_eval_false_demos.core.metrics import normalise, paired_bootstrap
 from lm_eval_false_demos.errors import FalseDemoError
 
-LAYER_METRICS = ("calibrated_acc", "acc", "follow_acc")
+LAYER_METRICS = ("calibrated_acc", "acc", "follow_acc", "true_label_prob")
 
 
 HEADLINE_CORRUPTED_PREFERENCE = ("permuted", "half", "random")  # a dataset's headline setting: the first one run
@@ -38,6 +38,7 @@ def _metric_functions():
         "calibrated_acc": metrics.calibrated_accuracy,
         "acc": metrics.label_accuracy,
         "follow_acc": metrics.follow_accuracy,
+        "true_label_prob": metrics.mean_true_label_probability,
     }
 
 
@@ -179,7 +180,8 @@ def summarise_tasks(
             "num_preceding_demos": list(range(num_demos + 1)),
             "readout": ["demo"] * num_demos + ["query"],
         }
-        targets = {"calibrated_acc": position_targets, "acc": position_targets, "follow_acc": position_follow}
+        targets = {"calibrated_acc": position_targets, "acc": position_targets, "follow_acc": position_follow,
+                   "true_label_prob": position_targets}
         for metric in names:
             per_position[metric] = [
                 [
