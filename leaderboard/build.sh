@@ -65,6 +65,7 @@ for model in ${MODELS:-gemma-3-270m smollm2-135m}; do
   done
 done
 [ "${TABLES:-1}" = 0 ] && exit 0
+rm -rf leaderboard/eval_results  # every export is rewritten: a row that no longer exists leaves no stale folder
 falsedemo leaderboard --results "$RUNS" reports/heads/runs/*/evaluate --output leaderboard --force \
   --note "Protocol: k = 12, settings correct, permuted and zeroshot (for prior alignment), the first 50 queries of each dataset (SST-2: 13 formats x 50), few-shot seed 1234, local data, first label token; one leaderboard/build.sh."
 # The README shows the same table, between its leaderboard markers.

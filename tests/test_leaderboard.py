@@ -398,6 +398,7 @@ def test_k_4_and_k_0_of_one_model_and_task_are_two_rows_never_a_duplicate(tmp_pa
     assert len(rows) == 2 and sorted(row.split("{")[1][:3] for row in rows) == ["k=0", "k=4"]  # each marked
     page = paths["html"].read_text()
     assert page.count('<span class="protocol">') == 2 and "2 different protocols" in page
+    assert len(list((tmp_path / "again" / "eval_results").iterdir())) == 2  # one export folder per row
 
 
 @pytest.mark.parametrize("change, protocol_text", [

@@ -29,8 +29,9 @@ READOUT_NOTE = "final layer (the model's own output)"
 
 
 def row_folder_name(summary: Mapping[str, Any]) -> str:
-    """A filesystem-safe, unique folder name for a row: readable model/config slug plus a short hash."""
-    identity = f"{summary['model']}\x1f{summary.get('config') or ''}"
+    """A filesystem-safe, unique folder name for a row: readable model/config slug plus a short hash of the row key
+    (model, config and protocol: rows that differ only in k or N get their own folders)."""
+    identity = f"{summary['model']}\x1f{summary.get('config') or ''}\x1f{summary.get('protocol') or ''}"
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{summary['model']}_{summary.get('config') or 'default'}")[:60]
     return f"{slug.strip('._') or 'row'}-{hashlib.sha256(identity.encode()).hexdigest()[:8]}"
 
@@ -46,6 +47,7 @@ def _notes(summary: Mapping[str, Any], row: Row, metric: str, interval: list | N
         f"readout: {READOUT_NOTE}",
         f"label scoring: {summary.get('label_scoring') or '?'}",
         f"model args: {summary.get('config')}",
+        f"protocol: {summary.get('protocol') or '?'}",
     ]
     if interval:
         parts.append(f"95% paired-bootstrap interval [{interval[0]:.4f}, {interval[1]:.4f}]")
