@@ -13,6 +13,8 @@ from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.core.lens import early_exit_logits, lens_logits, read_label_logits, residuals
 from lm_eval_false_demos.core.lens_parity import check_parity
 from lm_eval_false_demos.core.tuned_lens import TunedLens, load_tuned_lens, parse_lens
+from tiny_models import random_tuned_lens as _random_lens
+from tiny_models import save_tuned_lens as _write_like_tuned_lens
 
 TEXT = "Review: golf Answer: Positive\nReview: onions Answer:"
 LABELS = [5, 17, 42]
@@ -21,28 +23,6 @@ LABELS = [5, 17, 42]
 def _inputs(tokenizer):
     ids = tokenizer(TEXT, return_tensors="pt").input_ids
     return torch.cat([ids, ids.flip(1)], dim=0)
-
-
-def _random_lens(model, num_layers, seed=0, scale=0.05):
-    lens = TunedLens.for_model(model, num_layers)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in lens.parameters():
-            parameter.copy_(scale * torch.randn(parameter.shape, generator=generator))
-    return lens
-
-
-def _write_like_tuned_lens(lens: TunedLens, folder, model_name="tiny"):
-    """What tuned-lens's ``TunedLens.save`` writes: its config dataclass as JSON and the translators' state dict."""
-    folder.mkdir(parents=True, exist_ok=True)
-    config = {
-        "base_model_name_or_path": model_name, "d_model": lens.config["d_model"],
-        "num_hidden_layers": lens.num_layers, "bias": True, "base_model_revision": None,
-        "unembed_hash": "0" * 64, "lens_type": "linear_tuned_lens",
-    }
-    (folder / "config.json").write_text(json.dumps(config))
-    torch.save(lens.layer_translators.state_dict(), folder / "params.pt")
-    return folder
 
 
 def test_zero_translators_equal_the_logit_lens_exactly(tiny_model):

@@ -10,6 +10,7 @@ users (and lm-eval's ``hf`` model) take.
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
 import torch
@@ -149,3 +150,29 @@ def save_tiny_model(arch: str, directory: str | Path, seed: int = 0) -> Path:
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def random_tuned_lens(model, num_layers: int, seed: int = 0, scale: float = 0.05):
+    """A tuned lens for ``model`` with small random translators (zero translators are the logit lens)."""
+    from lm_eval_false_demos.core.tuned_lens import TunedLens
+
+    lens = TunedLens.for_model(model, num_layers)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in lens.parameters():
+            parameter.copy_(scale * torch.randn(parameter.shape, generator=generator))
+    return lens
+
+
+def save_tuned_lens(lens, folder, model_name: str = "tiny") -> Path:
+    """What tuned-lens's ``TunedLens.save`` writes: its config dataclass as JSON and the translators' state dict."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        "base_model_name_or_path": model_name, "d_model": lens.config["d_model"],
+        "num_hidden_layers": lens.num_layers, "bias": True, "base_model_revision": None,
+        "unembed_hash": "0" * 64, "lens_type": "linear_tuned_lens",
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    torch.save(lens.layer_translators.state_dict(), folder / "params.pt")
+    return folder

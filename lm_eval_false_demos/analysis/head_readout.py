@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
+from lm_eval_false_demos.core import tensor_parallel
 from lm_eval_false_demos.core.architectures import ModelModules
 from lm_eval_false_demos.core.devices import weights_of
 from lm_eval_false_demos.core.hooks import Hooks, run
@@ -32,17 +33,35 @@ def _conv1d_like(module) -> bool:
     return type(module).__name__ == "Conv1D"
 
 
+def _in_dim(out_proj: torch.nn.Module) -> int:
+    """The input-feature dimension of the attention output projection's weight."""
+    return 0 if _conv1d_like(out_proj) else 1
+
+
 def head_writes(out_proj: torch.nn.Module, z: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
     """Each head's write to the residual, [H, d], from one row ``z`` [H * head_dim] of the o_proj input
-    (the projection's weight read inside accelerate's hook, wherever it is offloaded)."""
+    (the projection's weight read inside accelerate's hook, wherever it is offloaded).
+
+    Under tensor parallelism each process holds only its heads' columns of the projection: it writes those
+    heads and the writes are gathered (H x d values, not the d x d weight)."""
+    conv1d = _conv1d_like(out_proj)  # GPT-2 Conv1D: weight is (in, out)
+    in_dim = _in_dim(out_proj)
     with torch.no_grad(), weights_of(out_proj):
-        weight = out_proj.weight.to(z.device)
-    z = z.to(weight.dtype).view(num_heads, head_dim)
-    if _conv1d_like(out_proj):  # GPT-2 Conv1D: weight is (in, out)
-        return torch.einsum("hk,hkd->hd", z, weight.view(num_heads, head_dim, -1))
-    if isinstance(out_proj, torch.nn.Linear) or weight.dim() == 2:
-        return torch.einsum("hk,dhk->hd", z, weight.view(weight.shape[0], num_heads, head_dim))
-    raise FalseDemoError(f"cannot split the attention output projection {type(out_proj).__name__} by head")
+        weight = out_proj.weight
+        if not conv1d and not (isinstance(out_proj, torch.nn.Linear) or weight.dim() == 2):
+            raise FalseDemoError(f"cannot split the attention output projection {type(out_proj).__name__} by head")
+        offset, length = tensor_parallel.shard_window(weight, in_dim)
+        shard = tensor_parallel.local(weight).to(z.device)
+    mine = z[offset:offset + length].to(shard.dtype).view(-1, head_dim)
+    if conv1d:
+        writes = torch.einsum("hk,hkd->hd", mine, shard.view(-1, head_dim, shard.shape[-1]))
+    else:
+        writes = torch.einsum("hk,dhk->hd", mine, shard.view(shard.shape[0], -1, head_dim))
+    writes = tensor_parallel.gather_shards(writes, weight, in_dim, dim=0, unit=head_dim)
+    if writes.shape[0] != num_heads:
+        raise FalseDemoError(f"the attention output projection holds {writes.shape[0]} heads of width {head_dim}, "
+                             f"not {num_heads}")
+    return writes
 
 
 def label_promotion(
@@ -95,7 +114,7 @@ class ReadoutCapture:
             if self.want_attention:
                 hooks.capture_output(modules.attention[layer], self._attention_store(layer), whole=True)
             out_proj = modules.attn_out_proj[layer]
-            hooks.capture_input(out_proj, self._last_row_store("z", layer))
+            hooks.capture_input(out_proj, self._z_store(layer))
             hooks.capture_output(out_proj, self._last_row_store("attn_out", layer))
         # the scores need nothing after the last block: skip the norm and the output head
         hooks.capture_output(modules.blocks[-1], self._final_store, stop=True)
@@ -114,7 +133,21 @@ class ReadoutCapture:
                     "returned no weights: it does not dispatch through transformers' AttentionInterface, so head "
                     "scoring cannot read its rows"
                 )
-            self.attention[layer] = weights[:, :, -1, :].detach().to(torch.float32)  # [B, H, S]
+            # [B, H, S]; under tensor parallelism the module attends with this process's heads only: every
+            # head's row is gathered, in the order of the output projection's input (which the plan shards alike)
+            rows = weights[:, :, -1, :].detach().to(torch.float32)
+            out_proj = self.modules.attn_out_proj[layer]
+            self.attention[layer] = tensor_parallel.gather_shards(
+                rows, out_proj.weight, _in_dim(out_proj), dim=1, unit=self.modules.head_dim)
+
+        return store
+
+    def _z_store(self, layer: int):
+        out_proj = self.modules.attn_out_proj[layer]
+
+        def store(tensor):
+            z = tensor[:, -1].detach().to(torch.float32)  # [B, H * head_dim]; this process's heads under TP
+            self.z[layer] = tensor_parallel.gather_shards(z, out_proj.weight, _in_dim(out_proj), dim=1)
 
         return store
 

@@ -118,7 +118,7 @@ def training_fingerprint(model_args: Mapping[str, Any], settings: TrainingSettin
 def run(args: argparse.Namespace) -> int:
     settings = check_arguments(args)
     summary = train(args, settings)
-    if summary is None or summary.get("estimate_only"):  # None: not the process that trains
+    if summary is None or summary.get("estimate_only"):  # None: not the process that writes
         return 0
     before, after = summary["held_out"]["kl_logit_lens"], summary["held_out"]["kl_tuned_lens"]
     print(f"trained on {summary['tokens']:,} tokens in {summary['training_seconds'] / 60:.1f} minutes; "
@@ -134,25 +134,37 @@ def run(args: argparse.Namespace) -> int:
 
 def train(args: argparse.Namespace, settings: TrainingSettings) -> dict | None:
     """Load, train, write the lens and training.json; the summary (``{"estimate_only": True, ...}`` with
-    ``--estimate_only``; None on a process that does not train)."""
+    ``--estimate_only``; None on a process that does not write)."""
+    from lm_eval_false_demos.integrations.run_context import open_model
+
+    context = open_model("hf", dict(args.model_args), batch_size=settings.batch_size, device=args.device,
+                         defaults={"dtype": DEFAULT_DTYPE})
+    # Several data-parallel processes (accelerate launch, torchrun): one trains. The lens's steps are sequential
+    # and each samples its vocabulary from the whole batch, so a split batch would not give the one-process lens.
+    # Under tensor parallelism the processes hold one model together: all train the same (replicated)
+    # translators on the same batches, and the writer alone saves them.
+    if context.data_parallel:
+        context.close()  # every process leaves the process group now; the writer trains alone
+        if context.world_size > 1:
+            if not context.is_writer:
+                return None
+            print(f"lens train: {context.world_size} processes started, one (rank 0) trains and writes the lens; "
+                  "launch it as one process")
+    try:
+        return _train(args, settings, context)
+    finally:
+        if not context.data_parallel:
+            context.close()
+
+
+def _train(args: argparse.Namespace, settings: TrainingSettings, context) -> dict | None:
     from tqdm.auto import tqdm
 
     from lm_eval_false_demos.analysis import lens_training
-    from lm_eval_false_demos.integrations.run_context import open_model
     from lm_eval_false_demos.results import lens_files
 
     model_args = dict(args.model_args)
     output = Path(args.output)
-    context = open_model("hf", model_args, batch_size=settings.batch_size, device=args.device,
-                         defaults={"dtype": DEFAULT_DTYPE})
-    # Several processes (accelerate launch, torchrun): one trains. The lens's steps are sequential and each
-    # samples its vocabulary from the whole batch, so a split batch would not give the one-process lens.
-    context.close()  # every process leaves the process group now; the writer trains alone
-    if context.world_size > 1:
-        if not context.is_writer:
-            return None
-        print(f"lens train: {context.world_size} processes started, one (rank 0) trains and writes the lens; "
-              "launch it as one process")
     model, tokenizer, modules = context.model, context.tokenizer, context.modules
     model.requires_grad_(False)
     if settings.seq_len > context.max_length:
@@ -175,32 +187,36 @@ def train(args: argparse.Namespace, settings: TrainingSettings) -> dict | None:
         print(f"resuming from {checkpoint_path} at step {int(resumed['step'])}/{steps}")
 
     cost = trainer.estimate(text, steps, done=int(resumed["step"]) if resumed else 0)
-    print(
-        f"cost estimate: {steps} steps x {settings.batch_size} x {settings.seq_len} = {cost.tokens:,} "
-        f"tokens ({cost.passes_over_text:.2f} passes over {len(text.training)} windows of demonstration text from "
-        f"{len(settings.datasets)} datasets), KL at {cost.scored_positions:,} positions over "
-        f"{'all ' if cost.full_vocab else ''}{cost.vocab:,} vocabulary tokens x {modules.num_layers} layers; "
-        f"{cost.tflop:.1f} TFLOP ({cost.lens_share:.0%} in the lens); about {cost.minutes:.1f} minutes at "
-        f"{cost.seconds_per_step:.2f} s/step"
-    )
+    if context.is_writer:
+        print(
+            f"cost estimate: {steps} steps x {settings.batch_size} x {settings.seq_len} = {cost.tokens:,} "
+            f"tokens ({cost.passes_over_text:.2f} passes over {len(text.training)} windows of demonstration text from "
+            f"{len(settings.datasets)} datasets), KL at {cost.scored_positions:,} positions over "
+            f"{'all ' if cost.full_vocab else ''}{cost.vocab:,} vocabulary tokens x {modules.num_layers} layers; "
+            f"{cost.tflop:.1f} TFLOP ({cost.lens_share:.0%} in the lens); about {cost.minutes:.1f} minutes at "
+            f"{cost.seconds_per_step:.2f} s/step"
+        )
     if args.estimate_only:
         return {"estimate_only": True, "seconds_per_step": cost.seconds_per_step, "steps": steps}
 
     before = trainer.held_out_kl(text.held_out)  # zero translators: the logit lens, on a resumed run too
     if resumed is not None:
         trainer.load_state_dict(resumed)
-    progress = tqdm(total=steps, initial=trainer.step, desc="lens train", unit="step")
+    progress = tqdm(total=steps, initial=trainer.step, desc="lens train", unit="step", disable=not context.is_writer)
 
     def on_step(step: int, losses: list[float]) -> None:
         progress.update(1)
         progress.set_postfix(kl=f"{sum(losses) / len(losses):.3f}")
 
     def on_checkpoint(state: lens_training.LensTrainer) -> None:
-        lens_files.save_checkpoint(checkpoint_path, state.state_dict(), fingerprint)
+        if context.is_writer:
+            lens_files.save_checkpoint(checkpoint_path, state.state_dict(), fingerprint)
 
     trainer.fit(text.training, steps, on_step=on_step, on_checkpoint=on_checkpoint)
     progress.close()
     after = trainer.held_out_kl(text.held_out)
+    if not context.is_writer:
+        return None
     params = trainer.lens.save(output)
     summary = lens_files.training_summary(
         model_args=recorded_args, resolved_pretrained=context.options.resolved["pretrained"],

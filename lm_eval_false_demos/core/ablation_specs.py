@@ -14,11 +14,16 @@ import json
 import re
 from pathlib import Path
 
+from lm_eval_false_demos.core import tensor_parallel
 from lm_eval_false_demos.core.architectures import ModelModules, resolve_modules
 from lm_eval_false_demos.errors import FalseDemoError
 
 POSITIONS = ("last", "all")
 HEAD_METHODS = ("zero", "qkv")
+# Under tensor parallelism q, k and v are split over the processes in layouts that differ per architecture
+# (fused projections are packed per process); head_method=zero needs only the output projection's input.
+TP_QKV_REFUSAL = ("head_method=qkv is not supported with tp_plan= (tensor parallel); use head_method=zero (the "
+                  "default), or run head_method=qkv without tp_plan")
 
 _HEAD_ITEM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 _LAYER_ITEM = re.compile(r"^\s*(\d+)\s*(?:(-)\s*(\d*)\s*)?$")
@@ -228,6 +233,8 @@ def make_ablation(
     if ablation.mlp_layers:
         modules.require("mlp")
     if ablation.heads and head_method == "qkv":
+        if tensor_parallel.is_tensor_parallel(model):
+            raise FalseDemoError(TP_QKV_REFUSAL)
         if modules.qkv_layout is None:
             raise FalseDemoError(
                 f"head_method=qkv needs known q/k/v projections; {modules.model_type!r} with path overrides has none"

@@ -15,6 +15,7 @@ import contextlib
 
 import torch
 
+from lm_eval_false_demos.core import tensor_parallel
 from lm_eval_false_demos.core.ablation_specs import Ablation
 from lm_eval_false_demos.core.architectures import ModelModules, resolve_modules
 from lm_eval_false_demos.core.hooks import Hooks
@@ -98,6 +99,15 @@ def ablate(model, ablation: Ablation, positions=None, attention_mask=None, modul
     def zero_whole(tensor: torch.Tensor) -> torch.Tensor:
         return _zero_features(tensor, rows, _feature_mask(tensor.shape[-1], [(0, tensor.shape[-1])]))
 
+    def zero_heads(module, features: torch.Tensor):
+        # Under tensor parallelism the module receives only this process's heads: zero the global heads'
+        # columns that fall in its slice (tensor_parallel.input_columns; none on the other processes).
+        def zero(tensor: torch.Tensor) -> torch.Tensor:
+            local = tensor_parallel.input_columns(module, features, tensor.shape[-1])
+            return _zero_features(tensor, rows, local) if local.any() else tensor
+
+        return zero
+
     def record_batch_shape(hidden: torch.Tensor) -> None:
         rows.batch_shape = tuple(hidden.shape[:2])
 
@@ -108,7 +118,8 @@ def ablate(model, ablation: Ablation, positions=None, attention_mask=None, modul
         for block, heads in heads_by_block.items():
             if ablation.head_method == "zero":
                 slices = [(h * head_dim, (h + 1) * head_dim) for h in heads]
-                hooks.replace_input(modules.attn_out_proj[block], zero_slices(slices))
+                module = modules.attn_out_proj[block]
+                hooks.replace_input(module, zero_heads(module, _feature_mask(num_heads * head_dim, slices)))
                 continue
             # q/k/v of the head (kv head == query head: make_ablation rejects grouped-query attention)
             projections = modules.qkv[block]
@@ -159,10 +170,11 @@ def zero_heads_per_row(model, ablations, modules: ModelModules | None = None):
             )
             zeroed[row, head * modules.head_dim:(head + 1) * modules.head_dim] = True
 
-    def zero(zeroed):
-        return lambda tensor: _zero_features(tensor, rows, zeroed)
+    def zero(module, zeroed):  # this process's columns under tensor parallelism (see ablate)
+        return lambda tensor: _zero_features(tensor, rows, tensor_parallel.input_columns(module, zeroed,
+                                                                                         tensor.shape[-1]))
 
     with Hooks() as hooks:
         for block, zeroed in zeroed_by_block.items():
-            hooks.replace_input(modules.attn_out_proj[block], zero(zeroed))
+            hooks.replace_input(modules.attn_out_proj[block], zero(modules.attn_out_proj[block], zeroed))
         yield

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import torch
 
+from lm_eval_false_demos.core import tensor_parallel
 from lm_eval_false_demos.core.architectures import ModelModules
 from lm_eval_false_demos.core.devices import execution_device, weights_of
 from lm_eval_false_demos.errors import FalseDemoError
@@ -77,8 +78,11 @@ class Unembed:
         with torch.no_grad(), weights_of(self.head):
             weight = self.head.weight
             ids = torch.as_tensor(label_ids, dtype=torch.long).to(weight.device)
-            rows = weight[ids].to(self.device, torch.float32)
-            bias = None if self.head.bias is None else self.head.bias[ids].to(self.device, torch.float32)
+            # Under tensor parallelism the head is split over the vocabulary: the K rows are gathered once per
+            # label set (tensor_parallel.gather_rows says why rows, not partial logits)
+            rows = tensor_parallel.gather_rows(weight, ids).to(self.device, torch.float32)
+            bias = None if self.head.bias is None else \
+                tensor_parallel.gather_rows(self.head.bias, ids).to(self.device, torch.float32)
         return rows, bias
 
     def label_logits(self, hidden: torch.Tensor, label_ids) -> torch.Tensor:

@@ -32,7 +32,14 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval_false_demos.analysis import head_prompts
 from lm_eval_false_demos.analysis.head_scores import DEFAULT_TOP_K
 from lm_eval_false_demos.core import embedded_models
-from lm_eval_false_demos.core.ablation_specs import HEAD_METHODS, POSITIONS, make_ablation, parse_blocks, parse_heads
+from lm_eval_false_demos.core.ablation_specs import (
+    HEAD_METHODS,
+    POSITIONS,
+    TP_QKV_REFUSAL,
+    make_ablation,
+    parse_blocks,
+    parse_heads,
+)
 from lm_eval_false_demos.core.architectures import PATH_OVERRIDES, resolve_modules
 from lm_eval_false_demos.core.chat import label_token_index
 from lm_eval_false_demos.core.files import canonical_model_args
@@ -137,6 +144,8 @@ class _FalseDemoHFLM(compat.ScoredColumnsLogits, HFLM):
             )
         if head_method is not None and not parsed_heads:
             raise FalseDemoError("head_method= applies to heads= only; no heads were given")
+        if head_method == "qkv" and kwargs.get("tp_plan") is not None:
+            raise FalseDemoError(TP_QKV_REFUSAL)
         self._check_required(exit_layer, ablating)
 
         self._requested = {
