@@ -1,14 +1,16 @@
-"""Tensor parallel (``tp_plan=auto``) under torchrun: 2 CPU processes over gloo give the one-process numbers.
+"""Tensor parallel (``tp_plan=auto``) under torchrun and accelerate launch: 2 CPU processes over gloo give the one-process numbers.
 
 The model is the tiny random Llama (4 attention heads, 2 key/value heads: ``num_key_value_heads`` must divide by
 the number of processes), so each process holds 2 heads of every block and half the vocabulary of the output
 head. Each test launches one command exactly as docs/scale.md's CPU recipe writes it (``torchrun --standalone
---nproc_per_node 2 ...``, run as ``python -m torch.distributed.run`` to stay in this interpreter) and compares
+--nproc_per_node 2 ...``, run as ``python -m torch.distributed.run`` to stay in this interpreter, or accelerate
+launch with ``ACCELERATE_USE_CPU=true ... --multi_gpu --num_processes 2``) and compares
 with the same command in one process: per-document log-likelihoods to 1e-5, calibrated accuracy, sweep curves,
 head ranking and scores, the trained lens; and every command leaves exactly one output.
 
 Before the fixes these commands were wrong in two ways the tests below would catch: ``hf-ablate heads=1:3``
-zeroed columns of the wrong process's heads (calibrated accuracy 0.250 against 0.375), and the sweep crashed
+zeroed columns of the wrong process's heads (calibrated accuracy 0.375 against 0.500 on 8 permuted queries,
+k = 5; the issue saw 0.250 against 0.375), and the sweep crashed
 indexing the vocabulary-sharded head with label ids ("aten.index.Tensor got mixed torch.Tensor and DTensor").
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lm_eval_false_demos.cli import main as cli
 from lm_eval_false_demos.errors import FalseDemoError
@@ -31,12 +36,23 @@ from tiny_models import build_tiny_model, random_tuned_lens, save_tuned_lens
 TASKS = ["falsedemo_unnatural_correct", "falsedemo_unnatural_permuted"]
 K, LIMIT, SEEDS = 5, 8, "0,1234,1234,1234"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+# accelerate starts several CPU processes only with --multi_gpu and ACCELERATE_USE_CPU=true (gloo)
+ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
-def _launch(*command, cwd: Path) -> subprocess.CompletedProcess:
+def _free_port() -> int:
+    with socket.socket() as probe:  # the other launch tests may hold accelerate's default port meanwhile
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _launch(*command, cwd: Path, launcher=TORCHRUN) -> subprocess.CompletedProcess:
     environment = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-                       TOKENIZERS_PARALLELISM="false")
-    completed = subprocess.run([*TORCHRUN, *command], env=environment, cwd=cwd, capture_output=True, text=True,
+                       TOKENIZERS_PARALLELISM="false", ACCELERATE_USE_CPU="true")
+    if launcher is ACCELERATE:
+        launcher = [*ACCELERATE, "--main_process_port", str(_free_port())]
+    completed = subprocess.run([*launcher, *command], env=environment, cwd=cwd, capture_output=True, text=True,
                                timeout=600)
     assert completed.returncode == 0, completed.stderr[-4000:]
     return completed
@@ -138,10 +154,11 @@ def test_sweep_reads_label_rows_of_the_vocabulary_sharded_head(llama, lens_dir, 
 
 
 def test_heads_scores_every_head_once_and_ablates_on_the_owning_process(llama, tmp_path):
+    """Launched by accelerate this time: tp_plan=auto runs under either launcher."""
     arguments = ["heads", "--num_prompts", "6", "--num_fewshot", str(K), "--top_k", "2", "--evaluate", "unnatural",
                  "--limit", str(LIMIT), "--random_draws", "2", "--device", "cpu", "--no_plots", "--no_progress"]
     _launch("-m", "lm_eval_false_demos.cli.main", *arguments, "--model_args", f"pretrained={llama},tp_plan=auto",
-            "--output_path", str(tmp_path / "tp"), cwd=tmp_path)
+            "--output_path", str(tmp_path / "tp"), cwd=tmp_path, launcher=ACCELERATE)
     assert cli.main([*arguments, "--model_args", f"pretrained={llama}", "--output_path", str(tmp_path / "one")]) == 0
 
     (tp_folder,) = (tmp_path / "tp").iterdir()
@@ -184,3 +201,28 @@ def test_qkv_head_zeroing_under_tensor_parallel_is_refused_before_loading():
 
     with pytest.raises(FalseDemoError, match="head_method=qkv is not supported with tp_plan.*use head_method=zero"):
         AblatedHFLM(pretrained="/nonexistent", heads="1:3", head_method="qkv", tp_plan="auto")
+
+
+# ------------------------------------------------------------------------------- the split, in one process
+
+
+@settings(max_examples=200, deadline=None)
+@given(size=st.integers(1, 300), count=st.integers(1, 9), data=st.data())
+def test_shard_windows_tile_the_dimension_and_held_rows_add_up_to_the_rows(size, count, data):
+    """Whatever the vocabulary size and the number of processes (uneven splits, processes holding nothing),
+    the windows tile 0..size in mesh order, and the rows each process holds add up to ``weight[ids]``."""
+    from lm_eval_false_demos.core.tensor_parallel import rows_held, shard_windows
+
+    windows = shard_windows(size, count)
+    assert len(windows) == count and sum(length for _, length in windows) == size
+    position = 0
+    for offset, length in windows:
+        assert length >= 0 and (offset == position or length == 0)
+        position += length
+    weight = torch.randn(size, 3, generator=torch.Generator().manual_seed(size * 31 + count))
+    ids = torch.tensor(data.draw(st.lists(st.integers(0, size - 1), min_size=1, max_size=6)))
+    total = sum(rows_held(weight[offset:offset + length], offset, ids) for offset, length in windows)
+    torch.testing.assert_close(total, weight[ids], atol=0, rtol=0)
+    per_sequence = ids.view(1, -1).expand(2, -1)  # [B, K] label sets
+    total = sum(rows_held(weight[offset:offset + length], offset, per_sequence) for offset, length in windows)
+    torch.testing.assert_close(total, weight[per_sequence], atol=0, rtol=0)

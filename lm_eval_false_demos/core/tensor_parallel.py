@@ -63,6 +63,16 @@ def _shard_dim(tensor, dim: int) -> int | None:
     return dim % tensor.dim()
 
 
+def shard_windows(size: int, count: int) -> list[tuple[int, int]]:
+    """(offset, length) of each of ``count`` processes' parts of a dimension of ``size`` split by ``Shard``
+    (``torch.chunk``'s rule: parts of ceil(size / count), the last ones shorter or empty), in mesh order."""
+    windows = []
+    for rank in range(count):
+        length, offset = Shard.local_shard_size_and_offset(size, count, rank)
+        windows.append((int(offset), int(length)))
+    return windows
+
+
 def shard_window(tensor, dim: int) -> tuple[int, int]:
     """(offset, length) of the part of ``tensor``'s dimension ``dim`` that this process holds, in global
     coordinates: ``(0, size)`` for an ordinary tensor or a DTensor not split along ``dim``."""
@@ -70,8 +80,7 @@ def shard_window(tensor, dim: int) -> tuple[int, int]:
     if _shard_dim(tensor, dim) is None:
         return 0, size
     mesh = tensor.device_mesh
-    length, offset = Shard.local_shard_size_and_offset(size, mesh.size(0), mesh.get_local_rank(0))
-    return int(offset), int(length)
+    return shard_windows(size, mesh.size(0))[mesh.get_local_rank(0)]
 
 
 def local(tensor: torch.Tensor) -> torch.Tensor:
@@ -143,17 +152,21 @@ def gather_rows(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return cached[key]
 
 
-def _all_reduced_rows(weight, ids: torch.Tensor) -> torch.Tensor:
-    offset, length = shard_window(weight, 0)
-    shard = weight.to_local()
+def rows_held(shard: torch.Tensor, offset: int, ids: torch.Tensor) -> torch.Tensor:
+    """Rows ``ids`` of a weight of which ``shard`` holds rows ``offset .. offset + len(shard) - 1``: those rows,
+    zeros for the others, so the sum over the processes' parts is ``weight[ids]``."""
+    length = shard.shape[0]
     ids = ids.to(shard.device)
+    if not length:  # an uneven split can leave a process without rows
+        return shard.new_zeros(*ids.shape, *shard.shape[1:])
     inside = (ids >= offset) & (ids < offset + length)
-    if length:
-        rows = shard[(ids - offset).clamp(0, length - 1)]
-    else:  # an uneven split can leave a process without rows
-        rows = shard.new_zeros(*ids.shape, *shard.shape[1:])
+    rows = shard[(ids - offset).clamp(0, length - 1)]
     mask = inside.view(*inside.shape, *([1] * (rows.dim() - inside.dim())))
-    rows = torch.where(mask, rows, torch.zeros((), dtype=rows.dtype, device=rows.device)).contiguous()
+    return torch.where(mask, rows, torch.zeros((), dtype=rows.dtype, device=rows.device)).contiguous()
+
+
+def _all_reduced_rows(weight, ids: torch.Tensor) -> torch.Tensor:
+    rows = rows_held(weight.to_local(), shard_window(weight, 0)[0], ids)
     dist.all_reduce(rows, group=_group(weight))
     return rows
 
@@ -165,9 +178,8 @@ def gather_shards(piece: torch.Tensor, like: torch.Tensor, like_dim: int, dim: i
     whole."""
     if _shard_dim(like, like_dim) is None:
         return piece
-    mesh = like.device_mesh
-    size, count = like.shape[like_dim], mesh.size(0)
-    lengths = [int(Shard.local_shard_size_and_offset(size, count, rank)[0]) for rank in range(count)]
+    count = like.device_mesh.size(0)
+    lengths = [length for _, length in shard_windows(like.shape[like_dim], count)]
     if any(length % unit for length in lengths) or piece.shape[dim] * unit != shard_window(like, like_dim)[1]:
         raise FalseDemoError(
             f"a tensor-parallel shard of {lengths} features does not hold whole units of {unit} (attention heads "
