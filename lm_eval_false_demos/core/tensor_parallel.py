@@ -21,33 +21,32 @@ does not match its window is one clear error, never a silently wrong zeroing.
 
 from __future__ import annotations
 
+import sys
 import weakref
 
 import torch
 
 from lm_eval_false_demos.errors import FalseDemoError
 
-try:  # torch.distributed is optional in torch builds; without it nothing is ever sharded
-    import torch.distributed as dist
-    from torch.distributed.tensor import DTensor, Replicate, Shard
-except ImportError:  # pragma: no cover - every supported torch build has it
-    dist = None
-    DTensor = ()  # isinstance(x, ()) is always False
 
-
-def is_distributed(tensor) -> bool:
-    return isinstance(tensor, DTensor)
+def _is_dtensor(tensor) -> bool:
+    # No DTensor exists before torch.distributed.tensor is imported (transformers imports it to load any
+    # model), so code that never meets one does not pay its import (seconds).
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(tensor, module.DTensor)
 
 
 def is_tensor_parallel(model: torch.nn.Module) -> bool:
     """Whether ``model`` was loaded with a tensor-parallel plan (some parameter is a ``DTensor``)."""
-    return any(isinstance(parameter, DTensor) for parameter in model.parameters())
+    return any(_is_dtensor(parameter) for parameter in model.parameters())
 
 
 def _shard_dim(tensor, dim: int) -> int | None:
     """The mesh placement splitting ``dim`` of ``tensor`` (None: ``dim`` is whole on this process)."""
-    if not isinstance(tensor, DTensor):
+    if not _is_dtensor(tensor):
         return None
+    from torch.distributed.tensor import Replicate, Shard
+
     mesh = tensor.device_mesh
     if mesh.ndim != 1:
         raise FalseDemoError(
@@ -66,6 +65,8 @@ def _shard_dim(tensor, dim: int) -> int | None:
 def shard_windows(size: int, count: int) -> list[tuple[int, int]]:
     """(offset, length) of each of ``count`` processes' parts of a dimension of ``size`` split by ``Shard``
     (``torch.chunk``'s rule: parts of ceil(size / count), the last ones shorter or empty), in mesh order."""
+    from torch.distributed.tensor import Shard
+
     windows = []
     for rank in range(count):
         length, offset = Shard.local_shard_size_and_offset(size, count, rank)
@@ -85,7 +86,7 @@ def shard_window(tensor, dim: int) -> tuple[int, int]:
 
 def local(tensor: torch.Tensor) -> torch.Tensor:
     """This process's part of ``tensor`` as an ordinary tensor (the tensor itself if it is one)."""
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+    return tensor.to_local() if _is_dtensor(tensor) else tensor
 
 
 def input_window(module: torch.nn.Module) -> tuple[int, int] | None:
@@ -167,7 +168,7 @@ def rows_held(shard: torch.Tensor, offset: int, ids: torch.Tensor) -> torch.Tens
 
 def _all_reduced_rows(weight, ids: torch.Tensor) -> torch.Tensor:
     rows = rows_held(weight.to_local(), shard_window(weight, 0)[0], ids)
-    dist.all_reduce(rows, group=_group(weight))
+    torch.distributed.all_reduce(rows, group=_group(weight))
     return rows
 
 
@@ -188,5 +189,5 @@ def gather_shards(piece: torch.Tensor, like: torch.Tensor, like_dim: int, dim: i
     widest = max(lengths)
     padded = torch.nn.functional.pad(piece.movedim(dim, -1), (0, widest - piece.shape[dim])).contiguous()
     parts = [torch.empty_like(padded) for _ in range(count)]
-    dist.all_gather(parts, padded, group=_group(like))
+    torch.distributed.all_gather(parts, padded, group=_group(like))
     return torch.cat([part[..., :length] for part, length in zip(parts, lengths)], dim=-1).movedim(-1, dim)
