@@ -98,7 +98,10 @@ def _one_process(model: str, model_args: dict, folder: Path) -> None:
     from lm_eval.loggers import EvaluationTracker
     from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_defaults=False, metadata=model_args)  # our tasks without indexing lm-eval's
+    from lm_eval_false_demos._hook import task_config_dir
+
+    # our tasks without indexing lm-eval's
+    manager = TaskManager(include_defaults=False, include_path=task_config_dir(), metadata=model_args)
     results = lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=[TASKS[1]], num_fewshot=K,
                                       limit=LIMIT, device="cpu", batch_size=4, log_samples=True,
                                       task_manager=manager)
