@@ -140,7 +140,7 @@ def test_sweep_reads_label_rows_of_the_vocabulary_sharded_head(llama, lens_dir, 
     arguments = ["sweep", "--model", "hf-ablate", "--tasks", ",".join(TASKS), "--num_fewshot", str(K),
                  "--limit", str(LIMIT), "--seed", SEEDS, "--batch_size", "3", "--device", "cpu",
                  "--bootstrap_iters", "20", "--no_plots"]
-    _launch("-m", "lm_eval_false_demos.cli.main", *arguments, "--model_args", model_args + ",tp_plan=auto",
+    _launch("-m", "lm_eval_false_demos.cli", *arguments, "--model_args", model_args + ",tp_plan=auto",
             "--output_path", str(tmp_path / "tp"), cwd=tmp_path)
     assert cli.main([*arguments, "--model_args", model_args, "--output_path", str(tmp_path / "one")]) == 0
 
@@ -160,7 +160,7 @@ def test_heads_scores_every_head_once_and_ablates_on_the_owning_process(llama, t
     """Launched by accelerate this time: tp_plan=auto runs under either launcher."""
     arguments = ["heads", "--num_prompts", "6", "--num_fewshot", str(K), "--top_k", "2", "--evaluate", "unnatural",
                  "--limit", str(LIMIT), "--random_draws", "2", "--device", "cpu", "--no_plots", "--no_progress"]
-    _launch("-m", "lm_eval_false_demos.cli.main", *arguments, "--model_args", f"pretrained={llama},tp_plan=auto",
+    _launch("-m", "lm_eval_false_demos.cli", *arguments, "--model_args", f"pretrained={llama},tp_plan=auto",
             "--output_path", str(tmp_path / "tp"), cwd=tmp_path, launcher=ACCELERATE)
     assert cli.main([*arguments, "--model_args", f"pretrained={llama}", "--output_path", str(tmp_path / "one")]) == 0
 
@@ -186,7 +186,7 @@ def test_heads_scores_every_head_once_and_ablates_on_the_owning_process(llama, t
 def test_lens_training_trains_the_same_translators(llama, tmp_path):
     arguments = ["lens", "train", "--datasets", "trec,sst2", "--tokens", "2048", "--seq_len", "32", "--batch_size",
                  "8", "--positions", "0", "--held_out_sequences", "8", "--seed", "1", "--lr", "5"]
-    _launch("-m", "lm_eval_false_demos.cli.main", *arguments, "--model_args",
+    _launch("-m", "lm_eval_false_demos.cli", *arguments, "--model_args",
             f"pretrained={llama},dtype=float32,tp_plan=auto", "--output", str(tmp_path / "tp"), cwd=tmp_path)
     assert cli.main([*arguments, "--model_args", f"pretrained={llama},dtype=float32",
                      "--output", str(tmp_path / "one")]) == 0
