@@ -340,3 +340,73 @@ def test_representative_cases_in_a_real_process(lens_folder, interrupted_sweep, 
         assert done.returncode == 2, done.stderr
         assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
         assert message in done.stderr, done.stderr
+
+
+# ------------------------------------------------------------------------------- converted-model cache
+
+
+@pytest.fixture
+def converted_cache(tmp_path, monkeypatch):
+    """A cache folder holding a (fake, small) conversion of gemma-3-270m: (folder, its files' bytes)."""
+    from safetensors.torch import save_file
+
+    from lm_eval_false_demos.core import digests, embedded_models
+
+    gguf = tmp_path / "fake.gguf"
+    gguf.write_bytes(b"a packaged gguf")
+
+    def convert(source, destination):
+        save_file({"weight": torch.arange(64, dtype=torch.float32).reshape(8, 8)},
+                  str(destination / "model.safetensors"))
+        (destination / "config.json").write_text('{"model_type": "gemma3_text"}')
+
+    monkeypatch.setenv("FALSEDEMO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(digests, "_remembered", {})
+    monkeypatch.setattr(embedded_models, "gguf_path", lambda name: gguf)
+    monkeypatch.setattr(embedded_models, "_convert", convert)
+    folder = Path(embedded_models.resolve_pretrained("gemma-3-270m"))
+    return folder
+
+
+@FUZZ
+@given(data=st.data(), name=st.sampled_from(["model.safetensors", "config.json", "falsedemo_identity.json"]))
+@example(data=None, name="model.safetensors")  # issue 24: a truncated conversion was a raw SafetensorError
+def test_a_damaged_converted_model_is_refused_naming_the_folder_to_delete(data, name, converted_cache):
+    from lm_eval_false_demos.core import embedded_models
+    from lm_eval_false_demos.errors import FalseDemoError
+
+    path = converted_cache / name
+    original = path.read_bytes()
+    content = original[:-100] if data is None else data.draw(damage(original))
+    try:
+        path.write_bytes(content)
+        with pytest.raises(FalseDemoError) as refused:
+            embedded_models.resolve_pretrained("gemma-3-270m")
+        message = str(refused.value)
+        assert "\n" not in message and f"delete the folder {converted_cache} and rerun" in message, message
+    finally:
+        path.write_bytes(original)
+    assert embedded_models.resolve_pretrained("gemma-3-270m") == str(converted_cache)  # whole again: used
+
+
+def test_a_cache_converted_before_the_record_is_checked_by_its_headers(converted_cache):
+    from lm_eval_false_demos.core import embedded_models
+    from lm_eval_false_demos.errors import FalseDemoError
+
+    identity = json.loads((converted_cache / "falsedemo_identity.json").read_text())
+    identity.pop("files")
+    (converted_cache / "falsedemo_identity.json").write_text(json.dumps(identity))
+    assert embedded_models.resolve_pretrained("gemma-3-270m") == str(converted_cache)
+    weights = converted_cache / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(FalseDemoError, match=r"model.safetensors has [\d,]+ bytes, its header describes"):
+        embedded_models.resolve_pretrained("gemma-3-270m")
+
+
+def test_a_damaged_cache_is_one_line_from_the_command(converted_cache, tmp_path, no_loading):
+    weights = converted_cache / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    status, _, stderr = run_cli(["sweep", "--model_args", "pretrained=gemma-3-270m", "--tasks",
+                                 "falsedemo_unnatural_correct", "--output_path", str(tmp_path / "out")])
+    assert_one_line(status, stderr, "the converted model cache is damaged", f"delete the folder {converted_cache}")
+    assert not (tmp_path / "out").exists()

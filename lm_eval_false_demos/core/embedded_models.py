@@ -80,17 +80,20 @@ def resolve_pretrained(name: str) -> str:
     sha256 = sha256_file(source)
     target = cache_dir() / f"{name}-{sha256[:12]}"
     if (target / IDENTITY_FILE).is_file():
+        check_converted(target, name)
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     # One converter at a time, across processes (several ranks of a launch, parallel runs): it takes minutes and
     # gigabytes. The others wait on the lock and reuse its folder, which appears whole (a staging folder renamed).
     with FileLock(str(target.parent / f".{target.name}.lock")):
         if (target / IDENTITY_FILE).is_file():
+            check_converted(target, name)
             return str(target)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
         try:
             _convert(source, staging)
-            identity = {"name": name, "gguf_file": source.name, "gguf_sha256": sha256, "source": str(source)}
+            identity = {"name": name, "gguf_file": source.name, "gguf_sha256": sha256, "source": str(source),
+                        "files": file_records(staging)}
             # written last: its presence marks a complete folder
             (staging / IDENTITY_FILE).write_text(json.dumps(identity, indent=2))
             try:
@@ -101,6 +104,67 @@ def resolve_pretrained(name: str) -> str:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return str(target)
+
+
+def file_records(folder: Path) -> dict[str, dict]:
+    """{file name: {size, sha256}} of every file in a converted folder (what :func:`check_converted` checks)."""
+    return {path.name: {"size": path.stat().st_size, "sha256": sha256_file(path)}
+            for path in sorted(folder.iterdir()) if path.is_file() and path.name != IDENTITY_FILE}
+
+
+def check_converted(folder: Path, name: str) -> None:
+    """A cached conversion is whole: its identity file is ours, and every file it records is there with the
+    recorded size and sha256 (without a record: every safetensors file's header matches its size)."""
+    remedy = f"delete the folder {folder} and rerun to convert {name} again"
+    try:
+        identity = json.loads((folder / IDENTITY_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        identity = None
+    if not isinstance(identity, dict) or not isinstance(identity.get("files", {}), dict):
+        raise FalseDemoError(f"the converted model cache is damaged ({IDENTITY_FILE} is not its record); {remedy}")
+    records = identity.get("files")
+    if records is None:
+        problem = _safetensors_problem(folder)
+    else:
+        problem = next((problem for file_name, record in sorted(records.items())
+                        if (problem := _file_problem(folder / file_name, record))), None)
+    if problem:
+        raise FalseDemoError(f"the converted model cache is damaged ({problem}); {remedy}")
+
+
+def _file_problem(path: Path, record) -> str | None:
+    if not isinstance(record, dict):
+        return f"{path.name}: no size and sha256 recorded"
+    if not path.is_file():
+        return f"{path.name} is missing"
+    size = path.stat().st_size
+    if size != record.get("size"):
+        return f"{path.name} has {size:,} bytes, {record.get('size')!r} recorded"
+    if sha256_file(path) != record.get("sha256"):
+        return f"{path.name} differs from the sha256 recorded at conversion"
+    return None
+
+
+def _safetensors_problem(folder: Path) -> str | None:
+    """A folder without recorded sizes: each safetensors file's JSON header, and the byte count it implies."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return "no .safetensors weights"
+    for path in files:
+        size = path.stat().st_size
+        try:
+            with open(path, "rb") as stream:
+                length = int.from_bytes(stream.read(8), "little")
+                header = json.loads(stream.read(length)) if 0 < length <= size - 8 else None
+            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"),
+                      default=0) if isinstance(header, dict) else None
+        except (OSError, ValueError, TypeError, KeyError, IndexError):
+            end = None
+        if end is None:
+            return f"{path.name} has no readable safetensors header"
+        if 8 + length + end != size:
+            return f"{path.name} has {size:,} bytes, its header describes {8 + length + end:,}"
+    return None
 
 
 def _convert(source: Path, destination: Path) -> None:
@@ -125,5 +189,7 @@ def model_identity(pretrained: str) -> dict | None:
     """The recorded identity (GGUF name and sha256) of a converted folder, or None."""
     path = Path(str(pretrained)) / IDENTITY_FILE
     if path.is_file():
-        return json.loads(path.read_text())
+        identity = json.loads(path.read_text())
+        identity.pop("files", None)  # the conversion's own file list: not what pins the weights
+        return identity
     return None
