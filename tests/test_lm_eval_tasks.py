@@ -154,3 +154,19 @@ def test_results_record_data_source_plugin_version_and_label_scoring(evaluation,
         "fingerprint": data_provenance("sst2")["fingerprint"]}
     assert evaluation["configs"]["falsedemo_unnatural_permuted"]["metadata"]["data_provenance"]["source"] == {
         "kind": "builtin"}
+
+
+def test_no_follow_acc_where_no_false_label_was_shown():
+    """--num_fewshot 0 on a corrupted task shows no demonstration, so no false label: follow_acc is not reported
+    (issue 24); with k >= 1 it is, as the paper defines it."""
+    manager = TaskManager(include_defaults=False, include_path=task_config_dir())
+    task = manager.load(["falsedemo_unnatural_permuted"])["tasks"]["falsedemo_unnatural_permuted"]
+    doc = task.dataset["queries"][0]
+    results = [(-float(index), False) for index in range(task.spec.num_classes)]
+    assert "follow_acc" in task.process_results(doc, results)
+    task.set_config(key="num_fewshot", value=0)
+    assert "follow_acc" not in task.process_results(doc, results)
+    from lm_eval_false_demos.analysis.layer_curves import task_metrics
+
+    assert "follow_acc" not in task_metrics("permuted", 0) and "follow_acc" not in task_metrics("correct", 4)
+    assert "follow_acc" in task_metrics("permuted", 1) and "follow_acc" in task_metrics("half", 4)

@@ -22,7 +22,7 @@ from lm_eval_false_demos.analysis.sweep_results import (
     TaskScores,
 )
 from lm_eval_false_demos.core import metrics
-from lm_eval_false_demos.core.corruption import FOLLOW_SETTINGS
+from lm_eval_false_demos.core.corruption import shows_false_labels
 from lm_eval_false_demos.core.datasets import MAIN_DATASETS
 from lm_eval_false_demos.core.metrics import normalise, paired_bootstrap
 from lm_eval_false_demos.errors import FalseDemoError
@@ -152,10 +152,12 @@ def compare_settings(
     )
 
 
-def task_metrics(setting: str) -> tuple[str, ...]:
-    """The metrics lm-eval reports for a setting: following the wrong labels only means something when
-    demonstrations carry the prompt's shifted label (corruption.FOLLOW_SETTINGS)."""
-    return LAYER_METRICS if setting in FOLLOW_SETTINGS else tuple(m for m in LAYER_METRICS if m != "follow_acc")
+def task_metrics(setting: str, num_fewshot: int | None = None) -> tuple[str, ...]:
+    """The metrics lm-eval reports for a setting and k: following the wrong labels only means something when
+    demonstrations carry the prompt's shifted label (corruption.shows_false_labels)."""
+    if shows_false_labels(setting, num_fewshot):
+        return LAYER_METRICS
+    return tuple(m for m in LAYER_METRICS if m != "follow_acc")
 
 
 def summarise_tasks(
@@ -170,7 +172,7 @@ def summarise_tasks(
         logits = np.stack([outputs[index] for index in indices])  # [N, L+1, P, K]
         probabilities = normalise(logits)  # the K-label softmax: the full-vocabulary one cancels
         query_scores = probabilities[:, :, -1, :]
-        names = task_metrics(info.setting)
+        names = task_metrics(info.setting, info.num_fewshot)
 
         # Position i < k reads demo i (i preceding demos) against its TRUE class; position k is the query.
         num_demos = probabilities.shape[2] - 1
@@ -201,7 +203,7 @@ def summarise_tasks(
         arrays[name] = TaskScores(
             query_keys=[record.query_key for record in task_records], query_scores=query_scores, gold=gold,
             position_scores=probabilities, position_targets=position_targets,
-            follow=position_follow[:, -1] if info.setting in FOLLOW_SETTINGS else None,
+            follow=position_follow[:, -1] if shows_false_labels(info.setting, info.num_fewshot) else None,
         )
     return results, arrays
 

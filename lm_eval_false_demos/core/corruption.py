@@ -16,6 +16,13 @@ SETTINGS = ("correct", "permuted", "half", "random", "zeroshot")
 FOLLOW_SETTINGS = ("permuted", "half")
 
 
+def shows_false_labels(setting: str, num_fewshot: int | None) -> bool:
+    """Whether a prompt of ``setting`` with ``num_fewshot`` demonstrations shows the prompt's shifted (false)
+    label, so that following it (``follow_acc``) means something: a FOLLOW_SETTINGS setting with k >= 1
+    (``--num_fewshot 0`` on a permuted task shows no label at all)."""
+    return setting in FOLLOW_SETTINGS and (num_fewshot is None or int(num_fewshot) > 0)
+
+
 def check_setting(setting: str) -> str:
     if setting not in SETTINGS:
         raise FalseDemoError(f"unknown setting {setting!r}; allowed: {', '.join(SETTINGS)}")

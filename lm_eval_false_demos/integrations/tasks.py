@@ -34,7 +34,7 @@ from lm_eval.api.task import ConfigurableTask
 
 from lm_eval_false_demos import __version__
 from lm_eval_false_demos.core import chat, embedded_models, precision
-from lm_eval_false_demos.core.corruption import FOLLOW_SETTINGS, check_setting, check_wrong_share, shifted
+from lm_eval_false_demos.core.corruption import check_setting, check_wrong_share, shifted, shows_false_labels
 from lm_eval_false_demos.core.data_loading import data_provenance, data_source, load_examples
 from lm_eval_false_demos.core.datasets import get_spec
 from lm_eval_false_demos.core.metrics import calibrated_accuracy, normalise
@@ -296,7 +296,7 @@ class FalseDemoTask(ConfigurableTask):
         predicted = int(np.argmax(scores))
         item = (gold, scores.tolist()) if len(self.formats) == 1 else (gold, scores.tolist(), int(doc["format"]))
         outcome = {"calibrated_acc": item, "acc": float(predicted == gold), "true_label_prob": float(scores[gold])}
-        if self.setting in FOLLOW_SETTINGS:
+        if shows_false_labels(self.setting, self.config.num_fewshot):
             follow = shifted(gold, self.spec.num_classes, query_shift(self.spec, doc["uid"], self.fewshot_seed))
             outcome["follow_acc"] = float(predicted == follow)
         return outcome
