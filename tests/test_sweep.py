@@ -420,3 +420,15 @@ def test_the_lens_parity_check_rides_on_the_first_batch_forward(tiny_lm, task_ma
     assert len(calls) == -(-2 * LIMIT // 3)  # 24 prompts in batches of 3
     parity = result["config"]["lens_parity"]
     assert parity["max_abs_diff"] < 1e-4 and parity["positions"] == 3 * (NUM_FEWSHOT + 1)
+
+
+def test_the_summary_shows_a_dash_where_the_analysis_defines_no_value():
+    """No critical layer (the gap never opens), no held-out exit: "-", never "None" or "nan" (issue 24)."""
+    from lm_eval_false_demos.results.sweep_files import format_summary
+
+    comparison = {"last_layer": {"correct": 0.75, "corrupted": 0.5, "gap": 0.25}, "intervals": {"gap": [0.1, 0.4]},
+                  "critical_layer": None, "early_exit_layer": 3, "early_exit_gain": float("nan"),
+                  "held_out": {"early_exit_layer": None, "early_exit_gain": None, "interval": None}}
+    table = format_summary({"datasets": {"sst2": {"by_setting": {"permuted": comparison}}}})
+    row = table.splitlines()[1]
+    assert row == "sst2  permuted  0.750  0.500  +0.250 [+0.100,+0.400]  -  3:- [-]  -:- [-]", row

@@ -4,6 +4,8 @@ setting), ``query_scores.npz`` and figures; and the terminal summary."""
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -173,21 +175,27 @@ def write_figures(result: Mapping, run_directory: Path) -> list[Path]:
 
 
 def format_summary(result: Mapping) -> str:
-    """A short table for the terminal: last-layer accuracies, gap, critical layer and early-exit gains."""
+    """A short table for the terminal: last-layer accuracies, gap, critical layer and early-exit gains; a value
+    the analysis could not define (no critical layer, no held-out half) shows as "-"."""
     lines = ["dataset  setting  correct  corrupted  gap [CI]  critical  exit:gain [CI]  held-out exit:gain [CI]"]
 
     def interval(values):
-        return "[-]" if not values else f"[{values[0]:+.3f},{values[1]:+.3f}]"
+        return "[-]" if not values or None in values else f"[{values[0]:+.3f},{values[1]:+.3f}]"
+
+    def cell(value, spec=""):
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            return "-"
+        return format(value, spec)
 
     for dataset, entry in result["datasets"].items():
         for setting, comparison in entry.get("by_setting", {}).items():
             last, intervals, held_out = comparison["last_layer"], comparison["intervals"], comparison["held_out"]
             lines.append(
-                f"{dataset}  {setting}  {last['correct']:.3f}  {last['corrupted']:.3f}  "
-                f"{last['gap']:+.3f} {interval(intervals.get('gap'))}  {comparison['critical_layer']}  "
-                f"{comparison['early_exit_layer']}:{comparison['early_exit_gain']:+.3f} "
+                f"{dataset}  {setting}  {cell(last['correct'], '.3f')}  {cell(last['corrupted'], '.3f')}  "
+                f"{cell(last['gap'], '+.3f')} {interval(intervals.get('gap'))}  {cell(comparison['critical_layer'])}  "
+                f"{cell(comparison['early_exit_layer'])}:{cell(comparison['early_exit_gain'], '+.3f')} "
                 f"{interval(intervals.get('early_exit_gain'))}  "
-                f"{held_out.get('early_exit_layer')}:{held_out.get('early_exit_gain', float('nan')):+.3f} "
+                f"{cell(held_out.get('early_exit_layer'))}:{cell(held_out.get('early_exit_gain'), '+.3f')} "
                 f"{interval(held_out.get('interval'))}"
             )
     return "\n".join(lines)
