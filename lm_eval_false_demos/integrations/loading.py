@@ -15,6 +15,7 @@ from typing import Any, Mapping
 from lm_eval_false_demos.core.digests import sha256_file
 from lm_eval_false_demos.core.embedded_models import model_identity as embedded_identity
 from lm_eval_false_demos.core.embedded_models import resolve_pretrained
+from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.integrations import compat
 
 
@@ -34,7 +35,55 @@ def create_model(model: str, model_args: Mapping[str, Any], batch_size: int, dev
         # hf-earlyexit insists on an exit layer; -1 is the model's own output, and the sweep reads all layers.
         model_args["exit_layer"] = -1
     model_class = lm_eval.api.registry.get_model(model)
-    return model_class.create_from_arg_obj(model_args, {"batch_size": batch_size, "device": device})
+    try:
+        return model_class.create_from_arg_obj(model_args, {"batch_size": batch_size, "device": device})
+    except TypeError:
+        refuse_args_nothing_takes(model, model_args)
+        raise
+
+
+def refuse_args_nothing_takes(model: str, model_args: Mapping[str, Any]) -> None:
+    """After a TypeError while creating the model: HFLM hands model args it does not know to from_pretrained,
+    which hands what the config does not take to the model class, so a typo'd or foreign key ends as
+    transformers' TypeError there. One line naming the key instead (nothing named: the TypeError stands)."""
+    refused = args_nothing_takes(model_args)
+    if refused:
+        shown = ", ".join(f"{key}={model_args[key]!r}" for key in refused)
+        raise FalseDemoError(
+            f"unknown model arg {shown}: neither lm-eval's {model} model, transformers' from_pretrained, the "
+            "model's config nor its class takes it; remove it or check its spelling"
+        ) from None
+
+
+def args_nothing_takes(model_args: Mapping[str, Any]) -> list[str]:
+    """The model args that lm-eval's HFLM, ``from_pretrained``'s own parameters, the model's config (as
+    transformers splits them: ``return_unused_kwargs``) and the model class's constructor all leave over."""
+    import inspect
+
+    import transformers
+
+    from lm_eval_false_demos.core.architectures import PATH_OVERRIDES
+    from lm_eval_false_demos.integrations.models import OWN_ARGS, hflm_arg_names
+
+    taken = hflm_arg_names() | set(OWN_ARGS) | set(PATH_OVERRIDES) | {"lens", "batch_size", "max_batch_size",
+                                                                        "device"}
+    taken |= set(inspect.signature(transformers.PreTrainedModel.from_pretrained).parameters)
+    candidates = {key: value for key, value in model_args.items() if key not in taken}
+    if not candidates or not isinstance(model_args.get("pretrained"), str):
+        return []
+    try:
+        config, unused = transformers.AutoConfig.from_pretrained(
+            model_args["pretrained"], revision=model_args.get("revision"), local_files_only=True,
+            trust_remote_code=str(model_args.get("trust_remote_code", "")).lower() in ("1", "true", "yes"),
+            return_unused_kwargs=True, **candidates,
+        )
+        model_class = transformers.MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    except Exception:  # noqa: BLE001 - no config to compare with: the original error stands
+        return []
+    constructor = inspect.signature(model_class.__init__).parameters
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in constructor.values()):
+        return []
+    return sorted(key for key in unused if key in candidates and key not in constructor)
 
 
 def resolve_embedded(model_args: Mapping[str, Any]) -> dict:

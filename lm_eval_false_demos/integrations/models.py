@@ -166,7 +166,13 @@ class _FalseDemoHFLM(compat.ScoredColumnsLogits, HFLM):
             attn_out_path=attn_out_path, mlp_path=mlp_path).items() if value is not None})
         if embedded_models.is_embedded(pretrained):
             pretrained = embedded_models.resolve_pretrained(pretrained)
-        super().__init__(pretrained=pretrained, **kwargs)
+        try:
+            super().__init__(pretrained=pretrained, **kwargs)
+        except TypeError:  # as `lm_eval --model hf-earlyexit` loads it: a model arg nothing takes is one line
+            from lm_eval_false_demos.integrations.loading import refuse_args_nothing_takes
+
+            refuse_args_nothing_takes(self._alias or "hf", {"pretrained": pretrained, **kwargs})
+            raise
 
         overrides = dict(
             layers_path=layers_path, norm_path=norm_path, head_path=head_path,
