@@ -410,3 +410,105 @@ def test_a_damaged_cache_is_one_line_from_the_command(converted_cache, tmp_path,
                                  "falsedemo_unnatural_correct", "--output_path", str(tmp_path / "out")])
     assert_one_line(status, stderr, "the converted model cache is damaged", f"delete the folder {converted_cache}")
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------ model args
+
+
+# Keys no model, config or loader takes (a prefix no transformers name has), with any value.
+UNKNOWN_KEYS = st.from_regex(r"zz[a-z_]{1,12}", fullmatch=True)
+MODEL_ARG_VALUES = st.one_of(st.integers(-5, 5).map(str), st.sampled_from(["true", "x", "1.5", "none"]))
+
+
+@settings(max_examples=4, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(key=UNKNOWN_KEYS, value=MODEL_ARG_VALUES, model_type=st.sampled_from(["hf", "hf-earlyexit"]))
+@example(key="foo", value="1", model_type="hf")  # issue 24: transformers' TypeError after the load
+def test_a_model_arg_nothing_takes_is_one_line_naming_it(key, value, model_type, model, tmp_path):
+    """Unknown keys stay allowed before loading (HFLM hands them to from_pretrained: attn_implementation, ...);
+    one that nothing takes is named in one line where transformers would raise, before any forward pass."""
+    output = tmp_path / f"out-{key}-{model_type}"
+    status, _, stderr = run_cli(["sweep", "--model", model_type, "--model_args",
+                                 f"pretrained={model},dtype=float32,{key}={value}", "--tasks",
+                                 "falsedemo_unnatural_correct", "--limit", "2", "--num_fewshot", "1", "--device",
+                                 "cpu", "--output_path", str(output)])
+    assert_one_line(status, stderr, f"unknown model arg {key}=", "remove it or check its spelling")
+    assert not output.exists()
+
+
+# ------------------------------------------------------------------------------ the leaderboard's inputs
+
+
+LEADERBOARD_FIXTURES = Path(__file__).parent / "fixtures" / "leaderboard"
+RESULTS_FILES = {
+    "sweep.json": next(LEADERBOARD_FIXTURES.glob("sweeps/*/sweep.json")),
+    "heads.json": next(LEADERBOARD_FIXTURES.glob("heads/*/heads.json")),
+    "results_2025-01-01T10-00-00.000000.json": next(LEADERBOARD_FIXTURES.glob("results/*/results_*.json")),
+}
+
+
+@FUZZ
+@given(name=st.sampled_from(sorted(RESULTS_FILES)), data=st.data())
+def test_a_damaged_results_file_alone_is_one_line_naming_it(name, data, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir(exist_ok=True)
+    for old in folder.iterdir():
+        old.unlink()
+    (folder / name).write_bytes(data.draw(damage(RESULTS_FILES[name].read_bytes())))
+    output = tmp_path / "board"
+    status, _, stderr = run_cli(["leaderboard", "--results", str(folder), "--output", str(output)])
+    assert_one_line(status, stderr, "no usable results file (1 skipped", str(folder / name), "nothing written")
+    assert not output.exists()
+
+
+@pytest.mark.parametrize("damage_kind", ["empty", "truncated", "foreign npz"])
+def test_damaged_query_scores_beside_a_sweep_are_a_warning(damage_kind, tmp_path):
+    """The sweep's numbers stand without its per-query scores (they only give intervals over datasets): the row
+    is built with a warning naming the file (``board.warnings``), no traceback; --strict makes it exit status 1."""
+    from lm_eval_false_demos.leaderboard.collect import Leaderboard
+    from lm_eval_false_demos.results import query_scores
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(RESULTS_FILES["sweep.json"], run / "sweep.json")
+    original = query_scores.write(tmp_path, {"falsedemo_unnatural_permuted": {
+        "query_keys": ["a", "b"], "query_scores": np.full((2, 3, 2), 0.5), "gold": [0, 1]}}).read_bytes()
+    damaged = {"empty": b"", "truncated": original[: len(original) // 2], "foreign npz": FOREIGN["npz"]}
+    (run / query_scores.FILE_NAME).write_bytes(damaged[damage_kind])
+    board = Leaderboard()
+    board.add_paths([run])
+    assert board.ordered_rows() and len(board.warnings) == 1, board.warnings
+    assert str(run / query_scores.FILE_NAME) in board.warnings[0] and "no intervals from it" in board.warnings[0]
+    status, stdout, stderr = run_cli(["leaderboard", "--results", str(run), "--output", str(tmp_path / "board"),
+                                      "--bootstrap_iters", "0", "--strict"])
+    assert status == 1 and "Traceback" not in stderr and "1 warnings" in stdout, (status, stdout, stderr)
+
+
+# --------------------------------------------------------------------------------------- data files
+
+
+@FUZZ
+@given(data=st.data())
+@example(data=b'{"sentence": "fine", "label": 1}\n\n')  # a blank line
+def test_a_damaged_local_data_file_is_one_line_naming_file_and_line(data, tmp_path, monkeypatch, no_loading):
+    """``FALSEDEMO_DATA_DIR``'s jsonl files, as `falsedemo lens train` reads them before any model loads."""
+    from lm_eval_false_demos.core import data_loading
+
+    rows = b"".join(json.dumps({"sentence": f"text {i}", "label": i % 2}).encode() + b"\n" for i in range(40))
+    content = data if isinstance(data, bytes) else data.draw(damage(rows))
+    folder = Path(tempfile.mkdtemp(dir=tmp_path)) / "sst2"
+    folder.mkdir()
+    (folder / "train.jsonl").write_bytes(content)
+    (folder / "validation.jsonl").write_bytes(rows)
+    monkeypatch.setenv("FALSEDEMO_DATA_DIR", str(folder.parent))
+    data_loading._CACHE.clear()
+    try:
+        from lm_eval_false_demos.core.data_loading import load_examples
+        from lm_eval_false_demos.errors import FalseDemoError
+
+        with pytest.raises(FalseDemoError) as refused:
+            load_examples("sst2")
+    finally:
+        data_loading._CACHE.clear()
+    message = str(refused.value)
+    assert "\n" not in message and str(folder / "train.jsonl") in message, message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.handlers
 import os
 import sys
 
@@ -34,8 +35,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
-    board, paths = build(args.results, args.output, force=args.force, bootstrap_iters=args.bootstrap_iters,
-                         hub_dataset_id=args.hub_dataset_id, note=args.note)
+    # The skipped files' warnings are shown once the build succeeds; when nothing usable is left, the one-line
+    # error carries the first of them instead.
+    held = logging.handlers.MemoryHandler(capacity=1 << 20, flushLevel=logging.CRITICAL + 1,
+                                          target=logging.getLogger().handlers[0], flushOnClose=False)
+    board_logger = logging.getLogger("lm_eval_false_demos.leaderboard")
+    board_logger.addHandler(held)
+    propagate, board_logger.propagate = board_logger.propagate, False
+    try:
+        board, paths = build(args.results, args.output, force=args.force, bootstrap_iters=args.bootstrap_iters,
+                             hub_dataset_id=args.hub_dataset_id, note=args.note)
+        held.flush()
+    finally:
+        board_logger.removeHandler(held)
+        board_logger.propagate = propagate
+        held.close()
     print(
         f"{len(board.ordered_rows())} rows from {len(set(board.files_read))} files, {len(board.warnings)} warnings; "
         "wrote " + ", ".join(os.fspath(path) for path in paths.values())

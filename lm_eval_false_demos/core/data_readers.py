@@ -46,8 +46,15 @@ def read_local_split(spec, folder: Path, split: str, from_env: bool = True) -> t
         )
     needed = _needed_columns(spec)
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, 1):
+    with path.open("rb") as handle:
+        for line_number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise FalseDemoError(
+                    f"dataset {spec.key!r}: {path}:{line_number} is not UTF-8 text (byte {raw[error.start]:#04x} "
+                    f"at column {error.start + 1}); allowed: one JSON object per line, UTF-8"
+                ) from None
             if not line.strip():
                 raise FalseDemoError(
                     f"dataset {spec.key!r}: {path}:{line_number} is a blank line; allowed: one JSON object per "

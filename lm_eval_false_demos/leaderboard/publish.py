@@ -58,9 +58,11 @@ def build(results: Iterable[str | Path], output: str | Path, *, force: bool = Tr
     board.add_paths(paths)
     rows = board.ordered_rows()
     if not rows:
+        skipped = f": {board.warnings[0]}" + (f" (and {len(board.warnings) - 1} more)" if len(board.warnings) > 1
+                                              else "") if board.warnings else ""
         raise FalseDemoError(
-            f"--results {' '.join(map(str, paths))}: no usable results file ({len(board.warnings)} skipped); "
-            "nothing written")
+            f"--results {' '.join(map(str, paths))}: no usable results file ({len(board.warnings)} skipped"
+            f"{skipped}); nothing written")
     summaries = [summarise(row, iterations=bootstrap_iters) for row in rows]
     return board, write_outputs(board, summaries, output, hub_dataset_id, note)
 

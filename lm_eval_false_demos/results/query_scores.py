@@ -11,6 +11,8 @@ files written before it was added lack it).
 
 from __future__ import annotations
 
+import zipfile
+
 import io
 from pathlib import Path
 from typing import Mapping
@@ -39,6 +41,13 @@ def write(run_directory: Path, arrays: Mapping[str, Mapping]) -> Path:
 
 def read(path: Path) -> dict[str, dict[str, np.ndarray]]:
     """{task: {"scores", "gold", "keys"[, "follow"]}}; raises ValueError / OSError on a damaged file."""
+    try:
+        return _read(path)
+    except (zipfile.BadZipFile, EOFError, KeyError) as error:  # truncated, or an .npz of something else
+        raise ValueError(f"{type(error).__name__}: {error}") from None
+
+
+def _read(path: Path) -> dict[str, dict[str, np.ndarray]]:
     with np.load(path, allow_pickle=False) as data:
         names = [str(name) for name in data["tasks"]]
         tasks = {}
