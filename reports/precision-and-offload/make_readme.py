@@ -209,6 +209,46 @@ def offload_section(runs: dict) -> list[str]:
     return lines
 
 
+def half_width(values) -> float:
+    return (values[1] - values[0]) / 2 if values else float("nan")
+
+
+def trust_section(runs: dict) -> list[str]:
+    """bfloat16 against float32, per quantity, next to the sampling noise (the float32 interval's half-width)."""
+    pairs = [(model, runs[(model, "float32")], runs[(model, "bfloat16")]) for model in MODELS
+             if (model, "float32") in runs and (model, "bfloat16") in runs
+             and runs[(model, "float32")].sweep and runs[(model, "bfloat16")].sweep]
+    if not pairs:
+        return []
+    lines = ["## What a user can trust in bfloat16", "",
+             "bfloat16 against float32 on the same prompts; the noise scale is the float32 run's 95% interval "
+             "half-width (sampling over queries), the size of difference a reader already has to allow for.", "",
+             "| quantity | model | float32 | bfloat16 | difference | float32 interval half-width | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    quantities = (
+        ("correct, last layer", lambda e: e["last_layer"]["correct"], lambda e: e["intervals"].get("correct")),
+        ("permuted, last layer", lambda e: e["last_layer"]["corrupted"], lambda e: e["intervals"].get("corrupted")),
+        ("gap", lambda e: e["last_layer"]["gap"], lambda e: e["intervals"].get("gap")),
+        ("early-exit gain", lambda e: e["early_exit_gain"], lambda e: e["intervals"].get("early_exit_gain")),
+        ("held-out early-exit gain", lambda e: e["held_out"].get("early_exit_gain", float("nan")),
+         lambda e: e["held_out"].get("interval")),
+    )
+    for model, reference, half in pairs:
+        ref, oth = reference.entry, half.entry
+        for name, value, noise in quantities:
+            difference = value(oth) - value(ref)
+            width = half_width(noise(ref))
+            verdict = "same" if difference == 0 else \
+                "within noise" if abs(difference) <= 0.25 * width else "differs: check in float32"
+            lines.append(f"| {name} | {model} | {value(ref):.3f} | {value(oth):.3f} | {difference:+.3f} "
+                         f"| {width:.3f} | {verdict} |")
+        for name, key in (("critical layer", "critical_layer"), ("early-exit layer", "early_exit_layer")):
+            same = ref[key] == oth[key]
+            lines.append(f"| {name} | {model} | {ref[key]} | {oth[key]} | {oth[key] - ref[key]:+d} "
+                         f"| | {'same' if same else 'differs: check in float32'} |")
+    return lines + [""]
+
+
 def main() -> int:
     runs: dict[tuple[str, str], Run] = {}
     pending = []
@@ -275,6 +315,7 @@ def main() -> int:
             *agreement_lines,
             "",
         ]
+    lines += trust_section(runs)
     lines += offload_section(runs)
     if pending:
         lines += [f"Pending (not run when this README was generated): {', '.join(pending)}.", ""]
