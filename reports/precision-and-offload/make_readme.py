@@ -48,7 +48,9 @@ class Run:
 
 def load_run(folder: Path) -> Run | None:
     found = sorted(folder.glob("sweep_*/sweep.json"))
-    resources = json.loads((folder / "resources.json").read_text()) if (folder / "resources.json").exists() else None
+    resources_path = folder / "resources.json"  # empty while the run is still going
+    resources = json.loads(resources_path.read_text()) if resources_path.exists() and resources_path.stat().st_size \
+        else None
     error = (folder / "error.txt").read_text().strip() if (folder / "error.txt").exists() else None
     if error:
         return Run(folder, None, None, resources, error)
