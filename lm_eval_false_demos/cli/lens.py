@@ -1,8 +1,9 @@
 """``falsedemo lens train``: fit a tuned lens (tuned-lens layout) on demonstration text.
 
-Argument parsing, checks, orchestration and printing only. The model loads through lm-eval's registry
-(integrations.loading, as ``lm_eval --model hf``); the text and settings are analysis.lens_text, the objective
-and training loop analysis.lens_training, the checkpoint and summary files results.lens_files.
+Argument parsing, checks and printing only. The model opens in a run context (integrations.run_context, through
+lm-eval's registry as ``lm_eval --model hf``) and the training runs in it (integrations.lens_runs); the text and
+settings are analysis.lens_text, the objective and training loop analysis.lens_training, the checkpoint and
+summary files results.lens_files.
 
 Checkpoints (``checkpoint.pt``: translators, optimiser, step; tensors only) are written atomically every
 ``--checkpoint_every`` steps; rerunning the same command resumes from the last one (with another
@@ -14,13 +15,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from lm_eval_false_demos.analysis.lens_text import DEFAULT_DATASETS, TrainingSettings, planned_steps, training_text
+from lm_eval_false_demos.analysis.lens_text import DEFAULT_DATASETS, TrainingSettings
 from lm_eval_false_demos.cli import args as cli_args
-from lm_eval_false_demos.core.files import canonical_model_args
 from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.integrations import compat
 
@@ -100,19 +98,12 @@ def check_arguments(args: argparse.Namespace) -> TrainingSettings:
     from lm_eval_false_demos.results import lens_files
 
     if (output / lens_files.CHECKPOINT).exists():  # a damaged or foreign checkpoint fails before the model loads
-        lens_files.load_checkpoint(output / lens_files.CHECKPOINT, training_fingerprint(model_args, settings))
+        lens_files.load_checkpoint(output / lens_files.CHECKPOINT, lens_files.training_fingerprint(model_args, settings))
     from lm_eval_false_demos.core.architectures import PATH_OVERRIDES
 
     # last: it imports lm-eval's HF model
     cli_args.check_model_args("hf", model_args, read_by_caller=PATH_OVERRIDES)
     return settings
-
-
-def training_fingerprint(model_args: Mapping[str, Any], settings: TrainingSettings) -> dict:
-    """What a resumed training must repeat; --tokens may change on resume (extend or cut the budget; the
-    learning-rate decay follows the new total)."""
-    return {"model_args": canonical_model_args(model_args), "datasets": list(settings.datasets),
-            **settings.recorded()}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -133,98 +124,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def train(args: argparse.Namespace, settings: TrainingSettings) -> dict | None:
-    """Load, train, write the lens and training.json; the summary (``{"estimate_only": True, ...}`` with
-    ``--estimate_only``; None on a process that does not write)."""
+    """Open the model (float32 unless ``dtype=`` says otherwise) and train in it (integrations.lens_runs); the
+    summary (``{"estimate_only": True, ...}`` with ``--estimate_only``; None on a process that does not train)."""
+    from lm_eval_false_demos.integrations.lens_runs import train_lens
     from lm_eval_false_demos.integrations.run_context import open_model
 
-    context = open_model("hf", dict(args.model_args), batch_size=settings.batch_size, device=args.device,
+    context = open_model("hf", args.model_args, batch_size=settings.batch_size, device=args.device,
                          defaults={"dtype": DEFAULT_DTYPE})
-    # Several data-parallel processes (accelerate launch, torchrun): one trains. The lens's steps are sequential
-    # and each samples its vocabulary from the whole batch, so a split batch would not give the one-process lens.
-    # Under tensor parallelism the processes hold one model together: all train the same (replicated)
-    # translators on the same batches, and the writer alone saves them.
-    if context.data_parallel:
-        context.close()  # every process leaves the process group now; the writer trains alone
-        if context.world_size > 1:
-            if not context.is_writer:
-                return None
-            print(f"lens train: {context.world_size} processes started, one (rank 0) trains and writes the lens; "
-                  "launch it as one process")
-    try:
-        return _train(args, settings, context)
-    finally:
-        if not context.data_parallel:
-            context.close()
-
-
-def _train(args: argparse.Namespace, settings: TrainingSettings, context) -> dict | None:
-    from tqdm.auto import tqdm
-
-    from lm_eval_false_demos.analysis import lens_training
-    from lm_eval_false_demos.results import lens_files
-
-    model_args = dict(args.model_args)
-    output = Path(args.output)
-    model, tokenizer, modules = context.model, context.tokenizer, context.modules
-    model.requires_grad_(False)
-    if settings.seq_len > context.max_length:
-        raise FalseDemoError(f"--seq_len={settings.seq_len} is longer than the model's max_length="
-                             f"{context.max_length}; give a shorter --seq_len")
-    text = training_text(tokenizer, settings)
-    steps = planned_steps(settings, text)
-
-    trainer = lens_training.LensTrainer(model, modules, settings)
-    trainer.lens.config["base_model_name_or_path"] = model_args["pretrained"]
-    trainer.lens.config["base_model_revision"] = model_args.get("revision")
-
-    recorded_args = canonical_model_args(model_args)
-    fingerprint = training_fingerprint(model_args, settings)
-    checkpoint_path = output / lens_files.CHECKPOINT
-    resumed = None
-    if checkpoint_path.exists():
-        resumed = lens_files.load_checkpoint(checkpoint_path, fingerprint)
-        steps = max(steps, int(resumed["step"]))  # a budget below the checkpoint's keeps what was trained
-        print(f"resuming from {checkpoint_path} at step {int(resumed['step'])}/{steps}")
-
-    cost = trainer.estimate(text, steps, done=int(resumed["step"]) if resumed else 0)
-    if context.is_writer:
-        print(
-            f"cost estimate: {steps} steps x {settings.batch_size} x {settings.seq_len} = {cost.tokens:,} "
-            f"tokens ({cost.passes_over_text:.2f} passes over {len(text.training)} windows of demonstration text from "
-            f"{len(settings.datasets)} datasets), KL at {cost.scored_positions:,} positions over "
-            f"{'all ' if cost.full_vocab else ''}{cost.vocab:,} vocabulary tokens x {modules.num_layers} layers; "
-            f"{cost.tflop:.1f} TFLOP ({cost.lens_share:.0%} in the lens); about {cost.minutes:.1f} minutes at "
-            f"{cost.seconds_per_step:.2f} s/step"
-        )
-    if args.estimate_only:
-        return {"estimate_only": True, "seconds_per_step": cost.seconds_per_step, "steps": steps}
-
-    before = trainer.held_out_kl(text.held_out)  # zero translators: the logit lens, on a resumed run too
-    if resumed is not None:
-        trainer.load_state_dict(resumed)
-    progress = tqdm(total=steps, initial=trainer.step, desc="lens train", unit="step", disable=not context.is_writer)
-
-    def on_step(step: int, losses: list[float]) -> None:
-        progress.update(1)
-        progress.set_postfix(kl=f"{sum(losses) / len(losses):.3f}")
-
-    def on_checkpoint(state: lens_training.LensTrainer) -> None:
-        if context.is_writer:
-            lens_files.save_checkpoint(checkpoint_path, state.state_dict(), fingerprint)
-
-    trainer.fit(text.training, steps, on_step=on_step, on_checkpoint=on_checkpoint)
-    progress.close()
-    after = trainer.held_out_kl(text.held_out)
-    if not context.is_writer:
-        return None
-    params = trainer.lens.save(output)
-    summary = lens_files.training_summary(
-        model_args=recorded_args, resolved_pretrained=context.options.resolved["pretrained"],
-        modules=modules, vocab_size=trainer.vocab_size, settings=settings, cost=cost,
-        training_seconds=trainer.seconds, held_out_sequences=len(text.held_out), kl_logit_lens=before,
-        kl_tuned_lens=after, params=params,
-    )
-    lens_files.write_summary(output, summary)
-    if checkpoint_path.exists():
-        checkpoint_path.unlink()
-    return summary
+    return train_lens(context, settings, Path(args.output), estimate_only=args.estimate_only)

@@ -23,6 +23,13 @@ SUMMARY = "training.json"
 FORMAT_VERSION = 1
 
 
+def training_fingerprint(model_args: Mapping[str, Any], settings: TrainingSettings) -> dict:
+    """What a resumed training must repeat; --tokens may change on resume (extend or cut the budget; the
+    learning-rate decay follows the new total)."""
+    return {"model_args": results_io.canonical_model_args(model_args), "datasets": list(settings.datasets),
+            **settings.recorded()}
+
+
 def save_checkpoint(path: str | Path, state: Mapping[str, Any], fingerprint: Mapping[str, Any]) -> None:
     """``state`` (translators, optimiser, step, seconds: tensors and numbers only) and the setup's
     fingerprint, written atomically."""
