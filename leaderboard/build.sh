@@ -5,8 +5,9 @@
 # model, `falsedemo sweep` over the 14 main datasets, settings correct, permuted and zeroshot (the zero-shot answers
 # are the prior of the prior-alignment metrics), k = 12 demonstrations, lm-eval's default seeds (few-shot seed 1234),
 # the first N = 50 queries of each dataset's fixed seeded order, and SST-2 in its 13 first-token-scorable prompt
-# formats (0-10, 12, 13) at 50 queries each; local dataset copies, one sweep per chunk of datasets (a chunk that fails
-# leaves the others). Rerunning this script resumes: finished chunks are skipped, an interrupted one continues.
+# formats (0-10, 12, 13) at SST2_N = 8 queries each (the leaderboard's protocol names both limits); local dataset
+# copies, one sweep per chunk of datasets (a chunk that fails leaves the others). Rerunning this script resumes:
+# finished chunks are skipped, an interrupted one continues.
 # Then the leaderboard from those sweeps plus the false-induction-head evaluations of reports/heads.
 #
 # The full paper protocol (k = 40, every query; for a GPU), one command per model:
@@ -22,6 +23,7 @@ K=${K:-12}
 export FALSEDEMO_DATA_DIR="${FALSEDEMO_DATA_DIR:-$(cd .. && pwd)/shared/data}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 N=${N:-50}
+SST2_N=${SST2_N:-8}  # SST-2 runs each of its 13 formats: 8 queries a format cost about two datasets at N = 50
 RUNS=${RUNS:-leaderboard/runs}
 SETTINGS=${SETTINGS:-"correct permuted zeroshot"}
 CHUNKS=(
@@ -34,8 +36,8 @@ CHUNKS=(
 )
 # Resumable: a chunk whose finished sweep is already under $RUNS/<model> (same tasks, N, k, model args) is skipped,
 # an interrupted one (a checkpoint/ manifest with those arguments) continues with --resume; the rest run anew.
-chunk_state() {  # model tasks -> "done <folder>", "resume <folder>" or "new"
-  python - "$RUNS/$1" "$2" "$N" "$K" "$1" <<'PY'
+chunk_state() {  # model tasks limit -> "done <folder>", "resume <folder>" or "new"
+  python - "$RUNS/$1" "$2" "$3" "$K" "$1" <<'PY'
 import sys
 from lm_eval_false_demos.results.checkpoints import find_run
 
@@ -54,20 +56,22 @@ for model in ${MODELS:-gemma-3-270m smollm2-135m}; do
       for setting in $SETTINGS; do tasks="$tasks,falsedemo_${dataset}_${setting}"; done
     done
     tasks=${tasks#,}
-    read -r state folder < <(chunk_state "$model" "$tasks")
+    limit=$N
+    [ "$datasets" = sst2_formats ] && limit=$SST2_N
+    read -r state folder < <(chunk_state "$model" "$tasks" "$limit")
     if [ "$state" = done ]; then echo "chunk '$datasets' of $model: done in $folder, skipped" >&2; continue; fi
     resume=()
     if [ "$state" = resume ]; then echo "chunk '$datasets' of $model: continuing $folder" >&2; resume=(--resume "$folder"); fi
     # the all-formats SST-2 tasks expand to one task per format; formats 11 and 14 cannot be first-token scored here
     falsedemo sweep --model hf --model_args "pretrained=$model,dtype=float32" --tasks "$tasks" \
-      --sst2_format 0-10,12-13 --num_fewshot "$K" --limit "$N" --batch_size 2 --device cpu --no_plots \
+      --sst2_format 0-10,12-13 --num_fewshot "$K" --limit "$limit" --batch_size 2 --device cpu --no_plots \
       --output_path "$RUNS/$model" "${resume[@]}" || echo "chunk '$datasets' of $model failed; the others are kept" >&2
   done
 done
 [ "${TABLES:-1}" = 0 ] && exit 0
 rm -rf leaderboard/eval_results  # every export is rewritten: a row that no longer exists leaves no stale folder
 falsedemo leaderboard --results "$RUNS" reports/heads/runs/*/evaluate --output leaderboard --force \
-  --note "Protocol: k = 12, settings correct, permuted and zeroshot (for prior alignment), the first 50 queries of each dataset (SST-2: 13 formats x 50), few-shot seed 1234, local data, first label token; one leaderboard/build.sh."
+  --note "Protocol: k = 12, settings correct, permuted and zeroshot (for prior alignment), the first 50 queries of each dataset (SST-2: 13 formats x 8), few-shot seed 1234, local data, first label token; one leaderboard/build.sh."
 # The README shows the same table, between its leaderboard markers.
 python - <<'PY'
 from pathlib import Path

@@ -419,6 +419,23 @@ def test_runs_under_another_protocol_are_separate_rows(tmp_path, change, protoco
     assert changed["permuted_acc"] == pytest.approx(0.5) and changed["gap_permuted"] is None
 
 
+def test_sst2_formats_on_fewer_queries_join_the_row_of_the_other_datasets(tmp_path):
+    """The published protocol runs SST-2's formats on fewer queries (in a file of their own): one row, its protocol
+    naming both limits; a second candidate row (another N) keeps them apart, said in one warning."""
+    others = lm_eval_file(tmp_path, "results_a.json", "pretrained=m", {"falsedemo_trec_correct": 0.6,
+                                                                       "falsedemo_trec_permuted": 0.4}, limit=24)
+    sst2 = lm_eval_file(tmp_path, "results_b.json", "pretrained=m", {"falsedemo_sst2_f3_correct": 0.7,
+                                                                     "falsedemo_sst2_f3_permuted": 0.6}, limit=8)
+    board, _ = leaderboard.build([others, sst2], tmp_path / "out", bootstrap_iters=0)
+    (row,) = board.ordered_rows()
+    summary = leaderboard.summarise(row, iterations=0)
+    assert summary["protocol"] == "k=4, N=24 (SST-2: 8 a format), data ?, first label token"
+    assert summary["gap_permuted"] == pytest.approx((0.2 + 0.1) / 2) and not board.warnings
+    fifty = lm_eval_file(tmp_path, "results_c.json", "pretrained=m", {"falsedemo_rte_correct": 0.6}, limit=50)
+    board, _ = leaderboard.build([others, sst2, fifty], tmp_path / "out2", bootstrap_iters=0)
+    assert len(board.ordered_rows()) == 3 and len(board.warnings) == 1 and "could belong to 2 rows" in board.warnings[0]
+
+
 def test_other_dtype_lens_or_prompt_mode_are_other_rows(tmp_path):
     files = [lm_eval_file(tmp_path, "results_a.json", "pretrained=m,dtype=float32", {"falsedemo_trec_permuted": 0.4}),
              lm_eval_file(tmp_path, "results_b.json", "pretrained=m,dtype=bfloat16", {"falsedemo_trec_permuted": 0.5}),

@@ -27,6 +27,7 @@ from typing import Any, Iterable, Mapping
 from lm_eval_false_demos.leaderboard.lm_eval_files import add_lm_eval
 from lm_eval_false_demos.leaderboard.rowkey import (
     HEADS_PROTOCOL,
+    NO_TASKS,
     Protocol,
     RowKeyError,
     protocol,
@@ -51,6 +52,7 @@ class Leaderboard:
     def __init__(self) -> None:
         self.rows: dict[tuple, Row] = {}
         self.warnings: list[str] = []
+        self._ambiguous: set[tuple] = set()
         self.files_read: list[Path] = []
 
     def warn(self, message: str) -> None:
@@ -108,7 +110,8 @@ class Leaderboard:
         config = sweep.config
         shown = {task.k for task in sweep.tasks.values() if task.setting != "zeroshot" and task.k is not None}
         row = self.run_row(config, protocol(shown or set(config.k), config.limit,
-                                            data_source_text(config.data_source), "first"))
+                                            data_source_text(config.data_source), "first",
+                                            [task.dataset for task in sweep.tasks.values()]))
         date = config.date or date_from_name(path)
         scores = self._query_scores(path)
         for problem in sweep.ignored:
@@ -232,11 +235,54 @@ class Leaderboard:
     def ordered_rows(self) -> list[Row]:
         """Rows that at least one file filled, by model, config and protocol; a heads file's numbers joined to every
         row of its model's readout (a heads-only row where there is none)."""
+        self._merge_sst2_limits()
         self._attach_heads()
         measured = {(row.checkpoint, row.args) for row in self.rows.values() if row.protocol is not None}
         keep = [row for row in self.rows.values()
                 if row.files and (row.protocol is not None or (row.checkpoint, row.args) not in measured)]
-        return sorted(keep, key=lambda row: (row.checkpoint, row.args, row.protocol or Protocol((), "", "", "")))
+        return sorted(keep, key=lambda row: (row.checkpoint, row.args, row.protocol or Protocol((), "", "", "", "")))
+
+    def _merge_sst2_limits(self) -> None:
+        """A file without SST-2 (or with SST-2 alone) says nothing about the other part's limit: it joins the one
+        row of the same model, readout, k, data and scoring whose limits it does not contradict (a protocol may run
+        SST-2's formats on fewer queries, as the published one does). With several candidates it stays a row of
+        its own, said in one warning; runs whose limits differ stay apart."""
+        def merge(source_key, target: Row, protocol_: Protocol) -> None:
+            source = self.rows.pop(source_key)
+            self.rows.pop(target.key)
+            target.protocol = protocol_
+            self.rows[target.key] = target
+            for table in ("sweep", "lm_eval"):
+                for measured, measurement in getattr(source, table).items():
+                    self.put(getattr(target, table), measured, measurement, target, table.replace("_", "-"))
+            target.absorb(source)
+
+        def partial(row: Row) -> bool:
+            return row.protocol is not None and NO_TASKS in (row.protocol.limit, row.protocol.sst2_limit)
+
+        def candidates(row: Row) -> list[Row]:
+            return [other for other in self.rows.values()
+                    if other is not row and other.protocol is not None
+                    and (other.checkpoint, other.args) == (row.checkpoint, row.args)
+                    and other.protocol.completes(row.protocol)]
+
+        changed = True
+        while changed:
+            changed = False
+            for key, row in list(self.rows.items()):
+                if not partial(row):
+                    continue
+                targets = candidates(row)
+                # merged only when each is the other's one candidate: a part that fits two rows joins neither
+                if len(targets) == 1 and (not partial(targets[0]) or candidates(targets[0]) == [row]):
+                    merge(key, targets[0], targets[0].protocol.joined(row.protocol))
+                    changed = True
+                    break
+                if len(targets) > 1 and key not in self._ambiguous:
+                    self._ambiguous.add(key)
+                    self.warn(f"results of {row.checkpoint} [{row.config_text}] ({row.protocol.text}) "
+                              f"could belong to {len(targets)} rows ({'; '.join(r.protocol.text for r in targets)}): "
+                              "kept as a row of their own")
 
     def _attach_heads(self) -> None:
         for heads_row in [row for row in self.rows.values() if row.protocol is None and row.heads is not None]:

@@ -87,18 +87,20 @@ def task_k(task: str, metadata: Mapping[str, Any], n_shot: Mapping[str, Any]) ->
 def file_protocol(config: Mapping[str, Any], tasks: Mapping[str, Any], configs: Mapping[str, Any],
                   n_shot: Mapping[str, Any]) -> Protocol:
     """k (of the tasks that show demonstrations), the --limit, the data source and the label scoring of one file."""
-    ks, sources = set(), []
+    ks, sources, datasets = set(), [], []
     for task in tasks:
         parsed = parse_task_name(task)
         if parsed is None or parsed[0] == GROUP_DATASET:
             continue
         metadata = mapping_at(configs, task, "metadata")
+        datasets.append(parsed[0])
         sources.append(data_source_text(first(metadata, ("data_source",))))
         if parsed[1] != "zeroshot":
             ks.add(task_k(task, metadata, n_shot))
     source = next((found for found in sources if found), None)
     return protocol(ks, config.get("limit"), source,
-                    label_scoring_of(config.get("model"), mapping_at(config, "falsedemo").get("label_scoring")))
+                    label_scoring_of(config.get("model"), mapping_at(config, "falsedemo").get("label_scoring")),
+                    datasets)
 
 
 def add_identity(row: Row, config: Mapping[str, Any]) -> None:

@@ -10,9 +10,11 @@ sweep and heads files record it in.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from lm_eval_false_demos.core.sst2_formats import parse_variant_key
 from lm_eval_false_demos.results.schema import Readout, integer, number, parse_model_args, text
 
 # Model args that change where or how fast a model runs, not what it computes.
@@ -126,24 +128,45 @@ def row_key(model: Any, model_args: Any, readout: Mapping[str, Any], num_layers:
 # What was measured, beside which model: runs that differ in any of these are never merged into one row, and rows
 # under different protocols are never ranked together (render.py groups them). k counts the demonstrations of the
 # settings that show any (a zeroshot task has none by definition); N is the query limit asked for ("all" without
-# one: each dataset's full query set); label scoring is which part of each label is scored.
+# one: each dataset's full query set), kept apart for SST-2's prompt formats (a protocol may run each format on fewer
+# queries, as the published one does: their cost is the format count times N); label scoring is which part of each
+# label is scored.
 
 LABEL_SCORING_TEXT = {"first": "first label token", "full": "whole label"}
 OUR_MODELS = ("hf-earlyexit", "hf-ablate")
+NO_TASKS = ""  # a limit of a file without tasks of that kind
 
 
 @dataclass(frozen=True, order=True)
 class Protocol:
     k: tuple[int, ...]
-    limit: str  # the --limit given ("50", "0.5"), or "all"
+    limit: str  # the --limit of the datasets other than SST-2 ("50", "0.5", "all"); NO_TASKS: none in the file
+    sst2_limit: str  # the --limit of SST-2's tasks (its prompt formats); NO_TASKS: none in the file
     data_source: str  # "local", "hub" or "?"
     label_scoring: str  # "first", "full" or "?"
 
     @property
     def text(self) -> str:
         ks = ",".join(map(str, self.k)) or "?"
-        return (f"k={ks}, N={self.limit}, data {self.data_source}, "
+        if self.limit == NO_TASKS:  # SST-2 alone: comparable with rows whose N is its N
+            sizes = f"N={self.sst2_limit}"
+        elif self.sst2_limit in (NO_TASKS, self.limit):
+            sizes = f"N={self.limit}"
+        else:
+            sizes = f"N={self.limit} (SST-2: {self.sst2_limit} a format)"
+        return (f"k={ks}, {sizes}, data {self.data_source}, "
                 f"{LABEL_SCORING_TEXT.get(self.label_scoring, 'label scoring ' + self.label_scoring)}")
+
+    def completes(self, other: "Protocol") -> bool:
+        """``other`` (a file with one part of the datasets) fits this protocol: the same k, data and scoring, and
+        each limit equal where both files have tasks of that kind."""
+        return ((self.k, self.data_source, self.label_scoring) == (other.k, other.data_source, other.label_scoring)
+                and all(mine == theirs or NO_TASKS in (mine, theirs)
+                        for mine, theirs in ((self.limit, other.limit), (self.sst2_limit, other.sst2_limit))))
+
+    def joined(self, other: "Protocol") -> "Protocol":
+        return dataclasses.replace(self, limit=self.limit if self.limit != NO_TASKS else other.limit,
+                                   sst2_limit=self.sst2_limit if self.sst2_limit != NO_TASKS else other.sst2_limit)
 
 
 HEADS_PROTOCOL = None  # a heads file describes its own ablations: it joins every protocol of its model's readout
@@ -165,6 +188,12 @@ def label_scoring_of(model: Any, recorded: Any) -> str:
     return "first" if text(model) in OUR_MODELS else "full"
 
 
-def protocol(ks: Any, limit: Any, data_source: str | None, label_scoring: str) -> Protocol:
-    return Protocol(tuple(sorted({int(k) for k in ks if k is not None})), limit_text(limit), data_source or "?",
-                    label_scoring or "?")
+def protocol(ks: Any, limit: Any, data_source: str | None, label_scoring: str, datasets: Any = ()) -> Protocol:
+    """A file's protocol; ``datasets``: the dataset keys of its tasks (which limit the file sets: SST-2's, the
+    others', or both)."""
+    keys = {str(key) for key in datasets}
+    sst2 = {key for key in keys if parse_variant_key(key) is not None or key == "sst2_formats"}
+    others = keys - sst2
+    return Protocol(tuple(sorted({int(k) for k in ks if k is not None})),
+                    limit_text(limit) if others or not keys else NO_TASKS,
+                    limit_text(limit) if sst2 else NO_TASKS, data_source or "?", label_scoring or "?")

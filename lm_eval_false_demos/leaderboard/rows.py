@@ -63,6 +63,17 @@ class Row:
     def config_text(self) -> str:
         return ",".join(f"{name}={value}" for name, value in self.args) or "(default)"
 
+    def absorb(self, other: "Row") -> None:
+        """Everything ``other``'s files said about the checkpoint and the runs, except its measurements (the
+        caller puts those, reporting duplicates)."""
+        for name in ("model_types", "identities", "parameters", "layers", "k", "seeds", "data_sources",
+                     "label_scoring", "files"):
+            getattr(self, name).update(getattr(other, name))
+        for which, found in other.versions.items():
+            self.versions.setdefault(which, set()).update(found)
+        self.dates.extend(other.dates)
+        self.commands.update(other.commands)
+
     def accuracy(self, dataset: str, setting: str) -> Measurement | None:
         """lm-eval's own result if there is one, else the sweep's final layer (the model's real output)."""
         return self.lm_eval.get((dataset, setting)) or self.sweep.get((dataset, setting))
