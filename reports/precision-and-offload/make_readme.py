@@ -224,6 +224,13 @@ def half_width(values) -> float:
     return (values[1] - values[0]) / 2 if values else float("nan")
 
 
+def verdict(difference: float, noise_half_width: float) -> str:
+    """Same (to rounding), within a quarter of the sampling noise, or not."""
+    if abs(difference) < 1e-9:
+        return "same"
+    return "within noise" if abs(difference) <= 0.25 * noise_half_width else "differs: check in float32"
+
+
 def trust_section(runs: dict) -> list[str]:
     """bfloat16 against float32, per quantity, next to the sampling noise (the float32 interval's half-width)."""
     pairs = [(model, runs[(model, "float32")], runs[(model, "bfloat16")]) for model in MODELS
@@ -249,10 +256,18 @@ def trust_section(runs: dict) -> list[str]:
         for name, value, noise in quantities:
             difference = value(oth) - value(ref)
             width = half_width(noise(ref))
-            verdict = "same" if difference == 0 else \
-                "within noise" if abs(difference) <= 0.25 * width else "differs: check in float32"
             lines.append(f"| {name} | {model} | {value(ref):.3f} | {value(oth):.3f} | {difference:+.3f} "
-                         f"| {width:.3f} | {verdict} |")
+                         f"| {width:.3f} | {verdict(difference, width)} |")
+        for setting, key in (("correct", "correct"), ("permuted", "corrupted")):
+            task = f"falsedemo_{DATASET}_{setting}"
+            ref_curve = np.array(reference.sweep["tasks"][task]["per_layer"]["calibrated_acc"])
+            oth_curve = np.array(half.sweep["tasks"][task]["per_layer"]["calibrated_acc"])
+            layer = int(np.abs(oth_curve - ref_curve).argmax())
+            difference = float(oth_curve[layer] - ref_curve[layer])
+            width = half_width(ref["intervals"].get(key))
+            lines.append(f"| {setting} curve, largest change (layer {layer}) | {model} | {ref_curve[layer]:.3f} "
+                         f"| {oth_curve[layer]:.3f} | {difference:+.3f} | {width:.3f} (last layer) "
+                         f"| {verdict(difference, width)} |")
         for name, key in (("critical layer", "critical_layer"), ("early-exit layer", "early_exit_layer")):
             same = ref[key] == oth[key]
             lines.append(f"| {name} | {model} | {ref[key]} | {oth[key]} | {oth[key] - ref[key]:+d} "
