@@ -26,7 +26,7 @@ sweep() {  # sweep <output folder> <model args>
     grep -v '^ *$' "$out/stderr.log" | grep -v 'Command exited with non-zero status' | tail -1 > "$out/error.txt"
     echo "$out: failed: $(cat "$out/error.txt")" >&2
   fi
-  rm -f "$out/stderr.log"
+  rm -f "$out/stderr.log" "$out"/sweep_*/*.svg  # the PNGs stay; the SVG copies would double the report's size
 }
 
 for run in ${RUNS:-gemma-3-270m:float32 offload gemma-3-270m:bfloat16 smollm2-135m:float32 smollm2-135m:bfloat16 gemma-3-270m:float16 smollm2-135m:float16}; do
