@@ -30,7 +30,10 @@ TOLERANCE = 1e-5  # the lens: float32 sums in another order
 
 
 def _launch(launcher: list[str], argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    environment = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    environment = dict(os.environ, OMP_NUM_THREADS="1")
+    environment.pop("ACCELERATE_USE_CPU", None)
+    if launcher is ACCELERATE:  # the CPU recipe; plain torchrun needs nothing (the processes join over gloo)
+        environment["ACCELERATE_USE_CPU"] = "true"
     completed = subprocess.run([*launcher, *CLI, *argv], env=environment, capture_output=True, text=True,
                                timeout=600, cwd=cwd)
     assert completed.returncode == 0, completed.stderr[-4000:]
