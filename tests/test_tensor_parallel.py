@@ -229,3 +229,20 @@ def test_shard_windows_tile_the_dimension_and_held_rows_add_up_to_the_rows(size,
     per_sequence = ids.view(1, -1).expand(2, -1)  # [B, K] label sets
     total = sum(rows_held(weight[offset:offset + length], offset, per_sequence) for offset, length in windows)
     torch.testing.assert_close(total, weight[per_sequence], atol=0, rtol=0)
+
+
+def test_tensor_parallel_combinations_that_cannot_work_are_one_line_before_loading(llama, tmp_path, monkeypatch,
+                                                                                    capsys):
+    monkeypatch.setenv("WORLD_SIZE", "3")  # 3 processes cannot share the tiny Llama's 2 key/value heads
+    argv = ["sweep", "--model", "hf", "--tasks", TASKS[0], "--output_path", str(tmp_path), "--model_args"]
+    with pytest.raises(SystemExit) as stopped:
+        cli.main([*argv, f"pretrained={llama},tp_plan=auto"])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == ["falsedemo sweep: error: tp_plan= on 3 processes needs the model's num_key_value_heads (2) to "
+                     "divide by 3; launch 1, 2 processes (--nproc_per_node)"], error
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit):
+        cli.main([*argv, f"pretrained={llama},tp_plan=auto,parallelize=True"])
+    assert "tp_plan= and parallelize=True both split the model" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

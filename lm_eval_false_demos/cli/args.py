@@ -173,23 +173,50 @@ def check_model_args(model: str, model_args: Mapping[str, Any], read_by_caller: 
     default = "gpt2" if model in ("hf", "huggingface") else "gemma-3-270m"
     revision = model_args.get("revision")
     check_pretrained(model_args.get("pretrained", default), revision=revision if isinstance(revision, str) else None)
+    check_tensor_parallel(model_args)
 
 
-def model_shape_from_config(model_args: Mapping[str, Any]) -> tuple[int, int] | None:
-    """(blocks, heads per block) from the model's config file alone, when that is on disk; else None (the
-    packaged short names are checked once converted, right after the load)."""
+def _text_config_on_disk(model_args: Mapping[str, Any]):
+    """The model's text config from its config file alone, when that is on disk; else None (the packaged short
+    names are checked once converted, right after the load)."""
     import transformers
 
-    if is_embedded(model_args["pretrained"]):
+    if is_embedded(model_args.get("pretrained")):
         return None
     try:
-        config = transformers.AutoConfig.from_pretrained(
+        return transformers.AutoConfig.from_pretrained(
             model_args["pretrained"], revision=model_args.get("revision"), local_files_only=True,
             trust_remote_code=str(model_args.get("trust_remote_code", "")).lower() in ("1", "true", "yes"),
         ).get_text_config()
-        return int(config.num_hidden_layers), int(config.num_attention_heads)
     except Exception:  # noqa: BLE001 - an unreadable config is the load's to report, with its own message
         return None
+
+
+def model_shape_from_config(model_args: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(blocks, heads per block) from the model's config file alone, when that is on disk; else None."""
+    config = _text_config_on_disk(model_args)
+    try:
+        return (int(config.num_hidden_layers), int(config.num_attention_heads)) if config is not None else None
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def check_tensor_parallel(model_args: Mapping[str, Any]) -> None:
+    """``tp_plan=`` combinations that cannot work, in one line before the model loads (lm-eval would stop with
+    a traceback after reading the config)."""
+    if model_args.get("tp_plan") in (None, ""):
+        return
+    if str(model_args.get("parallelize", "")).lower() in ("1", "true", "yes"):
+        raise FalseDemoError("tp_plan= and parallelize=True both split the model; give one (tp_plan=auto under "
+                             "torchrun: processes compute together; parallelize=True: one process, layers on devices)")
+    processes = launched_world_size()
+    config = _text_config_on_disk(model_args)
+    kv_heads = getattr(config, "num_key_value_heads", None) or getattr(config, "num_attention_heads", None)
+    if isinstance(kv_heads, int) and kv_heads % processes:
+        divisors = [n for n in range(1, kv_heads + 1) if kv_heads % n == 0]
+        raise FalseDemoError(
+            f"tp_plan= on {processes} processes needs the model's num_key_value_heads ({kv_heads}) to divide by "
+            f"{processes}; launch {', '.join(map(str, divisors))} processes (--nproc_per_node)")
 
 
 def check_top_k(top_k: int, num_layers: int, num_heads: int, evaluate: bool) -> None:
