@@ -127,8 +127,10 @@ def _group(tensor):
 # (L + 1 = 81 layers, B = 4, P = 41 positions) that is 13,284 values per label against d = 8,192 once.
 # Keyed by id(weight) with a weak reference to tell a new tensor at a reused address (tensors are not usable
 # as WeakKeyDictionary keys: their == is elementwise).
+# Bounded: lens training asks for a new random vocabulary sample every step, which is gathered, not kept.
 _GATHERED_ROWS: dict[int, tuple[weakref.ref, dict]] = {}
-_MAX_CACHED_SETS = 256  # label sets per weight (a per-sequence [B, K] set counts as one)
+_MAX_CACHED_IDS = 1024  # label sets larger than this (vocabulary samples) are gathered each time
+_MAX_CACHED_VALUES = 1 << 24  # per weight (64 MiB of float32); the cache starts over beyond it
 
 
 def gather_rows(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -141,15 +143,18 @@ def gather_rows(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     if _shard_dim(weight, 0) is None:
         return local(weight)[ids]
     ids = torch.as_tensor(ids, dtype=torch.long)
+    if ids.numel() > _MAX_CACHED_IDS:
+        return _all_reduced_rows(weight, ids)
     key = (tuple(ids.shape), tuple(ids.flatten().tolist()))
     owner, cached = _GATHERED_ROWS.get(id(weight), (None, None))
     if owner is None or owner() is not weight:
         cached = {}
         _GATHERED_ROWS[id(weight)] = (weakref.ref(weight), cached)
     if key not in cached:
-        if len(cached) >= _MAX_CACHED_SETS:
+        rows = _all_reduced_rows(weight, ids)
+        if sum(value.numel() for value in cached.values()) + rows.numel() > _MAX_CACHED_VALUES:
             cached.clear()
-        cached[key] = _all_reduced_rows(weight, ids)
+        cached[key] = rows
     return cached[key]
 
 
