@@ -196,7 +196,7 @@ def test_a_lens_for_another_depth_fails_before_the_model_loads(model, tmp_path, 
 
     folder = TunedLens(64, 7).save(tmp_path / "deep").parent
     status, _, stderr = run_cli(_lens_argv(model, tmp_path / "out")(folder))
-    assert_one_line(status, stderr, "has 7 translators but the model has 4 layers")
+    assert_one_line(status, stderr, "has 7 translators but the model has 4 blocks")
 
 
 # ---------------------------------------------------------------------------------------- checkpoints

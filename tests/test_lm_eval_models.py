@@ -142,7 +142,8 @@ def llama_dir(tiny_model_dir):
         (EarlyExitHFLM, dict(exitlayer=2), "did you mean exit_layer"),
         (EarlyExitHFLM, dict(exit_layer=1.5), r"^exit_layer=1.5 is not an integer; allowed: 0..L, L the model's "),
         (EarlyExitHFLM, dict(exit_layer="last"), r"^exit_layer='last' is not an integer; allowed: 0..L"),
-        (EarlyExitHFLM, dict(exit_layer=9), r"exit_layer=9 is out of range for a model with 4 layers; allowed: 0..4"),
+        (EarlyExitHFLM, dict(exit_layer=9), r"exit_layer=9 is out of range for a model with 4 blocks \(5 layers: the embeddings and each block's "
+         r"output\); allowed: 0..4"),
         (EarlyExitHFLM, dict(exit_layer=2, ablate_heads="1:0"), "unknown model arg ablate_heads"),
     ],
 )

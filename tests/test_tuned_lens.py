@@ -89,7 +89,7 @@ def test_lens_for_another_model_is_refused(tmp_path):
 
     model, _ = build_tiny_model("llama")
     folder = _write_like_tuned_lens(TunedLens(64, 7), tmp_path / "lens")
-    with pytest.raises(FalseDemoError, match="7 translators but the model has 4 layers"):
+    with pytest.raises(FalseDemoError, match="7 translators but the model has 4 blocks"):
         load_tuned_lens(folder, model, 4)
 
 

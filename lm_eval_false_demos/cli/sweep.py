@@ -111,7 +111,7 @@ def check_lens(model_args) -> None:
     shape = cli_args.model_shape_from_config(model_args) if depth is not None and model_args.get("pretrained") \
         else None
     if shape is not None and shape[0] != depth:
-        raise FalseDemoError(f"lens {spec.source} has {depth} translators but the model has {shape[0]} layers; "
+        raise FalseDemoError(f"lens {spec.source} has {depth} translators but the model has {shape[0]} blocks; "
                              "it was trained for another model")
 
 

@@ -61,7 +61,8 @@ def check_layer(layer, num_layers: int, name: str = "layer") -> int:
     value = int(layer)
     if not -(num_layers + 1) <= value <= num_layers:
         raise FalseDemoError(
-            f"{name}={layer!r} is out of range for a model with {num_layers} layers; "
+            f"{name}={layer!r} is out of range for a model with {num_layers} blocks ({num_layers + 1} layers: the "
+            f"embeddings and each block's output); "
             f"allowed: 0..{num_layers} (or -{num_layers + 1}..-1 counting from the end)"
         )
     return value % (num_layers + 1)

@@ -261,7 +261,7 @@ def load_tuned_lens(source: str | Path, model=None, num_layers: int | None = Non
     d_model, layers = int(config["d_model"]), int(config["num_hidden_layers"])
     if num_layers is not None and layers != num_layers:
         raise FalseDemoError(
-            f"lens {source} has {layers} translators but the model has {num_layers} layers; "
+            f"lens {source} has {layers} translators but the model has {num_layers} blocks; "
             "it was trained for another model"
         )
     if model is not None:
