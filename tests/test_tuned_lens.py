@@ -233,8 +233,13 @@ def test_training_lowers_held_out_kl_at_every_layer_and_resumes(tiny_model_dir, 
     lens_files.save_checkpoint = save_then_stop
     try:
         for folder in (resumed, tmp_path / "cut"):
+            capsys.readouterr()
             with pytest.raises(SystemExit, match="130"):  # Ctrl-C: exit status 128 + SIGINT, no traceback
                 cli.main(argv[:5] + [str(folder)] + argv[6:])
+            error = capsys.readouterr().err
+            assert f"training progress is saved in {folder / 'checkpoint.pt'}; rerun the same command to continue\n" \
+                   "falsedemo lens: interrupted\n" in error, error[-300:]  # (tqdm's bar shares stderr)
+            assert "Traceback" not in error
     finally:
         lens_files.save_checkpoint = original
     # Another budget on resume: here one that the checkpoint (step 10) already reached, so training stops there.

@@ -108,7 +108,13 @@ def check_arguments(args: argparse.Namespace) -> TrainingSettings:
 
 def run(args: argparse.Namespace) -> int:
     settings = check_arguments(args)
-    summary = train(args, settings)
+    try:
+        summary = train(args, settings)
+    except (KeyboardInterrupt, SystemExit):
+        checkpoint = Path(args.output) / "checkpoint.pt"  # results.lens_files.CHECKPOINT (that module imports torch)
+        if checkpoint.is_file():
+            print(f"training progress is saved in {checkpoint}; rerun the same command to continue", file=sys.stderr)
+        raise
     if summary is None or summary.get("estimate_only"):  # None: not the process that writes
         return 0
     before, after = summary["held_out"]["kl_logit_lens"], summary["held_out"]["kl_tuned_lens"]
