@@ -35,9 +35,16 @@ def task_config_dir():
     """Folder of the generated ``falsedemo_*`` task YAMLs (top-level ``task_configs/``).
 
     It is installed as the package ``lm_eval_false_demos.task_configs``; asking the
-    import system finds it in regular and editable installs alike.
+    import system finds it in regular and editable installs alike. A source checkout
+    imported ahead of the install (``PYTHONPATH``, a git worktree) reads its own
+    folder, not the one the editable install maps to.
     """
     import importlib.util
+    import os
+
+    checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "task_configs")
+    if os.path.isfile(os.path.join(checkout, "__init__.py")):
+        return checkout
 
     spec = importlib.util.find_spec("lm_eval_false_demos.task_configs")
     return list(spec.submodule_search_locations)[0]

@@ -102,3 +102,30 @@ def test_unknown_setting_names_the_allowed_ones(bad):
 def test_bad_wrong_share(bad):
     with pytest.raises(FalseDemoError, match="wrong_share"):
         shown_labels([0], 2, "permuted", random.Random(0), 1, wrong_share=bad)
+
+
+def test_registry_objects_say_what_follow_means_and_what_they_read():
+    from lm_eval_false_demos.core.corruption import FOLLOW_SETTINGS, REGISTRY, get_setting
+
+    assert SETTINGS == tuple(REGISTRY) and FOLLOW_SETTINGS == ("permuted", "half")
+    permuted, random_labels = get_setting("permuted"), get_setting("random")
+    assert permuted.follow_target(2, 3, 2) == 1 and random_labels.follow_target(2, 3, 2) is None
+    assert permuted.metrics == ("calibrated_acc", "acc", "follow_acc", "true_label_prob")
+    assert random_labels.metrics == ("calibrated_acc", "acc", "true_label_prob")
+    assert permuted.parameter_values({"wrong_share": "40", "other": 1}) == {"wrong_share": 40.0}
+    assert get_setting("half").parameter_values({"wrong_share": 40}) == {}  # a parameter of another setting
+    assert not get_setting("zeroshot").demonstrations and all(REGISTRY[s].demonstrations for s in SETTINGS[:4])
+    with pytest.raises(FalseDemoError, match="wrong_share"):
+        permuted.parameter_values({"wrong_share": 140})
+
+
+def test_a_new_setting_is_one_registry_entry(monkeypatch):
+    """Everything downstream reads the registry: a setting added there gets its task YAMLs and metrics."""
+    from lm_eval_false_demos.core import corruption
+    from lm_eval_false_demos.integrations import task_yamls
+
+    inverted = corruption.Setting("inverted", "test only", lambda labels, k, rng, shift, **_: [k - 1 - y for y in labels])
+    monkeypatch.setitem(corruption.REGISTRY, "inverted", inverted)
+    assert corruption.shown_labels([0, 1, 2], 3, "inverted", random.Random(0), 1) == [2, 1, 0]
+    template = task_yamls.render_setting_template("inverted")
+    assert "num_fewshot: 40" in template and "follow_acc" not in template and "calibrated_acc" in template

@@ -567,10 +567,11 @@ def test_heads_scores_a_users_task_found_through_include_path(tiny_model_dir, tm
     ours = (Path(task_config_dir()) / "falsedemo_unnatural_half.yaml").read_text()
     user_tasks = tmp_path / "user_tasks"
     user_tasks.mkdir()
+    template = Path(task_config_dir()) / "_falsedemo_half_template_yaml"  # ours include it from beside them
     (user_tasks / "mine.yaml").write_text(
         ours.replace("task: falsedemo_unnatural_half", "task: falsedemo_mine_half_k6")
         .replace("tag: [falsedemo, falsedemo_half, falsedemo_unnatural]", "tag: [mine]")
-        .replace("num_fewshot: 40", "num_fewshot: 6"))
+        .replace("include: _falsedemo_half_template_yaml", f"include: {template}") + "num_fewshot: 6\n")
     common = ["--model_args", f"pretrained={tiny_model_dir('llama')},dtype=float32", "-n", "4", "-k", "2",
               "--no_progress", "--no_plots"]
     assert cli.main(["heads", *common, "--task", "falsedemo_mine_half_k6", "--include_path", str(user_tasks),

@@ -81,6 +81,8 @@ def test_regular_wheel_ships_the_hook_the_task_yamls_and_the_page(tmp_path):
     yamls = {name.rsplit("/", 1)[1] for name in names if name.startswith("lm_eval_false_demos/task_configs/")}
     expected = {path.name for path in task_yamls.TASK_CONFIG_DIR.glob("*.yaml")}
     assert len(expected) == 160 and expected <= yamls  # 80 tasks, 70 SST-2 format tasks, 5 all-formats tasks, 5 groups
+    templates = {path.name for path in task_yamls.TASK_CONFIG_DIR.glob("_falsedemo_*_yaml")}
+    assert len(templates) == 6 and templates <= yamls  # the shared one and one per setting, which the tasks include
 
 
 def test_cli_reports_our_errors_in_one_line_without_a_traceback(tiny_model_dir, tmp_path):

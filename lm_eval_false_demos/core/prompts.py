@@ -24,7 +24,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from lm_eval_false_demos.core.corruption import check_setting, draw_shift, shifted, shown_labels
+from lm_eval_false_demos.core.corruption import draw_shift, get_setting, shifted, shown_labels
 from lm_eval_false_demos.core.datasets import DatasetSpec, Example
 from lm_eval_false_demos.errors import FalseDemoError
 
@@ -186,9 +186,8 @@ def choose_demos(spec: DatasetSpec, query: Example, pool: Sequence[Example], k: 
 def build_prompt(spec: DatasetSpec, query: Example, pool: Sequence[Example], k: int, setting: str, seed: int, *,
                  wrong_share=None, token_counter: Callable[[str], int] | None = None,
                  max_tokens: int | None = None) -> Prompt:
-    check_setting(setting)
-    if setting == "zeroshot" and k != 0:
-        raise FalseDemoError(f"setting 'zeroshot' shows no demonstrations; got k={k} (use k=0)")
+    if not get_setting(setting).demonstrations and k != 0:
+        raise FalseDemoError(f"setting {setting!r} shows no demonstrations; got k={k} (use k=0)")
     demos = choose_demos(spec, query, pool, k, seed, token_counter=token_counter, max_tokens=max_tokens)
     corruption_rng = random.Random(_stream_seed("corruption", spec.key, query.uid, seed))
     shift = draw_shift(corruption_rng, spec.num_classes)

@@ -4,6 +4,9 @@
 * ``falsedemo_sst2_f<i>_<setting>``: SST-2 in prompt format i (1..14), one task per format (the sweep's unit);
 * ``falsedemo_sst2_formats_<setting>``: all 15 formats of each query in one task, scored as the paper's SST-2
   figure (the mean of the per-format calibrated accuracies);
+* templates ``_falsedemo_template_yaml`` (what every task shares) and ``_falsedemo_<setting>_template_yaml`` (a
+  setting's k and metrics, from the corruption registry), which the task files ``include:`` as lm-eval's own task
+  families share theirs;
 * groups ``falsedemo_main_<setting>``: the 14 main datasets (SST-2 as its 15-format task) with lm-eval's
   unweighted mean of ``calibrated_acc`` and ``acc`` (those two only: ``follow_acc`` exists only on
   corrupted settings, and lm-eval's group mean needs every child to have the metric).
@@ -19,7 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-from lm_eval_false_demos.core.corruption import FOLLOW_SETTINGS, SETTINGS
+from lm_eval_false_demos.core.corruption import REGISTRY, SETTINGS
 from lm_eval_false_demos.core.datasets import DATASETS, MAIN_DATASETS, DatasetSpec
 from lm_eval_false_demos.core.sst2_formats import ALL_FORMATS, BASE_KEY, variant_key
 from lm_eval_false_demos.core.task_names import DEFAULT_NUM_FEWSHOT, group_name, task_name
@@ -38,6 +41,46 @@ def task_names() -> list[str]:
     return [task_name(key, setting) for key in DATASETS for setting in SETTINGS]
 
 
+def template_name(setting: str | None = None) -> str:
+    """The shared templates the task YAMLs ``include:`` (no ``.yaml`` suffix, so lm-eval does not index them as
+    tasks, as its own ``_default_template_yaml`` files): one for every task, one per setting on top of it."""
+    return "_falsedemo_template_yaml" if setting is None else f"_falsedemo_{setting}_template_yaml"
+
+
+def render_base_template() -> str:
+    quoted = json.dumps
+    lines = [
+        _HEADER.rstrip("\n"),
+        "class: !function lm_eval_false_demos.integrations.tasks.FalseDemoTask",
+        "output_type: multiple_choice",
+        "test_split: queries",
+        "doc_to_text: query",
+        "doc_to_target: label",
+        'target_delimiter: " "',
+        f"fewshot_delimiter: {quoted(chr(10) * 2)}",
+        "process_results: process_results",
+        "metadata:",
+        f"  version: {TASK_VERSION}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_setting_template(setting: str) -> str:
+    """What one setting adds to every task: its k and its metrics (from the corruption registry)."""
+    corruption = REGISTRY[setting]
+    aggregations = {"calibrated_acc": "!function lm_eval_false_demos.integrations.tasks.calibrated_accuracy_aggregation"}
+    lines = [
+        _HEADER.rstrip("\n"),
+        f"include: {template_name()}",
+        f"num_fewshot: {DEFAULT_NUM_FEWSHOT if corruption.demonstrations else 0}",
+        "metric_list:",
+    ]
+    for name in corruption.metrics:
+        lines += [f"  - metric: {name}", f"    aggregation: {aggregations.get(name, 'mean')}",
+                  "    higher_is_better: true"]
+    return "\n".join(lines) + "\n"
+
+
 def render_task_yaml(spec: DatasetSpec, setting: str, formats: tuple[int, ...] = (0,)) -> str:
     if formats == (0,):
         tags = ["falsedemo"] + (["falsedemo_main"] if spec.main else []) + [f"falsedemo_{setting}", f"falsedemo_{spec.key}"]
@@ -47,36 +90,18 @@ def render_task_yaml(spec: DatasetSpec, setting: str, formats: tuple[int, ...] =
         key = variant_key(formats[0]) if len(formats) == 1 else FORMATS_KEY
         tags = [f"falsedemo_{key}"]
         choices = "choices"  # each document carries its format's label words
-    metrics = [("calibrated_acc", "!function lm_eval_false_demos.integrations.tasks.calibrated_accuracy_aggregation"),
-               ("acc", "mean")]
-    if setting in FOLLOW_SETTINGS:
-        metrics.append(("follow_acc", "mean"))
-    metrics.append(("true_label_prob", "mean"))  # mean probability of the true label (softmax over the K labels)
-    quoted = json.dumps
     lines = [
         _HEADER.rstrip("\n"),
         f"task: {task_name(key, setting)}",
+        f"include: {template_name(setting)}",
         f"tag: [{', '.join(tags)}]",
-        "class: !function lm_eval_false_demos.integrations.tasks.FalseDemoTask",
-        f"dataset_path: {quoted('falsedemo/' + spec.key)}",
+        f"dataset_path: {json.dumps('falsedemo/' + spec.key)}",
         "dataset_kwargs:",
         f"  falsedemo_dataset: {spec.key}",
         f"  falsedemo_setting: {setting}",
         *([f"  falsedemo_formats: [{', '.join(map(str, formats))}]"] if formats != (0,) else []),
-        "output_type: multiple_choice",
-        "test_split: queries",
-        "doc_to_text: query",
-        "doc_to_target: label",
         f"doc_to_choice: {choices}",
-        'target_delimiter: " "',
-        f"fewshot_delimiter: {quoted(chr(10) * 2)}",
-        f"num_fewshot: {0 if setting == 'zeroshot' else DEFAULT_NUM_FEWSHOT}",
-        "process_results: process_results",
-        "metric_list:",
     ]
-    for name, aggregation in metrics:
-        lines += [f"  - metric: {name}", f"    aggregation: {aggregation}", "    higher_is_better: true"]
-    lines += ["metadata:", f"  version: {TASK_VERSION}"]
     return "\n".join(lines) + "\n"
 
 
@@ -93,8 +118,10 @@ def render_group_yaml(setting: str) -> str:
 
 
 def expected_files() -> dict[str, str]:
-    files = {f"{task_name(key, setting)}.yaml": render_task_yaml(spec, setting)
-             for key, spec in DATASETS.items() for setting in SETTINGS}
+    files = {template_name(): render_base_template()}
+    files.update({template_name(setting): render_setting_template(setting) for setting in SETTINGS})
+    files.update({f"{task_name(key, setting)}.yaml": render_task_yaml(spec, setting)
+             for key, spec in DATASETS.items() for setting in SETTINGS})
     sst2 = DATASETS[BASE_KEY]
     for setting in SETTINGS:
         for index in ALL_FORMATS[1:]:
@@ -104,19 +131,23 @@ def expected_files() -> dict[str, str]:
     return files
 
 
+def _generated(folder: Path) -> list[Path]:
+    return [*folder.glob("falsedemo_*.yaml"), *folder.glob("_falsedemo_*_yaml")]
+
+
 def stale_files(folder: Path = TASK_CONFIG_DIR) -> list[str]:
     """Generated YAMLs that are missing, different, or left over from an older table."""
     expected = expected_files()
     stale = [name for name, text in expected.items()
              if not (folder / name).is_file() or (folder / name).read_text(encoding="utf-8") != text]
-    stale += [path.name for path in folder.glob("falsedemo_*.yaml") if path.name not in expected]
+    stale += [path.name for path in _generated(folder) if path.name not in expected]
     return sorted(stale)
 
 
 def write_all(folder: Path = TASK_CONFIG_DIR) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     expected = expected_files()
-    for path in folder.glob("falsedemo_*.yaml"):
+    for path in _generated(folder):
         if path.name not in expected:
             path.unlink()
     for name, text in expected.items():

@@ -34,7 +34,7 @@ from lm_eval.api.task import ConfigurableTask
 
 from lm_eval_false_demos import __version__
 from lm_eval_false_demos.core import chat, embedded_models, precision
-from lm_eval_false_demos.core.corruption import check_setting, check_wrong_share, shifted, shows_false_labels
+from lm_eval_false_demos.core.corruption import get_setting, shows_false_labels
 from lm_eval_false_demos.core.data_loading import data_provenance, data_source, load_examples
 from lm_eval_false_demos.core.datasets import get_spec
 from lm_eval_false_demos.core.metrics import calibrated_accuracy, normalise
@@ -153,7 +153,8 @@ class FalseDemoTask(ConfigurableTask):
                 f"task {config.get('task')!r}: dataset_kwargs needs falsedemo_dataset and falsedemo_setting"
             )
         self.spec = get_spec(options["falsedemo_dataset"])
-        self.setting = check_setting(options["falsedemo_setting"])
+        self.corruption = get_setting(options["falsedemo_setting"])
+        self.setting = self.corruption.name
         metadata = dict(config.get("metadata") or {})
         # Prompt formats (SST-2 only): the YAML's, or --metadata sst2_format for the format-0 tasks.
         self.formats = tuple(check_format(index) for index in options.get("falsedemo_formats", [0]))
@@ -170,7 +171,8 @@ class FalseDemoTask(ConfigurableTask):
             self.dataset_key = self.spec.key
         else:
             self.dataset_key = variant_key(self.formats[0]) if len(self.formats) == 1 else "sst2_formats"
-        self.wrong_share = check_wrong_share(metadata.get("wrong_share"))
+        # The setting's own parameters (wrong_share grades permuted) from --metadata; other settings ignore them.
+        self.setting_parameters = self.corruption.parameter_values(metadata)
         self.model_dtype = metadata.get("dtype")  # model_args reach the metadata (lm-eval's CLI), for the error line
         self.fewshot_seed = DEFAULT_FEWSHOT_SEED
         super().__init__(config=config, **kwargs)
@@ -232,7 +234,7 @@ class FalseDemoTask(ConfigurableTask):
     def build_prompt_for(self, doc: dict, num_fewshot: int):
         return build_prompt(
             self.format_specs[int(doc.get("format", self.formats[0]))], self.queries[doc["uid"]], self.pool, int(num_fewshot), self.setting, self.fewshot_seed,
-            wrong_share=self.wrong_share if self.setting == "permuted" else None,
+            wrong_share=self.setting_parameters.get("wrong_share"),
             token_counter=self.token_counter, max_tokens=self.max_tokens,
         )
 
@@ -297,7 +299,8 @@ class FalseDemoTask(ConfigurableTask):
         item = (gold, scores.tolist()) if len(self.formats) == 1 else (gold, scores.tolist(), int(doc["format"]))
         outcome = {"calibrated_acc": item, "acc": float(predicted == gold), "true_label_prob": float(scores[gold])}
         if shows_false_labels(self.setting, self.config.num_fewshot):
-            follow = shifted(gold, self.spec.num_classes, query_shift(self.spec, doc["uid"], self.fewshot_seed))
+            follow = self.corruption.follow_target(gold, self.spec.num_classes,
+                                                   query_shift(self.spec, doc["uid"], self.fewshot_seed))
             outcome["follow_acc"] = float(predicted == follow)
         return outcome
 
