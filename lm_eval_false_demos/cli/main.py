@@ -18,6 +18,7 @@ from lm_eval_false_demos.errors import FalseDemoError
 
 SUBCOMMANDS = {
     "sweep": ("lm_eval_false_demos.cli.sweep", "per-layer and per-position curves from one forward pass per prompt"),
+    "wrap": ("lm_eval_false_demos.cli.wrap", "false-demonstration tasks for any multiple-choice lm-eval task"),
     "heads": ("lm_eval_false_demos.cli.heads", "find false induction heads, score label promotion, ablate vs random"),
     "leaderboard": ("lm_eval_false_demos.cli.leaderboard", "build leaderboard tables and page from results files"),
     "data": ("lm_eval_false_demos.cli.data", "write a local copy of the datasets from the hub, or check one"),

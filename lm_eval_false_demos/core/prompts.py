@@ -24,7 +24,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from lm_eval_false_demos.core.corruption import draw_shift, get_setting, shifted, shown_labels
+from lm_eval_false_demos.core.corruption import check_wrong_share, draw_shift, get_setting, shifted
 from lm_eval_false_demos.core.datasets import DatasetSpec, Example
 from lm_eval_false_demos.errors import FalseDemoError
 
@@ -119,21 +119,53 @@ def _draw(rng: random.Random, groups: dict[int, list[Example]], query_uid: str, 
 
 
 def _check_pool(spec: DatasetSpec, groups: dict[int, list[Example]], query_uid: str, k: int) -> None:
+    check_class_pool(spec.key, spec.class_names, groups, query_uid, k)
+
+
+def check_class_pool(name: str, class_names: Sequence[str], groups: dict[int, list[Example]], query_uid: str,
+                     k: int) -> None:
+    """A class-uniform draw of k demonstrations needs k examples besides the query and ceil(k / K) per class."""
     available = {c: sum(1 for e in members if e.uid != query_uid) for c, members in groups.items()}
     total = sum(available.values())
     if k > total:
         raise FalseDemoError(
-            f"k={k} demonstrations requested but dataset {spec.key!r} has only {total} in its demo pool "
+            f"k={k} demonstrations requested but dataset {name!r} has only {total} in its demo pool "
             f"(query excluded); use k <= {total}"
         )
-    needed = math.ceil(k / spec.num_classes)
+    needed = math.ceil(k / len(class_names))
     for label, count in available.items():
         if count < needed:
             raise FalseDemoError(
-                f"dataset {spec.key!r}: class {spec.class_names[label]!r} has only {count} demonstrations "
+                f"dataset {name!r}: class {class_names[label]!r} has only {count} demonstrations "
                 f"(query excluded), fewer than ceil(k/K) = {needed} needed for k={k}; "
-                f"allowed: k <= {count * spec.num_classes}"
+                f"allowed: k <= {count * len(class_names)}"
             )
+
+
+def class_uniform_demos(name: str, class_names: Sequence[str], query_uid: str, pool: Sequence[Example], k: int,
+                        seed: int) -> list[Example]:
+    """The paper's draw (each slot's class uniform, then an unused example of it, the query excluded) from the
+    stream the lm-eval tasks use: for dataset ``name`` the same demonstrations as :func:`choose_demos` without a
+    budget, whoever calls it (our tasks, a wrapped task with ``sampler: class_uniform``)."""
+    if k == 0:
+        return []
+    groups = _Grouped.of(pool, len(class_names))
+    check_class_pool(name, class_names, groups, query_uid, k)
+    return _draw(random.Random(_stream_seed("demos", name, query_uid, seed, k)), groups, query_uid, k, None)
+
+
+def corrupted_labels(name: str, query_uid: str, seed: int, setting: str, true_labels: Sequence[int], num_classes: int,
+                     parameters=None) -> tuple[int, list[int]]:
+    """(the prompt's shift, the labels its demonstrations show) for this query: a stream of its own, seeded by
+    (dataset, query, seed), so every setting of one query shares the shift and the demonstrations stay paired."""
+    rng = random.Random(_stream_seed("corruption", name, query_uid, seed))
+    shift = draw_shift(rng, num_classes)
+    return shift, get_setting(setting).shown_labels(true_labels, num_classes, rng, shift, **dict(parameters or {}))
+
+
+def stream_seed(*parts) -> int:
+    """An integer seed from the parts (a sha256 prefix): the same on every process and in every order."""
+    return _stream_seed(*parts)
 
 
 def choose_demos(spec: DatasetSpec, query: Example, pool: Sequence[Example], k: int, seed: int, *,
@@ -189,10 +221,9 @@ def build_prompt(spec: DatasetSpec, query: Example, pool: Sequence[Example], k: 
     if not get_setting(setting).demonstrations and k != 0:
         raise FalseDemoError(f"setting {setting!r} shows no demonstrations; got k={k} (use k=0)")
     demos = choose_demos(spec, query, pool, k, seed, token_counter=token_counter, max_tokens=max_tokens)
-    corruption_rng = random.Random(_stream_seed("corruption", spec.key, query.uid, seed))
-    shift = draw_shift(corruption_rng, spec.num_classes)
     true_labels = [demo.label for demo in demos]
-    shown = shown_labels(true_labels, spec.num_classes, setting, corruption_rng, shift, wrong_share)
+    shift, shown = corrupted_labels(spec.key, query.uid, seed, setting, true_labels, spec.num_classes,
+                                    {"wrong_share": check_wrong_share(wrong_share)})
     words = spec.label_word_list
     parts: list[str] = [spec.instruction] if spec.instruction else []
     offsets: list[int] = []

@@ -32,6 +32,9 @@ INTERNALS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("lm_eval._cli.utils", "SplitArgs", ()),
     ("lm_eval._cli.utils", "_int_or_none_list_arg_type", ()),
     ("lm_eval.tasks.manager", "TaskManager.__init__", ("verbosity", "include_path", "include_defaults")),
+    ("lm_eval.api.samplers", "ContextSampler.sample", ("n", "eval_doc")),
+    ("lm_eval.tasks.manager", "TaskManager.task_index", ()),
+    ("lm_eval.tasks._yaml_loader", "load_yaml", ("path", "resolve_func")),
 )
 
 
@@ -130,6 +133,48 @@ def sample_size(task, limit: float | None) -> int | None:
     from lm_eval.evaluator_utils import get_sample_size
 
     return get_sample_size(task, limit)
+
+
+def fewshot_settings(task) -> dict:
+    """{split, samples} of a task's few-shot configuration (``fewshot_cfg`` from 0.4.12, the config before)."""
+    fewshot = getattr(task, "fewshot_cfg", None)
+    if fewshot is not None:
+        return {"split": fewshot.split, "samples": fewshot.samples}
+    config = task.config.fewshot_config or {}
+    return {"split": task.config.fewshot_split, "samples": config.get("samples")}
+
+
+def read_task_yaml(path, resolve_functions: bool = True) -> dict:
+    """A task YAML as lm-eval reads it (``include:`` merged; ``!function`` resolved or kept as text)."""
+    try:
+        from lm_eval.tasks._yaml_loader import load_yaml
+    except ImportError:  # lm-eval before 0.4.12
+        from lm_eval.utils import load_yaml_config
+
+        return load_yaml_config(str(path), mode="full" if resolve_functions else "simple")
+    return load_yaml(path, resolve_func=resolve_functions)
+
+
+def reseed_sampler(sampler, seed: int) -> None:
+    """Give an lm-eval few-shot sampler a fresh RNG seeded with ``seed`` (per query, for paired prompts)."""
+    import random
+
+    if hasattr(sampler, "set_rnd"):
+        sampler.set_rnd(seed)
+    else:
+        sampler.rnd = random.Random(seed)
+
+
+def task_yaml_path(task_manager, name: str):
+    """(kind, YAML path) of an indexed name: kind 'task', 'group' or 'tag'; None when not indexed."""
+    entry = task_manager.task_index.get(name)
+    if entry is None:
+        return None
+    if isinstance(entry, dict):  # lm-eval before the Entry objects
+        kind = {"python_task": "task"}.get(entry.get("type"), entry.get("type"))
+        return kind, entry.get("yaml_path")
+    kind = getattr(entry.kind, "name", str(entry.kind)).lower()
+    return ("task" if kind in ("task", "py_task") else kind), entry.yaml_path
 
 
 def add_task_folder(manager_module, folder_of: Callable[[], str]) -> None:

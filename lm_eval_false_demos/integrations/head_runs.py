@@ -69,6 +69,8 @@ class HeadPrompts:
         self.task_manager = falsedemo_task_manager(request.include_path, context.options.given)
         self.recorded_format: dict = {}
         self._built: dict[tuple[str, int], tuple] = {}
+        # what tasks outside our dataset table (falsedemo wrap) read, from the tasks themselves
+        self.task_provenance: dict[str, dict] = {}
 
     def resolve(self, task: str) -> str:
         """One leaf task name (a bare dataset key means its permuted task); FalseDemoError otherwise."""
@@ -94,6 +96,9 @@ class HeadPrompts:
             raise FalseDemoError(f"task {task!r} holds {len(prompts.infos)} tasks; head scoring reads one")
         self.recorded_format = prompts.recorded_format
         (info,) = prompts.infos.values()
+        (task_object,) = prompts.tasks.values()
+        if not hasattr(task_object, "spec"):
+            self.task_provenance[info.dataset] = task_object.data_provenance()
         encoded = [encode_record(self.context.lm, record, index) for index, record in enumerate(prompts.records)]
         return info, prompts.records, encoded
 
@@ -154,7 +159,8 @@ def run_heads(context: RunContext, output: RunOutput | None, request: HeadsReque
     if request.datasets:
         info, _, _ = prompts.encoded(request.evaluated_task(request.datasets[0], "correct"), request.limit)
         config["k"] = config["k"] if config["k"] is not None else info.num_fewshot
-    provenance = context.provenance(dataset_keys + list(request.datasets))
+    provenance = context.provenance([key for key in dataset_keys if key not in prompts.task_provenance]
+                                    + list(request.datasets))
     config.update(
         model_args=provenance["model_args"], model_identity=provenance["model_identity"],
         data_source=provenance["data_source"], versions=provenance["versions"], world_size=context.world_size,
@@ -166,7 +172,7 @@ def run_heads(context: RunContext, output: RunOutput | None, request: HeadsReque
                       random_seed=request.random_seed, corrupted_setting=request.corrupted_setting)
     # What is read for the datasets used (scored task, evaluated datasets): source, sizes, fingerprint. Known
     # before any work, so a resumed run refuses changed data.
-    config["data_provenance"] = provenance["data_provenance"]
+    config["data_provenance"] = {**provenance["data_provenance"], **prompts.task_provenance}
     if output is not None:
         output.begin(config, context)
     checkpoint = output.checkpoint if output is not None else None

@@ -21,7 +21,6 @@ from tqdm.auto import tqdm
 
 from lm_eval_false_demos.analysis import readout
 from lm_eval_false_demos.analysis.layer_curves import analyse_datasets, summarise_run, summarise_tasks
-from lm_eval_false_demos.core.sst2_formats import parse_variant_key
 from lm_eval_false_demos.core.task_names import DEFAULT_SEEDS
 from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.integrations.run_context import ModelOptions, RunContext, RunOutput, command_line, open_model
@@ -98,6 +97,9 @@ def run_sweep(
         context=context, requested_tasks=tasks, task_names=list(task_objects), infos=infos, limit=limit,
         num_fewshot=num_fewshot, seed=seeds, batch_size=batch_size, bootstrap_iters=bootstrap_iters,
         analysis_seed=analysis_seed, confidence=confidence,
+        # What each dataset read, from its task (SST-2's formats read SST-2's data; a wrapped task its lm-eval task's).
+        data_provenance={(task.spec.key if hasattr(task, "spec") else infos[name].dataset): task.data_provenance()
+                         for name, task in task_objects.items()},
     )
     config.update(prompts.recorded_format)
     if wrong_shares:  # absent without a grid, so runs checkpointed before the option resume (same fingerprint)
@@ -225,11 +227,9 @@ def read_all_prompts(context: RunContext, encoded, batch_size, parity, chunks, s
 
 
 def run_configuration(*, context: RunContext, requested_tasks, task_names, infos, limit, num_fewshot, seed,
-                      batch_size, bootstrap_iters, analysis_seed, confidence) -> dict:
+                      batch_size, bootstrap_iters, analysis_seed, confidence, data_provenance=None) -> dict:
     ablation = context.ablation
-    provenance = context.provenance(
-        # SST-2's formats (sst2_f3) read SST-2's data
-        (parse_variant_key(info.dataset) or (info.dataset,))[0] for info in infos.values())
+    provenance = context.provenance()  # the data read comes from the tasks themselves (data_provenance)
     return {
         "model": provenance["model"],
         "model_args": provenance["model_args"],
@@ -247,7 +247,7 @@ def run_configuration(*, context: RunContext, requested_tasks, task_names, infos
         "ablation": ablation.describe() if ablation is not None else None,
         "readout": "label-token logits through the model's final norm and head, softmax over the K labels",
         "data_source": provenance["data_source"],
-        "data_provenance": provenance["data_provenance"],
+        "data_provenance": dict(data_provenance or {}),
         "model_identity": provenance["model_identity"],
         "versions": provenance["versions"],
         "analysis": {"bootstrap_iters": bootstrap_iters, "seed": analysis_seed, "confidence": confidence,

@@ -67,13 +67,20 @@ def build_records(name: str, task, limit: float | None, chat: Mapping[str, Any] 
                   ) -> tuple[TaskInfo, list[PromptRecord]]:
     """The task's requests (as lm-eval builds them on one process) turned into prompt records.
 
-    The demonstration details (true labels, shift, readout offsets) come from the task's own
-    ``build_prompt_for``, i.e. ``prompts.build_prompt``; its context is checked to be lm-eval's context.
+    The demonstration details (true labels, shift, readout offsets) come from the task's own ``render_for``
+    (``prompts.build_prompt`` for our datasets, lm-eval's own rendering for a wrapped task); its context is
+    checked to be lm-eval's context.
     """
-    if not hasattr(task, "build_prompt_for"):
+    if not hasattr(task, "render_for"):
         raise FalseDemoError(
             f"task {name} is not a falsedemo task; the sweep needs demonstrations it can read out "
-            "(tasks falsedemo_<dataset>_<setting>, tags falsedemo_<dataset> / falsedemo_<setting>)"
+            "(tasks falsedemo_<dataset>_<setting>, tags falsedemo_<dataset> / falsedemo_<setting>, or a task "
+            "written by falsedemo wrap)"
+        )
+    if getattr(task, "label_mode", "fixed") != "fixed":
+        raise FalseDemoError(
+            f"task {name}: its choices differ per document; the sweep reads the logits of one fixed label set at "
+            "every layer (run per-document-choice tasks with lm_eval --model hf-earlyexit)"
         )
     if len(getattr(task, "formats", ())) > 1:
         raise FalseDemoError(f"task {name} holds several SST-2 prompt formats; the sweep scores one task per format")
@@ -85,7 +92,7 @@ def build_records(name: str, task, limit: float | None, chat: Mapping[str, Any] 
     for instance in task.instances:
         by_doc.setdefault(instance.doc_id, []).append(instance)
     num_fewshot = int(task.get_config("num_fewshot") or 0)
-    num_classes = task.spec.num_classes
+    num_classes = task.num_classes
     records = []
     for doc_id in sorted(by_doc):
         instances = sorted(by_doc[doc_id], key=lambda instance: instance.idx)
@@ -99,18 +106,18 @@ def build_records(name: str, task, limit: float | None, chat: Mapping[str, Any] 
         if len(instances) != num_classes:
             raise FalseDemoError(f"task {name} doc {doc_id}: {len(instances)} choices for {num_classes} classes")
         records.append(PromptRecord.from_prompt(
-            prompt, task=name, doc_id=doc_id, query_key=doc["uid"], context=context,
+            prompt, task=name, doc_id=doc_id, query_key=task.doc_key(doc), context=context,
             continuations=[instance.args[1] for instance in instances], demo_offsets=demo_offsets))
     if not records:
         raise FalseDemoError(f"task {name} produced no prompts (check --limit)")
     info = TaskInfo(
         name=name,
-        dataset=getattr(task, "dataset_key", task.spec.key),  # sst2_f3: SST-2 in prompt format 3
+        dataset=task.dataset_key,  # sst2_f3: SST-2 in prompt format 3; a wrapped task's name
         setting=task.setting,
         num_fewshot=num_fewshot,
         num_classes=num_classes,
-        label_words=tuple(task.spec.label_word_list),
-        wrong_share=getattr(task, "wrong_share", None) if task.setting == "permuted" else None,
+        label_words=tuple(task.label_words),
+        wrong_share=task.setting_parameters.get("wrong_share"),  # only settings that read it (permuted) hold one
     )
     return info, records
 

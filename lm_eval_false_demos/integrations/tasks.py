@@ -197,6 +197,21 @@ class FalseDemoTask(ConfigurableTask):
                 label_token_ids(tokenizer, spec.label_word_list)
             self.token_counter = functools.partial(_count_tokens, tokenizer)
 
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    @property
+    def label_words(self) -> tuple[str, ...]:
+        return tuple(self.spec.label_word_list)
+
+    def doc_key(self, doc) -> str:
+        """The query's identity in the seeded streams (its example's uid)."""
+        return str(doc["uid"])
+
+    def data_provenance(self) -> dict:
+        return data_provenance(self.spec.key)
+
     def _drop_unscorable_formats(self, tokenizer, task_name) -> None:
         """The all-formats task leaves out formats whose label words share a first token for this tokenizer
         (" 0" / " 5" split off the space in Gemma's and SmolLM2's): the mean is over the rest, as recorded."""
