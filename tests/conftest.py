@@ -81,3 +81,24 @@ def hub_env(monkeypatch, tmp_path):
     dl._CACHE.clear()
     yield monkeypatch
     dl._CACHE.clear()
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Any model or task-data load fails the test: bad input must be reported before anything loads."""
+    import functools
+
+    import transformers
+    from lm_eval.models.huggingface import HFLM
+
+    from lm_eval_false_demos.integrations import sweep_prompts
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("a model or data was loaded before the bad input was reported")
+
+    # Every command loads through lm-eval's registry (integrations.loading.create_model), so HFLM is what loads
+    # (our wrappers' constructors check their own arguments first, so create_model itself may run);
+    # wraps keeps HFLM's signature visible: the model-arg typo check reads it.
+    monkeypatch.setattr(HFLM, "__init__", functools.wraps(HFLM.__init__)(loaded))
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", loaded)
+    monkeypatch.setattr(sweep_prompts, "load_tasks", loaded)  # every analysis's prompts come from here

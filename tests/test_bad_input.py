@@ -22,26 +22,6 @@ def _tree(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def no_loading(monkeypatch):
-    """Any model or task-data load fails the test."""
-    import transformers
-    from lm_eval.models.huggingface import HFLM
-
-    from lm_eval_false_demos.integrations import sweep_prompts
-
-    def loaded(*args, **kwargs):
-        raise AssertionError("a model or data was loaded before the bad input was reported")
-
-    import functools
-
-    # Both commands load through lm-eval's registry (integrations.loading.create_model), so HFLM is what loads.
-    # wraps keeps HFLM's signature visible: the model-arg typo check reads it.
-    monkeypatch.setattr(HFLM, "__init__", functools.wraps(HFLM.__init__)(loaded))
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", loaded)
-    monkeypatch.setattr(sweep_prompts, "load_tasks", loaded)  # every analysis's prompts come from here
-
-
-@pytest.fixture
 def unwritable(tmp_path):
     """(an existing folder, a folder that cannot be created), both unwritable for this process.
 

@@ -9,7 +9,6 @@ The cases the issue listed (found by hand) are in the corpus as explicit example
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import json
 import os
@@ -85,23 +84,6 @@ def assert_one_line(status, stderr: str, *expected: str) -> str:
     for part in expected:
         assert part in lines[0], lines[0]
     return lines[0]
-
-
-@pytest.fixture
-def no_loading(monkeypatch):
-    """Any model or task-data load fails the test."""
-    import transformers
-    from lm_eval.models.huggingface import HFLM
-
-    from lm_eval_false_demos.integrations import loading, sweep_prompts
-
-    def loaded(*args, **kwargs):
-        raise AssertionError("a model or data was loaded before the bad input was reported")
-
-    monkeypatch.setattr(HFLM, "__init__", functools.wraps(HFLM.__init__)(loaded))
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", loaded)
-    monkeypatch.setattr(sweep_prompts, "load_tasks", loaded)  # every analysis's prompts come from here
-    monkeypatch.setattr(loading, "create_model", loaded)
 
 
 @pytest.fixture(scope="module")

@@ -303,21 +303,35 @@ class FalseDemoTask(ConfigurableTask):
             )
 
     def process_results(self, doc, results):
-        log_likelihoods = [float(result[0]) for result in results]
-        if not all(math.isfinite(value) for value in log_likelihoods):
-            # A -inf or NaN would become a normalised score of NaN or 0 and a silent 0.0 accuracy.
-            raise FalseDemoError(f"task {self.config.task} doc {doc['uid']}: " + precision.non_finite_message(
-                f"the log-likelihoods of the choices {log_likelihoods}", self.model_dtype))
-        scores = normalise(log_likelihoods)
+        scores = choice_scores(self.config.task, doc["uid"], results, self.model_dtype)
         gold = int(doc["label"])
-        predicted = int(np.argmax(scores))
-        item = (gold, scores.tolist()) if len(self.formats) == 1 else (gold, scores.tolist(), int(doc["format"]))
-        outcome = {"calibrated_acc": item, "acc": float(predicted == gold), "true_label_prob": float(scores[gold])}
+        follow = None
         if shows_false_labels(self.setting, self.config.num_fewshot):
             follow = self.corruption.follow_target(gold, self.spec.num_classes,
                                                    query_shift(self.spec, doc["uid"], self.fewshot_seed))
-            outcome["follow_acc"] = float(predicted == follow)
-        return outcome
+        item = (gold, scores.tolist()) if len(self.formats) == 1 else (gold, scores.tolist(), int(doc["format"]))
+        return {"calibrated_acc": item, **choice_outcome(scores, gold, follow)}
+
+
+def choice_scores(task: str, doc_key, results, dtype) -> np.ndarray:
+    """One document's K choice scores (log-likelihoods normalised over the choices). A -inf or NaN would become
+    a score of NaN or 0 and a silent 0.0 accuracy, so a non-finite log-likelihood stops the run in one line
+    naming the dtype."""
+    log_likelihoods = [float(result[0]) for result in results]
+    if not all(math.isfinite(value) for value in log_likelihoods):
+        raise FalseDemoError(f"task {task} doc {doc_key}: " + precision.non_finite_message(
+            f"the log-likelihoods of the choices {log_likelihoods}", dtype))
+    return normalise(log_likelihoods)
+
+
+def choice_outcome(scores: np.ndarray, gold: int, follow: int | None) -> dict[str, float]:
+    """The per-document metrics every task reports: acc, true_label_prob and, where a false label was shown
+    (``follow`` not None), follow_acc."""
+    predicted = int(np.argmax(scores))
+    outcome = {"acc": float(predicted == gold), "true_label_prob": float(scores[gold])}
+    if follow is not None:
+        outcome["follow_acc"] = float(predicted == follow)
+    return outcome
 
 
 def _count_tokens(tokenizer, text: str) -> int:

@@ -30,21 +30,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from dataclasses import dataclass
 
-import numpy as np
 from lm_eval.api.task import ConfigurableTask
 
 from lm_eval_false_demos import __version__
-from lm_eval_false_demos.core import precision
 from lm_eval_false_demos.core.corruption import get_setting, shows_false_labels
 from lm_eval_false_demos.core.datasets import Example
-from lm_eval_false_demos.core.metrics import normalise
 from lm_eval_false_demos.core.prompts import Prompt, class_uniform_demos, corrupted_labels, stream_seed
 from lm_eval_false_demos.core.task_names import DEFAULT_FEWSHOT_SEED
 from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.integrations import compat
+from lm_eval_false_demos.integrations.tasks import choice_outcome, choice_scores
 
 logger = logging.getLogger(__name__)
 
@@ -350,21 +347,14 @@ class WrappedTask(ConfigurableTask):
 
     # ---- scoring ---------------------------------------------------------------------------------------------
     def process_results(self, doc, results):
-        log_likelihoods = [float(result[0]) for result in results]
-        if not all(math.isfinite(value) for value in log_likelihoods):
-            # A -inf or NaN would become a normalised score of NaN or 0 and a silent 0.0 accuracy.
-            raise FalseDemoError(f"task {self.config.task} doc {self.doc_key(doc)}: " + precision.non_finite_message(
-                f"the log-likelihoods of the choices {log_likelihoods}", self.model_dtype))
-        scores = normalise(log_likelihoods)
+        scores = choice_scores(self.config.task, self.doc_key(doc), results, self.model_dtype)
         gold = self.gold(doc)
-        predicted = int(np.argmax(scores))
-        outcome = {"acc": float(predicted == gold), "true_label_prob": float(scores[gold])}
-        if self.label_mode == "fixed":
-            outcome["calibrated_acc"] = (gold, scores.tolist())
-            if shows_false_labels(self.setting, self.config.num_fewshot):
-                follow = self.corruption.follow_target(gold, self.num_classes, self.query_shift(doc))
-                outcome["follow_acc"] = float(predicted == follow)
-        return outcome
+        if self.label_mode != "fixed":  # a choice position is not a class: nothing to calibrate over or follow
+            return choice_outcome(scores, gold, None)
+        follow = None
+        if shows_false_labels(self.setting, self.config.num_fewshot):
+            follow = self.corruption.follow_target(gold, self.num_classes, self.query_shift(doc))
+        return {"calibrated_acc": (gold, scores.tolist()), **choice_outcome(scores, gold, follow)}
 
     def data_provenance(self) -> dict:
         """What was read, for results files: the wrapped task, its dataset, the pool and query counts and a
