@@ -147,15 +147,44 @@ def test_sweep_reads_label_rows_of_the_vocabulary_sharded_head(llama, lens_dir, 
     (tp_folder,) = (tmp_path / "tp").iterdir()  # exactly one run folder: only the writer writes
     (one_folder,) = (tmp_path / "one").iterdir()
     tp, one = (json.loads((folder / "sweep.json").read_text()) for folder in (tp_folder, one_folder))
-    # Accuracies (steps of 1/8 here) equal; continuous metrics such as true_label_prob to float32 rounding.
-    _assert_close(tp["tasks"], one["tasks"], 1e-6)
-    _assert_close(tp["datasets"], one["datasets"], 1e-6)
     assert tp["config"]["lens"] == one["config"]["lens"] and tp["config"]["lens"]["kind"] == "tuned"
     assert tp["config"]["lens_parity"]["max_abs_diff"] < 1e-4
+    # The identity: every query's label probabilities at every layer, to float32 rounding.
     scores = [np.load(folder / "query_scores.npz") for folder in (tp_folder, one_folder)]
     for name in scores[1].files:
         if scores[1][name].dtype.kind == "f":
             np.testing.assert_allclose(scores[0][name], scores[1][name], atol=1e-5, err_msg=name)
+    # The curves follow from those scores, but an accuracy at a layer where two queries' scores of a label tie
+    # (layer 0 reads the same last token's embedding in every prompt) is decided by float rounding, which a
+    # tensor-parallel sum orders differently: compare the accuracies only where the scores decide them.
+    tied = _near_tied_layers(scores[1], 1e-5)
+    for task in one["tasks"]:
+        for metric, curve in one["tasks"][task]["per_layer"].items():
+            for layer, value in enumerate(curve):
+                if metric == "true_label_prob" or (task, layer) not in tied:
+                    assert tp["tasks"][task]["per_layer"][metric][layer] == pytest.approx(value, abs=1e-6), \
+                        (task, metric, layer)
+    if not tied:  # every analysis of the curves (critical layer, early exit, intervals) then agrees too
+        _assert_close(tp["datasets"], one["datasets"], 1e-6)
+    for dataset, comparison in one["datasets"].items():  # the last layer reads the model's own output
+        if not any(task_layer in tied for task_layer in _last_layers(one, dataset)):
+            _assert_close(tp["datasets"][dataset]["last_layer"], comparison["last_layer"], 1e-6)
+
+
+def _last_layers(sweep: dict, dataset: str) -> list[tuple[str, int]]:
+    return [(task, len(curves["per_layer"]["acc"]) - 1) for task, curves in sweep["tasks"].items()
+            if curves["dataset"] == dataset]
+
+
+def _near_tied_layers(query_scores, tolerance: float) -> set[tuple[str, int]]:
+    """(task, layer) where two queries' probabilities of one label lie within ``tolerance`` of each other."""
+    tied = set()
+    for index, task in enumerate(query_scores["tasks"]):
+        probabilities = query_scores[f"scores_{index}"]  # [N, L+1, K]
+        gaps = np.diff(np.sort(probabilities, axis=0), axis=0)  # [N-1, L+1, K]
+        for layer in np.flatnonzero((gaps < tolerance).any(axis=(0, 2))):
+            tied.add((str(task), int(layer)))
+    return tied
 
 
 def test_heads_scores_every_head_once_and_ablates_on_the_owning_process(llama, tmp_path):
