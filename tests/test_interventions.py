@@ -43,7 +43,7 @@ def _capture(module, pre=False):
 
 def _run(model, ids, ablation=None, captures=()):
     """Logits and captured tensors; captures are registered after the ablation so they see its effect."""
-    stores, handles = [], []
+    stores = []
     with contextlib.ExitStack() as stack:
         if ablation is not None:
             stack.enter_context(ablate(model, ablation))

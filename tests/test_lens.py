@@ -82,7 +82,6 @@ def test_read_label_logits_subset_and_per_sequence_labels(forward):
 
 def test_early_exit_logits_match_lens(forward):
     arch, model, _, input_ids, out = forward
-    modules = resolve_modules(model)
     assert (early_exit_logits(model, input_ids, -1) - out.logits).abs().max().item() < 1e-4
     hidden = residuals(model, input_ids, [2])[0]
     assert torch.allclose(early_exit_logits(model, input_ids, 2), lens_logits(model, hidden, 2), atol=1e-5)

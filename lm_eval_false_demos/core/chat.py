@@ -209,17 +209,6 @@ def tokenizer_template(tokenizer) -> Callable[[list[dict]], str]:
     return apply
 
 
-def render_prompt(prompt, tokenizer, options: ChatOptions, model_name: str):
-    """``prompt`` with its context and demo readout offsets replaced by the chat rendering; a space the
-    assistant header ends with is left to the label's first token, as lm-eval's ``_encode_pair`` does."""
-    import dataclasses
-
-    check_has_template(tokenizer, model_name)
-    rendering = render(prompt, tokenizer_template(tokenizer), options.multiturn, options.system_instruction)
-    context = rendering.context[:-1] if rendering.context.endswith(" ") else rendering.context
-    return dataclasses.replace(prompt, context=context, demo_readout_offsets=rendering.demo_readout_offsets)
-
-
 def label_lead(tokenizer, options: ChatOptions | None) -> str:
     """What the query's label starts with: " " in raw prompts (lm-eval's target delimiter); in a chat,
     whatever the template's assistant header leaves: nothing after a newline, " " after a space."""

@@ -140,10 +140,6 @@ def get_setting(name) -> Setting:
     return REGISTRY[name]
 
 
-def check_setting(setting: str) -> str:
-    return get_setting(setting).name
-
-
 def shown_labels(true_labels: Sequence[int], num_classes: int, setting: str, rng: random.Random, shift: int,
                  wrong_share=None) -> list[int]:
     """Labels shown on the demonstrations under ``setting`` (see ``REGISTRY``); ``wrong_share`` only grades the

@@ -45,12 +45,6 @@ def input_device(model: torch.nn.Module) -> torch.device:
     return execution_device(embeddings if embeddings is not None else model)
 
 
-def is_dispatched(model: torch.nn.Module) -> bool:
-    """Whether accelerate placed the model (a device map: several devices, CPU or disk offload)."""
-    return bool(getattr(model, "hf_device_map", None)) and any(
-        getattr(module, "_hf_hook", None) is not None for module in model.modules())
-
-
 @contextlib.contextmanager
 def weights_of(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """``module`` with its own parameters readable for the block (loaded from CPU or disk offload onto its

@@ -258,9 +258,6 @@ class TaskPrompts:
     records: list  # PromptRecord
     recorded_format: dict
 
-    def of_task(self, name: str) -> list:
-        return [record for record in self.records if record.task == name]
-
 
 def task_prompts(context, task_names: Sequence[str], task_manager, limit, num_fewshot, fewshot_seed,
                  apply_chat_template=False, fewshot_as_multiturn=False, system_instruction=None,
