@@ -13,10 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lm_eval_false_demos.analysis import head_evaluation
 from lm_eval_false_demos.cli import main as cli
+from lm_eval_false_demos.errors import FalseDemoError
 from lm_eval_false_demos.integrations import head_runs
+from lm_eval_false_demos.results import checkpoints
 
 TASKS = "falsedemo_sst2_correct,falsedemo_sst2_permuted"
 
@@ -116,7 +120,6 @@ def test_sigterm_mid_sweep_saves_every_finished_prompt_and_resumes(tiny_model_di
     """``kill`` (SIGTERM) stops a sweep like Ctrl-C: with saving due only once an hour, every batch finished so
     far is flushed on the way out, the exit status is 143 with the resume line, and resuming gives the
     uninterrupted numbers."""
-    from lm_eval_false_demos.results import checkpoints
 
     model = tiny_model_dir("llama")
     assert cli.main(_sweep_argv(model, tmp_path / "whole")) == 0
@@ -139,7 +142,7 @@ def test_sigterm_mid_sweep_saves_every_finished_prompt_and_resumes(tiny_model_di
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler lives only as long as the command
     folder = _one_run_folder(stopped)
     hint = capsys.readouterr().err
-    assert f"finished work is saved; continue with: falsedemo sweep " in hint and f"--resume {folder}" in hint
+    assert "finished work is saved; continue with: falsedemo sweep " in hint and f"--resume {folder}" in hint
     assert not (folder / "sweep.json").exists() and list((folder / "checkpoint").glob("part-*.npz"))
 
     monkeypatch.setattr(checkpoints.PromptChunks, "record", real_record)
@@ -208,3 +211,21 @@ def test_heads_evaluation_interrupted_by_ctrl_c_resumes_to_the_same_numbers(tiny
         payload["config"].pop("command")
     assert resumed == reference
     assert not (folder / "checkpoint").exists()
+
+
+@settings(max_examples=60, deadline=None)
+@given(config=st.dictionaries(st.sampled_from(["num_fewshot", "limit", "tasks", "device", "seed"]),
+                              st.one_of(st.integers(), st.text(max_size=8)), max_size=5),
+       launch=st.dictionaries(st.sampled_from(sorted(checkpoints.VOLATILE_KEYS)), st.integers(), max_size=4),
+       earlier_launch=st.dictionaries(st.sampled_from(sorted(checkpoints.VOLATILE_KEYS)), st.integers(), max_size=4))
+def test_a_checkpoint_resumes_whatever_its_launch_fields_recorded(tmp_path_factory, config, launch, earlier_launch):
+    """Fields that say how a run was launched never block a resume, even where an older version stored them in
+    the manifest's configuration (world_size was stored before it became volatile); any other field does."""
+    run = tmp_path_factory.mktemp("run")
+    (run / checkpoints.FOLDER).mkdir()
+    manifest = {"kind": "sweep", "fingerprint": "written by an older version",
+                "config": {**config, **earlier_launch}, "arguments": {}, "command": "falsedemo sweep"}
+    (run / checkpoints.FOLDER / checkpoints.MANIFEST).write_text(json.dumps(manifest))
+    checkpoints.RunCheckpoint(run).resume("sweep", {**config, **launch})
+    with pytest.raises(FalseDemoError, match="the configuration differs from the interrupted run: num_fewshot"):
+        checkpoints.RunCheckpoint(run).resume("sweep", {**config, **launch, "num_fewshot": [config.get("num_fewshot")]})

@@ -184,10 +184,13 @@ class RunCheckpoint:
         manifest = read_manifest(self.run_directory)
         if manifest.get("kind") != kind:
             raise FalseDemoError(f"--resume {str(self.run_directory)!r} is not a `falsedemo {kind}` run")
-        if manifest.get("fingerprint") != fingerprint(config):
+        # The stored configuration is compared under today's VOLATILE_KEYS, not its stored fingerprint: a
+        # checkpoint written before a field became volatile (world_size did) still resumes.
+        stored = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+        if _stable(stored) != _stable(config):
             raise FalseDemoError(
                 f"--resume {str(self.run_directory)!r}: the configuration differs from the interrupted run: "
-                f"{_differences(manifest.get('config') or {}, _stable(config))}; results would not be one run's"
+                f"{_differences(_stable(stored), _stable(config))}; results would not be one run's"
             )
 
     def resume_command(self, kind: str) -> str:
