@@ -587,6 +587,7 @@ def test_prediction_metrics_are_means_over_datasets_of_the_final_layer_metrics(t
 
     rng = np.random.default_rng(5)
     tasks, oracle = {}, {"flip_rate": [], "prior_alignment": [], "semantic_override": [], "follow_rate": []}
+    layer_oracle = {"prior_alignment": [], "follow_rate": []}
     for dataset in ("trec", "rte", "mrpc"):
         correct, gold = random_scores(rng, 16, 3, 3, 2.0)
         permuted, _ = random_scores(rng, 16, 3, 3, 0.5)
@@ -600,6 +601,8 @@ def test_prediction_metrics_are_means_over_datasets_of_the_final_layer_metrics(t
         oracle["prior_alignment"].append(metrics.prior_alignment(permuted[:, -1], prior))
         oracle["semantic_override"].append(metrics.semantic_override_rate(permuted[:, -1], follow, prior))
         oracle["follow_rate"].append(metrics.follow_accuracy(permuted[:, -1], follow))
+        layer_oracle["prior_alignment"].append([metrics.prior_alignment(permuted[:, layer], prior) for layer in range(4)])
+        layer_oracle["follow_rate"].append([metrics.follow_accuracy(permuted[:, layer], follow) for layer in range(4)])
     write_sweep(tmp_path / "s", tasks)
     board, paths = leaderboard.build([tmp_path], tmp_path / "out", bootstrap_iters=100)
     (row,) = board.ordered_rows()
@@ -610,6 +613,16 @@ def test_prediction_metrics_are_means_over_datasets_of_the_final_layer_metrics(t
     assert summary["prior_alignment_low"] <= summary["prior_alignment"] <= summary["prior_alignment_high"]
     assert summary["flip_rate_low"] <= summary["flip_rate"] <= summary["flip_rate_high"]
     assert summary["label_sensitivity"] is None and "wrong-share grid" in summary["prediction_notes"]
+    # Over layers (the page's second view of the critical layer): the mean over datasets of each layer's metric
+    # against the zero-shot answer at the final layer, the headline at the last layer, an interval at every layer.
+    for name, per_dataset in layer_oracle.items():
+        assert summary["prediction_curves"][name] == pytest.approx(np.mean(per_dataset, axis=0)), name
+        assert summary["prediction_curves"][name][-1] == pytest.approx(summary[name])
+        assert summary["prediction_bands"][name][-1] == [summary[f"{name}_low"], summary[f"{name}_high"]]
+        assert all(low <= value <= high for value, (low, high) in
+                   zip(summary["prediction_curves"][name], summary["prediction_bands"][name]))
+    page = paths["html"].read_text()
+    assert page.count('<figure class="prediction-curves">') == 1 and page.count('data-setting="follow_rate"') == 2
     row_csv = csv_rows(paths["csv"])[("m", "(default)")]
     assert float(row_csv["semantic_override"]) == pytest.approx(np.mean(oracle["semantic_override"]), abs=1e-6)
     assert row_csv["label_sensitivity"] == ""  # absent, not 0

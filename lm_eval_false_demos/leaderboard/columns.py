@@ -24,6 +24,9 @@ from lm_eval_false_demos.leaderboard.values import joined, mean
 
 CORRUPTED_COLUMNS_ORDER = ("permuted", "random", "half")  # the corrupted settings with columns, in column order
 SETTINGS_SHOWN = ("correct",) + CORRUPTED_COLUMNS_ORDER
+# Per-layer prediction metrics drawn on the page (the second view of the critical layer: where the model
+# stops agreeing with its own zero-shot answer and starts following the shown labels).
+PAGE_PREDICTION_CURVES = ("prior_alignment", "follow_rate")
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,10 @@ def summarise(row: Row, iterations: int = 1000, seed: int = 0) -> dict[str, Any]
         summary["bands"] = headline.get("bands", {})
         summary["bootstrap"] = headline.get("bootstrap")
     predictions = prediction_headline(row, iterations=iterations, seed=seed)
+    summary["prediction_curves"] = {name: predictions["curves"][name] for name in PAGE_PREDICTION_CURVES
+                                    if name in predictions["curves"]}
+    summary["prediction_bands"] = {name: predictions["bands"][name] for name in PAGE_PREDICTION_CURVES
+                                   if name in predictions["bands"]}
     for name in (*PREDICTION_METRICS, "lowest_class_recall", "label_sensitivity"):
         summary[name] = predictions[name]
         low, high = predictions.get(f"{name}_ci") or (None, None)

@@ -255,25 +255,25 @@ def _aligned_settings(row: Row, key: str, settings: tuple[str, ...]) -> dict[str
 
 
 def _parts(aligned: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The final-layer (numerator, denominator) parts of every metric this format's settings define."""
+    """The per-layer (numerator, denominator) parts [N, L+1] of every metric this format's settings define. The
+    prior is the zero-shot answer at the final layer: what the model says with no demonstrations."""
     gold, parts = aligned["gold"], {}
     correct, permuted, zeroshot = (aligned.get(s) for s in ("correct", "permuted", "zeroshot"))
-    last = (lambda scores: scores[:, -1, :])
-    prior = metrics.predictions(last(zeroshot)) if zeroshot is not None else None
+    prior = metrics.predictions(zeroshot[:, -1, :]) if zeroshot is not None else None
     if correct is not None:
-        parts["true_label_prob_correct"] = metrics.true_probability_parts(last(correct), gold)
+        parts["true_label_prob_correct"] = metrics.true_probability_parts(correct, gold)
         if prior is not None:
-            parts["prior_alignment_correct"] = metrics.agreement_parts(last(correct), prior)
+            parts["prior_alignment_correct"] = metrics.agreement_parts(correct, prior)
     if permuted is not None:
-        parts["true_label_prob_permuted"] = metrics.true_probability_parts(last(permuted), gold)
+        parts["true_label_prob_permuted"] = metrics.true_probability_parts(permuted, gold)
         if correct is not None:
-            parts["flip_rate"] = metrics.flip_parts(last(correct), last(permuted), gold)
+            parts["flip_rate"] = metrics.flip_parts(correct, permuted, gold)
         if prior is not None:
-            parts["prior_alignment"] = metrics.agreement_parts(last(permuted), prior)
+            parts["prior_alignment"] = metrics.agreement_parts(permuted, prior)
         if aligned["follow"] is not None:
-            parts["follow_rate"] = metrics.agreement_parts(last(permuted), aligned["follow"])
+            parts["follow_rate"] = metrics.agreement_parts(permuted, aligned["follow"])
             if prior is not None:
-                parts["semantic_override"] = metrics.override_parts(last(permuted), aligned["follow"], prior)
+                parts["semantic_override"] = metrics.override_parts(permuted, aligned["follow"], prior)
     return parts
 
 
@@ -289,10 +289,13 @@ def _sensitivity(row: Row, key: str) -> float | None:
 def prediction_headline(row: Row, iterations: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
     """{metric: mean over main datasets, metric_ci: [low, high], metric_datasets: count} for PREDICTION_METRICS,
     ``lowest_class_recall`` (correct setting: the mean over datasets of the lowest per-class recall),
-    ``label_sensitivity`` and ``notes`` (why a metric is absent); None where no dataset defines a metric."""
+    ``label_sensitivity`` and ``notes`` (why a metric is absent); None where no dataset defines a metric.
+    ``curves`` and ``bands``: each of PREDICTION_METRICS over layers (the same means and intervals at every
+    layer; the final layer is the headline value)."""
     rng = np.random.default_rng(seed)
     values: dict[str, list[float]] = {name: [] for name in (*PREDICTION_METRICS, "lowest_class_recall",
                                                             "label_sensitivity")}
+    curves: dict[str, list[np.ndarray]] = {name: [] for name in PREDICTION_METRICS}
     draws: dict[str, list[np.ndarray]] = {name: [] for name in PREDICTION_METRICS}
     for dataset in MAIN_DATASETS:
         per_format = []
@@ -310,10 +313,13 @@ def prediction_headline(row: Row, iterations: int = 1000, seed: int = 0, confide
             found = [parts[name] for parts in format_parts if name in parts]
             if not found:
                 continue
-            value = float(np.nanmean([metrics.ratio(pair) for pair in found]))
-            if not np.isfinite(value):
+            with warnings.catch_warnings():  # a layer no format defines is NaN: undefined, not 0
+                warnings.simplefilter("ignore", RuntimeWarning)
+                curve = np.nanmean([metrics.ratio(pair) for pair in found], axis=0)
+            if not np.isfinite(curve[-1]):
                 continue
-            values[name].append(value)
+            values[name].append(float(curve[-1]))
+            curves[name].append(curve)
             if counts is not None:
                 with np.errstate(invalid="ignore", divide="ignore"):
                     resampled = [(counts @ top) / (counts @ bottom) for top, bottom in found]
@@ -326,15 +332,23 @@ def prediction_headline(row: Row, iterations: int = 1000, seed: int = 0, confide
         if slopes:
             values["label_sensitivity"].append(float(np.mean(slopes)))
     tail = (1 - confidence) / 2 * 100
-    result: dict[str, Any] = {"notes": {}}
+    result: dict[str, Any] = {"notes": {}, "curves": {}, "bands": {}}
     for name, found in values.items():
         result[name] = float(np.mean(found)) if found else None
         result[f"{name}_datasets"] = len(found)
         if not found:
             result["notes"][name] = f"needs {NEEDS[name]}"
-        if draws.get(name) and len(draws[name]) == len(found):
-            with np.errstate(invalid="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                mean = np.nanmean(np.stack(draws[name]), axis=0)
-            result[f"{name}_ci"] = [float(v) for v in np.nanpercentile(mean, [tail, 100 - tail])]
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            if curves.get(name):
+                result["curves"][name] = [_finite_or_none(v) for v in np.nanmean(np.stack(curves[name]), axis=0)]
+            if draws.get(name) and len(draws[name]) == len(found):
+                mean = np.nanmean(np.stack(draws[name]), axis=0)  # [iterations, L+1]
+                low, high = np.nanpercentile(mean, [tail, 100 - tail], axis=0)
+                result[f"{name}_ci"] = [float(low[-1]), float(high[-1])]
+                result["bands"][name] = [[_finite_or_none(a), _finite_or_none(b)] for a, b in zip(low, high)]
     return result
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None

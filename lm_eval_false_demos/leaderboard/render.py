@@ -18,7 +18,6 @@ from lm_eval_false_demos.leaderboard.columns import (
     CSV_KEYS,
     DEFAULT_COLUMNS,
     MARKDOWN_COLUMNS,
-    SETTINGS_SHOWN,
     Column,
     cell_text,
 )
@@ -26,6 +25,8 @@ from lm_eval_false_demos.leaderboard.columns import (
 TITLE = "Overthinking leaderboard"
 PAGE_TEMPLATE = Path(__file__).with_name("page.html")
 SETTING_COLOURS = {"correct": "#1b7837", "permuted": "#c51b7d", "random": "#e08214", "half": "#2166ac"}
+PREDICTION_COLOURS = {"prior_alignment": "#542788", "follow_rate": "#b35806"}
+PREDICTION_NAMES = {"prior_alignment": "prior alignment", "follow_rate": "follow rate"}
 DETAIL_COLUMNS = tuple(column for column in COLUMNS if column not in DEFAULT_COLUMNS)
 _COLUMN_BY_KEY = {column.key: column for column in COLUMNS}
 
@@ -206,6 +207,17 @@ def _detail(index: int, summary: Mapping[str, Any]) -> str:
                 early_exit=summary.get("early_exit_layer"), label=f"Mean calibrated accuracy by layer, {summary['model']}",
             ) + "<figcaption>Mean over the main datasets by layer; shaded: 95% bootstrap band</figcaption></figure>"
         )
+    predicted = summary.get("prediction_curves") or {}
+    if predicted:
+        figures.append(
+            '<figure class="prediction-curves">' + render_curves_svg(
+                predicted, bands=summary.get("prediction_bands") or {}, critical=summary.get("critical_layer"),
+                label=f"Prior alignment and follow rate by layer, permuted demonstrations, {summary['model']}",
+                colours=PREDICTION_COLOURS, names=PREDICTION_NAMES,
+            ) + "<figcaption>Permuted demonstrations: share of queries answered as the model answers with no "
+                "demonstrations (prior alignment) and as the shown labels map them (follow rate), by layer; "
+                "shaded: 95% bootstrap band</figcaption></figure>"
+        )
     return (f'<details class="detail" id="detail-{index}"><summary>{title}</summary>'
             f'<div class="detail-body"><dl>{items}</dl><div class="figures">{"".join(figures)}</div></div></details>')
 
@@ -244,13 +256,17 @@ def render_bars_svg(per_dataset: Mapping[str, Mapping[str, float | None]], model
 def render_curves_svg(
     curves: Mapping[str, list[float]], bands: Mapping[str, list] | None = None, critical: Any = None,
     early_exit: Any = None, chance: float | None = None, label: str = "", width: int = 420, height: int = 260,
+    colours: Mapping[str, str] = SETTING_COLOURS, names: Mapping[str, str] | None = None,
 ) -> str:
-    """A small line plot (mean accuracy by layer, one line per setting, optional bands) as inline SVG text."""
+    """A small line plot (one line per series of ``colours`` present in ``curves``, in that order, by default the
+    settings' mean accuracy by layer; optional bands; gaps where a value is None) as inline SVG text."""
     bands = {("permuted" if name == "corrupted" else name): value for name, value in (bands or {}).items()}
+    names = names or {}
     left, right, top, bottom = 44, 100, 12, 34
     plot_w, plot_h = width - left - right, height - top - bottom
     layers = max(len(c) for c in curves.values()) - 1 if curves else 1
-    values = [v for c in curves.values() for v in c] + [v for b in bands.values() for pair in b for v in pair]
+    values = [v for c in curves.values() for v in c if v is not None] + \
+             [v for b in bands.values() for pair in b for v in pair if v is not None]
     values += [chance] if chance is not None else []
     low = math.floor(min(values, default=0.0) * 10) / 10
     high = math.ceil(max(values, default=1.0) * 10) / 10
@@ -283,28 +299,44 @@ def render_curves_svg(
         parts.append(f'<line class="chance" x1="{left}" x2="{left + plot_w}" y1="{y(chance):.1f}" y2="{y(chance):.1f}" '
                      f'stroke="#999" stroke-dasharray="6 3"><title>chance {chance:.3f}</title></line>')
     legend_y = top + 6
-    for setting in SETTINGS_SHOWN:
+    for setting, colour in colours.items():
         curve = curves.get(setting)
         if not curve:
             continue
-        colour = SETTING_COLOURS[setting]
+        shown = html.escape(names.get(setting, setting))
         band = bands.get(setting)
         if band and len(band) == len(curve):
-            outline = [(x(i), y(pair[1])) for i, pair in enumerate(band)] + \
-                      [(x(i), y(pair[0])) for i, pair in reversed(list(enumerate(band)))]
-            parts.append(f'<polygon class="band" data-setting="{setting}" fill="{colour}" fill-opacity="0.18" '
-                         f'stroke="none" points="{" ".join(f"{px:.1f},{py:.1f}" for px, py in outline)}"/>')
-        points = " ".join(f"{x(layer):.1f},{y(value):.1f}" for layer, value in enumerate(curve))
-        parts.append(f'<polyline class="curve" data-setting="{setting}" fill="none" stroke="{colour}" '
-                     f'stroke-width="2" points="{points}"><title>{setting}</title></polyline>')
+            for run in _defined_runs([None if None in pair else pair for pair in band]):
+                outline = [(x(i), y(band[i][1])) for i in run] + [(x(i), y(band[i][0])) for i in reversed(run)]
+                parts.append(f'<polygon class="band" data-setting="{setting}" fill="{colour}" fill-opacity="0.18" '
+                             f'stroke="none" points="{" ".join(f"{px:.1f},{py:.1f}" for px, py in outline)}"/>')
+        for run in _defined_runs(curve):
+            points = " ".join(f"{x(layer):.1f},{y(curve[layer]):.1f}" for layer in run)
+            parts.append(f'<polyline class="curve" data-setting="{setting}" fill="none" stroke="{colour}" '
+                         f'stroke-width="2" points="{points}"><title>{shown}</title></polyline>')
         legend_y += 16
         parts.append(f'<line x1="{left + plot_w + 8}" x2="{left + plot_w + 24}" y1="{legend_y - 4}" '
                      f'y2="{legend_y - 4}" stroke="{colour}" stroke-width="2"/>')
-        parts.append(f'<text x="{left + plot_w + 28}" y="{legend_y}">{setting}</text>')
+        parts.append(f'<text x="{left + plot_w + 28}" y="{legend_y}">{shown}</text>')
     for name, dash in (("critical", "4 3"), ("early exit", "1 3")):
+        if early_exit is None and name == "early exit":
+            continue
         legend_y += 16
         parts.append(f'<line x1="{left + plot_w + 8}" x2="{left + plot_w + 24}" y1="{legend_y - 4}" '
                      f'y2="{legend_y - 4}" stroke="#555" stroke-dasharray="{dash}"/>')
         parts.append(f'<text x="{left + plot_w + 28}" y="{legend_y}">{name}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _defined_runs(values: Sequence[Any]) -> list[list[int]]:
+    """Indices of the maximal stretches of values that are not None (a curve is drawn in pieces over gaps)."""
+    runs: list[list[int]] = []
+    for index, value in enumerate(values):
+        if value is None:
+            continue
+        if runs and runs[-1][-1] == index - 1:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return runs
