@@ -3,6 +3,7 @@ model args reaches the model, and that only the writing process writes."""
 
 from __future__ import annotations
 
+import io
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,7 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lm_eval_false_demos.integrations.run_context import ModelOptions, RunOutput, merge_in_order, shard_positions
+from lm_eval_false_demos.integrations.run_context import (
+    ModelOptions,
+    RunContext,
+    RunOutput,
+    merge_in_order,
+    shard_positions,
+)
 
 
 @given(st.lists(st.integers(), max_size=40), st.integers(min_value=1, max_value=6))
@@ -63,3 +70,22 @@ def test_only_the_writer_creates_the_run_folder_and_a_reader_sees_a_resumed_runs
     assert resumed_reader.checkpoint.load("scores")["x"].tolist() == [0, 1, 2]
     resumed_reader.checkpoint.finish()
     assert (folder / "checkpoint").is_dir()  # only the writer removes it
+
+
+@given(st.lists(st.integers(), max_size=30), st.integers(min_value=1, max_value=5), st.data())
+def test_a_progress_bar_ends_full_on_every_process(items, shards, data):
+    """A process's bar counts its own share of the items (not all of them), so it ends at 100% on every rank."""
+    from tqdm.auto import tqdm
+
+    shard = data.draw(st.integers(min_value=0, max_value=shards - 1))
+    others = [[(index, item) for index, item in enumerate(items) if index % shards == other]
+              for other in range(shards) if other != shard]
+    context = SimpleNamespace(shards=shards, shard=shard, gather=lambda mine: [mine, *others])
+    progress = tqdm(total=len(items), file=io.StringIO())
+
+    def work(item):
+        progress.update(1)
+        return item
+
+    assert RunContext.map_in_order(context, items, work, progress=progress) == items
+    assert progress.n == progress.total == len(shard_positions(len(items), shard, shards))

@@ -155,7 +155,7 @@ def evaluate_heads(
                 progress.update(1)
                 return query_readouts(model, query, conditions, modules, with_promotion=with_promotion)
 
-            rows = spread(queries, read)
+            rows = spread(queries, read, progress=progress)
             progress.close()
             if with_promotion:
                 promotion = [lp for _, lp in rows]

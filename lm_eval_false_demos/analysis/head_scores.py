@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -130,10 +131,14 @@ def prefix_matching(attention_rows: torch.Tensor, item: ScoringItem) -> torch.Te
     return same - other / (item.num_classes - 1)
 
 
-Spread = Callable[[Sequence, Callable], list]
+class Spread(Protocol):
+    """Runs ``work`` over ``items`` and returns the results in item order; ``progress`` (a tqdm bar counting the
+    items) is sized to the share of the items this process works on."""
+
+    def __call__(self, items: Sequence, work: Callable, progress: Any = None) -> list: ...
 
 
-def in_order(items: Sequence, work: Callable) -> list:
+def in_order(items: Sequence, work: Callable, progress: Any = None) -> list:
     """One process does all the work (a run context's ``map_in_order`` splits it across processes)."""
     return [work(item) for item in items]
 
@@ -166,7 +171,7 @@ def score_heads(
         return prefix_matching(attention, item).cpu().numpy(), lp.cpu().numpy()
 
     with weights_capturing_attention(model, eager), torch.no_grad(), ReadoutCapture(modules, want_attention=True) as capture:
-        rows = spread(items, score)
+        rows = spread(items, score, progress=progress)
     progress.close()
     return HeadScores(np.stack([pm for pm, _ in rows]), np.stack([lp for _, lp in rows]))
 

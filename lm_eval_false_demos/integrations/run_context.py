@@ -163,12 +163,17 @@ class RunContext:
         dist.all_gather_object(gathered, value)
         return gathered
 
-    def map_in_order(self, items: Sequence[Item], work: Callable[[Item], Result]) -> list[Result]:
+    def map_in_order(self, items: Sequence[Item], work: Callable[[Item], Result], progress: Any = None
+                     ) -> list[Result]:
         """``[work(item) for item in items]``, the items split across the processes and the results gathered in
-        order on every process (one process computes them all)."""
+        order on every process (one process computes them all). ``progress``, a tqdm bar that ``work`` advances,
+        is resized to this process's share, so it ends full."""
         if self.shards <= 1:
             return [work(item) for item in items]
-        mine = [(index, work(items[index])) for index in shard_positions(len(items), self.shard, self.shards)]
+        positions = shard_positions(len(items), self.shard, self.shards)
+        if progress is not None:
+            progress.reset(total=len(positions))
+        mine = [(index, work(items[index])) for index in positions]
         return merge_in_order(self.gather(mine), len(items))
 
     def close(self) -> None:
