@@ -135,18 +135,49 @@ def test_lm_eval_hf_ablate_with_early_exit_and_tuned_lens(llama, lens_dir, tmp_p
     assert len(list((tmp_path / "tp").rglob("results_*.json"))) == 1  # lm-eval writes on LOCAL_RANK 0 only
 
 
-def test_sweep_reads_label_rows_of_the_vocabulary_sharded_head(llama, lens_dir, tmp_path):
+# Runs the CLI under the launcher and kills its own process (SIGKILL: nothing is flushed on the way out) once
+# the writer has saved STOP_AFTER prompts, so the launch stops mid-run at a known point; torchrun then ends the
+# other process.
+STOPPING_CLI = """
+import os, signal, sys
+from lm_eval_false_demos.results import checkpoints
+from lm_eval_false_demos.cli.main import main
+real_flush = checkpoints.PromptChunks.flush
+def flush_then_die(self):
+    real_flush(self)
+    folder = self.checkpoint.run_directory  # None on a process that does not write
+    if folder is not None and len(list((folder / "checkpoint").glob("part-*.npz"))) * 3 >= int(os.environ["STOP_AFTER"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+checkpoints.PromptChunks.flush = flush_then_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sweep_reads_label_rows_of_the_vocabulary_sharded_head_and_resumes(llama, lens_dir, tmp_path):
+    """The tensor-parallel sweep is killed after 6 of its 16 prompts are saved and resumed with --resume under
+    tensor parallel again: the one-process numbers, in the one run folder."""
     model_args = f"pretrained={llama},heads=1:3,lens=tuned:{lens_dir},dtype=float32"
     arguments = ["sweep", "--model", "hf-ablate", "--tasks", ",".join(TASKS), "--num_fewshot", str(K),
                  "--limit", str(LIMIT), "--seed", SEEDS, "--batch_size", "3", "--device", "cpu",
                  "--bootstrap_iters", "20", "--no_plots"]
-    _launch("-m", "lm_eval_false_demos.cli", *arguments, "--model_args", model_args + ",tp_plan=auto",
-            "--output_path", str(tmp_path / "tp"), cwd=tmp_path)
+    tp_arguments = [*arguments, "--model_args", model_args + ",tp_plan=auto", "--output_path", str(tmp_path / "tp")]
+    script = tmp_path / "stopping_cli.py"
+    script.write_text(STOPPING_CLI)
+    stopped = subprocess.run([*TORCHRUN, str(script), *tp_arguments, "--checkpoint_seconds", "0"], cwd=tmp_path,
+                             env=dict(os.environ, OMP_NUM_THREADS="1", STOP_AFTER="6", TOKENIZERS_PARALLELISM="false"),
+                             capture_output=True, text=True, timeout=600)
+    assert stopped.returncode != 0, "the tensor-parallel sweep was not stopped"
+    (tp_folder,) = (tmp_path / "tp").iterdir()
+    assert not (tp_folder / "sweep.json").exists() and len(list((tp_folder / "checkpoint").glob("part-*.npz"))) == 2
+
+    _launch("-m", "lm_eval_false_demos.cli", *tp_arguments, "--resume", str(tp_folder), cwd=tmp_path)
     assert cli.main([*arguments, "--model_args", model_args, "--output_path", str(tmp_path / "one")]) == 0
 
-    (tp_folder,) = (tmp_path / "tp").iterdir()  # exactly one run folder: only the writer writes
+    assert list((tmp_path / "tp").iterdir()) == [tp_folder]  # exactly one run folder: only the writer writes
+    assert not (tp_folder / "checkpoint").exists()
     (one_folder,) = (tmp_path / "one").iterdir()
     tp, one = (json.loads((folder / "sweep.json").read_text()) for folder in (tp_folder, one_folder))
+    assert tp["timing"]["prompts_from_checkpoint"] == 6 and tp["timing"]["forward_passes"] == 10
     assert tp["config"]["lens"] == one["config"]["lens"] and tp["config"]["lens"]["kind"] == "tuned"
     assert tp["config"]["lens_parity"]["max_abs_diff"] < 1e-4
     # The identity: every query's label probabilities at every layer, to float32 rounding.
