@@ -292,7 +292,7 @@ def test_sweep_reads_demo_labels_where_the_template_puts_them(chat_model_dir, tm
             targets.append(prompt.demo_true_labels)
             # The query: the label right after the open assistant turn (a header's trailing space joins the label).
             context = rendering.context[:-1] if rendering.context.endswith(" ") else rendering.context
-            query_ids = label_token_ids(tokenizer, spec.label_word_list, lead=chat.label_lead(tokenizer, chat.ChatOptions()))
+            query_ids = label_token_ids(tokenizer, spec.label_word_list, lead=_query_label_lead(tokenizer, chat.ChatOptions()))
             with torch.no_grad():
                 last = model(torch.tensor([tokenizer(context, add_special_tokens=False)["input_ids"]])).logits[0, -1]
             query_probabilities.append(last[query_ids].softmax(-1).numpy())
@@ -306,6 +306,15 @@ def test_sweep_reads_demo_labels_where_the_template_puts_them(chat_model_dir, tm
 
 
 # ------------------------------------------------------------------------------- falsedemo heads
+
+
+def _query_label_lead(tokenizer, options: chat.ChatOptions | None) -> str:
+    """The oracle for the query's label lead, from the template alone: " " in raw prompts (lm-eval's target
+    delimiter); in a chat, what the assistant header leaves: nothing after a newline, " " after a space."""
+    if options is None:
+        return " "
+    opened = chat.tokenizer_template(tokenizer)([{"role": "user", "content": "x"}])
+    return " " if opened.endswith(" ") else ""
 
 
 @pytest.mark.parametrize("name", list(TEMPLATES))
@@ -323,7 +332,7 @@ def test_heads_label_positions_follow_the_template(chat_model_dir, name):
     items = prompts.scoring_items("falsedemo_unnatural_permuted", 3)
     assert prompts.recorded_format["prompt_mode"] == "chat_multiturn"
     spec = get_spec("unnatural")
-    lead = chat.label_lead(tokenizer, chat.ChatOptions(multiturn=True))
+    lead = _query_label_lead(tokenizer, chat.ChatOptions(multiturn=True))
     assert lead == ("" if name == "newline" else " ")
     ids = label_token_ids(tokenizer, spec.label_word_list, lead=lead)
     pool, queries = load_examples("unnatural")

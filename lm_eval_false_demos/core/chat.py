@@ -207,12 +207,3 @@ def tokenizer_template(tokenizer) -> Callable[[list[dict]], str]:
             return tokenizer.apply_chat_template(chat_history, tokenize=False, add_generation_prompt=True)
 
     return apply
-
-
-def label_lead(tokenizer, options: ChatOptions | None) -> str:
-    """What the query's label starts with: " " in raw prompts (lm-eval's target delimiter); in a chat,
-    whatever the template's assistant header leaves: nothing after a newline, " " after a space."""
-    if options is None:
-        return " "
-    opened = tokenizer_template(tokenizer)([{"role": "user", "content": "x"}])
-    return " " if opened.endswith(" ") else ""
