@@ -313,17 +313,17 @@ def prediction_headline(row: Row, iterations: int = 1000, seed: int = 0, confide
             found = [parts[name] for parts in format_parts if name in parts]
             if not found:
                 continue
-            with warnings.catch_warnings():  # a layer no format defines is NaN: undefined, not 0
+            # A layer (or a resample) where no format defines the metric is NaN: undefined, never 0.
+            with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
                 warnings.simplefilter("ignore", RuntimeWarning)
                 curve = np.nanmean([metrics.ratio(pair) for pair in found], axis=0)
-            if not np.isfinite(curve[-1]):
-                continue
-            values[name].append(float(curve[-1]))
-            curves[name].append(curve)
-            if counts is not None:
-                with np.errstate(invalid="ignore", divide="ignore"):
+                if not np.isfinite(curve[-1]):
+                    continue
+                values[name].append(float(curve[-1]))
+                curves[name].append(curve)
+                if counts is not None:
                     resampled = [(counts @ top) / (counts @ bottom) for top, bottom in found]
-                draws[name].append(np.nanmean(resampled, axis=0) if len(resampled) > 1 else resampled[0])
+                    draws[name].append(np.nanmean(resampled, axis=0) if len(resampled) > 1 else resampled[0])
         recalls = [np.nanmin(metrics.per_class_recall(a["correct"][:, -1, :], a["gold"])) for a in per_format
                    if a.get("correct") is not None]
         if recalls:
