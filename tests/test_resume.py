@@ -229,3 +229,22 @@ def test_a_checkpoint_resumes_whatever_its_launch_fields_recorded(tmp_path_facto
     checkpoints.RunCheckpoint(run).resume("sweep", {**config, **launch})
     with pytest.raises(FalseDemoError, match="the configuration differs from the interrupted run: num_fewshot"):
         checkpoints.RunCheckpoint(run).resume("sweep", {**config, **launch, "num_fewshot": [config.get("num_fewshot")]})
+
+
+_WORDS = st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+                          min_size=1, max_size=12).filter(lambda word: not word.startswith("--resume")), max_size=8)
+
+
+@given(words=_WORDS, folder=st.text(min_size=1, max_size=20).filter(lambda text: "\x00" not in text),
+       where=st.integers(min_value=0, max_value=8), joined=st.booleans())
+def test_a_recorded_command_reproduces_without_its_resume_folder(words, folder, where, joined):
+    """The command a leaderboard reproduces is the recorded one minus --resume <folder> (either spelling,
+    anywhere among the words, any quoting); a command without --resume is kept exactly as recorded."""
+    import shlex
+
+    fresh = shlex.join(["falsedemo", "sweep", *words])
+    resume = [f"--resume={folder}"] if joined else ["--resume", folder]
+    at = min(where, len(words))
+    resumed = shlex.join(["falsedemo", "sweep", *words[:at], *resume, *words[at:]])
+    assert shlex.split(checkpoints.fresh_command(resumed)) == shlex.split(fresh)
+    assert checkpoints.fresh_command(fresh) == fresh or "--resume" in fresh

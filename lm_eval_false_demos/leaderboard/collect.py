@@ -37,6 +37,7 @@ from lm_eval_false_demos.leaderboard.rowkey import (
 from lm_eval_false_demos.leaderboard.rows import METRIC, Measurement, Row, SkipFile
 from lm_eval_false_demos.leaderboard.values import data_source_text, date_from_name
 from lm_eval_false_demos.results import query_scores
+from lm_eval_false_demos.results.checkpoints import fresh_command
 from lm_eval_false_demos.results.heads_schema import KIND as HEADS_KIND
 from lm_eval_false_demos.results.heads_schema import HeadsEvaluation, HeadsFile
 from lm_eval_false_demos.results.schema import ModelIdentity, RunConfig, SchemaError, number, text
@@ -137,7 +138,7 @@ class Leaderboard:
             row.seeds.add(config.fewshot_seed)
         row.label_scoring.add("first label token")  # the sweep reads the first token of " " + label
         if config.command:
-            row.commands[path] = config.command
+            row.commands[path] = fresh_command(config.command)  # a resumed run reproduces from the start
         row.k.update(row.protocol.k)
         self.register_run(row, config, path, date)
 

@@ -105,6 +105,20 @@ def resume_command(command: str | None, kind: str, run_directory: str | Path) ->
         words = []
     # The recorded command starts with however the program was started (falsedemo, main.py, pytest ...).
     words = ["falsedemo", kind, *words[words.index(kind) + 1:]] if kind in words else ["falsedemo", kind, "..."]
+    return shlex.join([*_without_resume(words), "--resume", str(run_directory)]).replace("'...'", "...")
+
+
+def fresh_command(command: str) -> str:
+    """A recorded command without its ``--resume <run folder>``: the command that computes the same results
+    from the start (a reproduction must not depend on a checkpoint folder of the machine that ran it)."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return command
+    return shlex.join(_without_resume(words)) if "--resume" in command else command
+
+
+def _without_resume(words: list[str]) -> list[str]:
     kept: list[str] = []
     skip = False
     for word in words:
@@ -114,7 +128,7 @@ def resume_command(command: str | None, kind: str, run_directory: str | Path) ->
             skip = True
         elif not word.startswith("--resume="):
             kept.append(word)
-    return shlex.join([*kept, "--resume", str(run_directory)]).replace("'...'", "...")
+    return kept
 
 
 def read_manifest(run_directory: str | Path) -> dict:
