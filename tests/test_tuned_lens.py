@@ -98,6 +98,7 @@ class _RunsCode:
         return (print, ("this pickle runs code",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # the hostile file is pickled by hand
 def test_a_pickle_with_code_is_refused(tmp_path, capsys):
     folder = tmp_path / "evil"
     folder.mkdir()
