@@ -2,7 +2,8 @@
 numbers and exactly one set of results.
 
 One launch per command (a launch costs the imports twice on a 2-core machine): the sweep resumed under torchrun
-from a one-process run's checkpoint, heads under ``accelerate launch``, lens training under torchrun. The
+from a one-process run's checkpoint, the sweep over two simulated nodes, heads under ``accelerate launch``, lens
+training under torchrun. The
 sweep and heads runs repeat the golden runs (tests/golden_runs.py), so their numbers are compared with the
 stored goldens; the fresh two-process sweep is tests/test_sweep.py's accelerate test.
 """
@@ -78,6 +79,36 @@ def test_a_sweep_resumed_under_two_processes_gives_the_one_process_numbers(tiny_
     payload = json.loads((folder / "sweep.json").read_text())
     assert payload["config"]["world_size"] == 2
     assert payload["timing"]["prompts_from_checkpoint"] == 9 and payload["timing"]["prompts"] == 40
+    _same_numbers("sweep", payload)
+
+
+def test_a_sweep_over_two_nodes_writes_once_from_global_rank_0(tiny_model_dir, tmp_path):
+    """Two machines of one process each, as two torchrun launches on this one, with docs/scale.md's several-node
+    line (``--nnodes 2 --node_rank 0/1 --rdzv_backend c10d``):
+    every process has LOCAL_RANK 0, so a writer chosen by the local rank would write twice. One run folder,
+    written by global rank 0, with the one-process numbers."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    model = tiny_model_dir("llama")
+    argv = ["sweep", "--model_args", f"pretrained={model},dtype=float32", "--tasks", SWEEP_TASKS, "--limit", "10",
+            "--num_fewshot", "4", "--batch_size", "3", "--bootstrap_iters", "40", "--no_plots",
+            "--output_path", str(tmp_path / "runs")]
+    environment = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"}
+    environment["OMP_NUM_THREADS"] = "1"
+    nodes = [subprocess.Popen([str(BIN / "torchrun"), "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(node),
+                               "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", *CLI, *argv],
+                              env=environment, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for node in (0, 1)]
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    for node, (stdout, stderr) in zip(nodes, outputs):
+        assert node.returncode == 0, stderr[-4000:]
+    assert "sweep written to" in outputs[0][0] and "sweep written to" not in outputs[1][0]
+    (folder,) = (tmp_path / "runs").iterdir()
+    payload = json.loads((folder / "sweep.json").read_text())
+    assert payload["config"]["world_size"] == 2
     _same_numbers("sweep", payload)
 
 
