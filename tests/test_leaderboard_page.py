@@ -51,7 +51,8 @@ def page(tmp_path_factory):
         permuted = correct.copy()
         permuted[:, 4:] = random_scores(rng, 16, 1, 3, 0.0)[0][:, :1].repeat(3, axis=1)
         tasks[f"falsedemo_{dataset}_correct"] = (dataset, "correct", correct, gold)
-        tasks[f"falsedemo_{dataset}_permuted"] = (dataset, "permuted", permuted, gold)
+        tasks[f"falsedemo_{dataset}_permuted"] = (dataset, "permuted", permuted, gold, (gold + 1) % 3)
+        tasks[f"falsedemo_{dataset}_zeroshot"] = (dataset, "zeroshot", random_scores(rng, 16, 6, 3, 1.0)[0], gold)
     write_sweep(banded / "sweep_banded", tasks, model="banded-model", layers=6)
     _, paths = leaderboard.build([FIXTURES, banded], output / "site", bootstrap_iters=100)
     options = webdriver.ChromeOptions()
@@ -147,10 +148,18 @@ def test_a_model_link_opens_its_detail_with_bars_and_banded_curves(page, record_
     assert len(bars) == 28 and all(bar.size["width"] > 1 for bar in bars)  # 14 datasets x 2 settings
     bands = detail.find_elements(By.CSS_SELECTOR, "figure.curves polygon.band")
     assert len(bands) == 2 and all(band.size["height"] > 2 for band in bands)
-    lengths = driver.execute_script(
-        "return Array.from(arguments[0].querySelectorAll('polyline.curve')).map(function (l) {"
-        " return l.getTotalLength(); });", detail)
+    def curve_lengths(figure):
+        return driver.execute_script(
+            f"return Array.from(arguments[0].querySelectorAll('figure.{figure} polyline.curve')).map(function (l) {{"
+            " return l.getTotalLength(); });", detail)
+
+    lengths = curve_lengths("curves")
     assert len(lengths) == 2 and all(length > 50 for length in lengths)
+    # the second view of the critical layer: prior alignment and follow rate over layers, banded
+    assert len(curve_lengths("prediction-curves")) == 2 and all(length > 50 for length in curve_lengths("prediction-curves"))
+    bands = detail.find_elements(By.CSS_SELECTOR, "figure.prediction-curves polygon.band")
+    assert len(bands) == 2 and all(band.size["height"] > 2 for band in bands)
+    assert "prior alignment" in detail.find_element(By.CSS_SELECTOR, "figure.prediction-curves").text
     assert "few-shot seed" in detail.text and "1234" in detail.text
     shot = output / "leaderboard_detail.png"
     assert detail.screenshot(str(shot)) and shot.stat().st_size > 5_000
