@@ -54,13 +54,11 @@ def leaderboard_accuracy(model: str, dataset: str, setting: str, n: int, k: int)
 
 
 def main() -> None:
-    rows, checks, pending, curves = [], [], [], {}
-    for job in JOBS:
-        for model in MODELS:
-            path = newest_sweep(job, model)
-            if path is None:
-                pending.append(f"{job} / {model}")
-                continue
+    runs = {(job, model): newest_sweep(job, model) for job in JOBS for model in MODELS}
+    pending = [f"{job} / {model}" for (job, model), path in runs.items() if path is None]
+    rows, checks, curves = [], [], {}
+    for (job, model), path in runs.items():
+        if path is not None:
             payload = json.loads(path.read_text())
             config = payload["config"]
             for dataset, entry in payload["datasets"].items():
