@@ -26,7 +26,6 @@ TITLE = "Overthinking leaderboard"
 PAGE_TEMPLATE = Path(__file__).with_name("page.html")
 SETTING_COLOURS = {"correct": "#1b7837", "permuted": "#c51b7d", "random": "#e08214", "half": "#2166ac"}
 PREDICTION_COLOURS = {"prior_alignment": "#542788", "follow_rate": "#b35806"}
-PREDICTION_NAMES = {"prior_alignment": "prior alignment", "follow_rate": "follow rate"}
 DETAIL_COLUMNS = tuple(column for column in COLUMNS if column not in DEFAULT_COLUMNS)
 _COLUMN_BY_KEY = {column.key: column for column in COLUMNS}
 
@@ -213,7 +212,7 @@ def _detail(index: int, summary: Mapping[str, Any]) -> str:
             '<figure class="prediction-curves">' + render_curves_svg(
                 predicted, bands=summary.get("prediction_bands") or {}, critical=summary.get("critical_layer"),
                 label=f"Prior alignment and follow rate by layer, permuted demonstrations, {summary['model']}",
-                colours=PREDICTION_COLOURS, names=PREDICTION_NAMES,
+                colours=PREDICTION_COLOURS, names={name: _COLUMN_BY_KEY[name].header for name in PREDICTION_COLOURS},
             ) + "<figcaption>Permuted demonstrations: share of queries answered as the model answers with no "
                 "demonstrations (prior alignment) and as the shown labels map them (follow rate), by layer; "
                 "shaded: 95% bootstrap band</figcaption></figure>"
@@ -291,10 +290,11 @@ def render_curves_svg(
     for layer in range(0, layers + 1, max(1, math.ceil(layers / 8))):
         parts.append(f'<text x="{x(layer):.1f}" y="{top + plot_h + 14}" text-anchor="middle">{layer}</text>')
     parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{height - 4}" text-anchor="middle">layer</text>')
-    for name, value, dash in (("critical", critical, "4 3"), ("early exit", early_exit, "1 3")):
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= layers:
-            parts.append(f'<line class="marker" x1="{x(value):.1f}" x2="{x(value):.1f}" y1="{top}" y2="{top + plot_h}" '
-                         f'stroke="#555" stroke-dasharray="{dash}"><title>{name} layer {value}</title></line>')
+    markers = [(name, value, dash) for name, value, dash in (("critical", critical, "4 3"), ("early exit", early_exit, "1 3"))
+               if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= layers]
+    for name, value, dash in markers:
+        parts.append(f'<line class="marker" x1="{x(value):.1f}" x2="{x(value):.1f}" y1="{top}" y2="{top + plot_h}" '
+                     f'stroke="#555" stroke-dasharray="{dash}"><title>{name} layer {value}</title></line>')
     if chance is not None:
         parts.append(f'<line class="chance" x1="{left}" x2="{left + plot_w}" y1="{y(chance):.1f}" y2="{y(chance):.1f}" '
                      f'stroke="#999" stroke-dasharray="6 3"><title>chance {chance:.3f}</title></line>')
@@ -318,9 +318,7 @@ def render_curves_svg(
         parts.append(f'<line x1="{left + plot_w + 8}" x2="{left + plot_w + 24}" y1="{legend_y - 4}" '
                      f'y2="{legend_y - 4}" stroke="{colour}" stroke-width="2"/>')
         parts.append(f'<text x="{left + plot_w + 28}" y="{legend_y}">{shown}</text>')
-    for name, dash in (("critical", "4 3"), ("early exit", "1 3")):
-        if early_exit is None and name == "early exit":
-            continue
+    for name, _, dash in markers:  # the legend names the markers drawn
         legend_y += 16
         parts.append(f'<line x1="{left + plot_w + 8}" x2="{left + plot_w + 24}" y1="{legend_y - 4}" '
                      f'y2="{legend_y - 4}" stroke="#555" stroke-dasharray="{dash}"/>')
